@@ -1,0 +1,1 @@
+"""mlwarden: command line, supervisor and demo; re-exports the Python client."""

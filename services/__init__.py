@@ -1,0 +1,1 @@
+"""The five mlwarden services, one sub-package each."""

@@ -1,0 +1,1 @@
+"""mlwarden's shared package: event schemas, envelope, signing, bus topology, settings, client."""

@@ -1,0 +1,327 @@
+"""Every event, verdict, alert and request body on the bus: one frozen pydantic model each.
+
+These are the `data` of a CloudEvents envelope (see `shared.envelope`). No service keeps
+its own copy: producers in any language follow the JSON schemas generated from here
+(`mlwarden schemas`).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256")]
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="an identifier: letters, digits, '.', '_', '-'",
+    ),
+]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("number must be finite (no NaN or infinity)")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+
+
+class Frozen(BaseModel):
+    """Base of every schema: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- shared vocabulary -------------------------------------------------------------------
+
+
+class Decision(StrEnum):
+    """Outcome of a check: pass, warn (weaker evidence), fail, or error (could not check)."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    ERROR = "error"
+
+
+class Severity(StrEnum):
+    """How much one finding weighs on the decision."""
+
+    INFO = "info"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class Sensitivity(StrEnum):
+    """Data classification levels, from least to most protected."""
+
+    PUBLIC = "public"
+    INTERNAL = "internal"
+    CONFIDENTIAL = "confidential"
+    RESTRICTED = "restricted"
+
+
+class Finding(Frozen):
+    """One piece of evidence behind a verdict."""
+
+    check: str = Field(description="name of the check that produced it, e.g. 'outliers.robust_z'")
+    severity: Severity = Field(description="how much it weighs on the decision")
+    message: str = Field(description="one human sentence")
+    rows: list[int] = Field(default_factory=list, description="0-based data rows it flags (capped)")
+    count: int = Field(default=0, ge=0, description="how many items it flags in all")
+    evidence: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="numbers behind the finding (rates, thresholds, names)"
+    )
+
+
+class ObjectRef(Frozen):
+    """Where bulk data lives: a key in a JetStream object store, or a local file/folder."""
+
+    kind: Literal["object", "file"] = Field(description="'object' store or local 'file' path")
+    bucket: str | None = Field(default=None, description="object store bucket (kind=object)")
+    key: str | None = Field(default=None, description="object name in the bucket (kind=object)")
+    path: str | None = Field(default=None, description="absolute or relative path (kind=file)")
+
+    def describe(self) -> str:
+        """A short human form: 'obj://bucket/key' or the path."""
+        return f"obj://{self.bucket}/{self.key}" if self.kind == "object" else str(self.path)
+
+
+class DatasetRef(Frozen):
+    """A dataset version as other events cite it."""
+
+    dataset: Name = Field(description="dataset name")
+    version: str = Field(min_length=1, max_length=64, description="dataset version")
+    sha256: Sha256Hex = Field(description="digest of the dataset bytes")
+
+
+# --- producer events (stream MLW_EVENTS) --------------------------------------------------
+
+
+class DatasetUploaded(Frozen):
+    """`mlw.dataset.uploaded`: a dataset version is ready to be checked."""
+
+    dataset: Name = Field(description="dataset name")
+    version: str = Field(min_length=1, max_length=64, description="dataset version")
+    location: ObjectRef = Field(description="where the bytes are")
+    sha256: Sha256Hex = Field(description="digest the uploader claims; data-guard re-hashes")
+    format: Literal["csv", "parquet", "npz"] = Field(description="file format")
+    label_column: str | None = Field(default=None, description="column holding the label")
+    sensitivity: Sensitivity = Field(default=Sensitivity.INTERNAL, description="classification")
+    uploader: str = Field(min_length=1, max_length=128, description="principal who uploaded")
+    allowed_readers: list[str] = Field(
+        default_factory=list, description="explicit allow-list of principals who may read it"
+    )
+    reference: ObjectRef | None = Field(default=None, description="trusted earlier version")
+    reference_sha256: Sha256Hex | None = Field(default=None, description="digest of the reference")
+
+
+class ModelBuilt(Frozen):
+    """`mlw.model.built`: a training job produced an artifact to hash, scan and sign."""
+
+    model: Name = Field(description="model name")
+    version: str = Field(min_length=1, max_length=64, description="model version")
+    artifact: ObjectRef = Field(description="artifact file or folder")
+    lockfile: ObjectRef | None = Field(default=None, description="dependency lock file")
+    datasets: list[DatasetRef] = Field(default_factory=list, description="training datasets")
+    builder: str = Field(min_length=1, max_length=128, description="who or what built it")
+    source_commit: str | None = Field(default=None, max_length=64, description="VCS commit")
+
+
+class PromotionRequested(Frozen):
+    """`mlw.registry.promotion`: an actor asks to promote a model version; signed by the actor."""
+
+    model: Name = Field(description="model name")
+    version: str = Field(min_length=1, max_length=64, description="model version")
+    stage: Literal["staging", "production"] = Field(description="target stage")
+    requester: Name = Field(description="actor id; must match the signing key's owner")
+    root_digest: Sha256Hex = Field(description="artifact root digest being promoted")
+    reason: str = Field(default="", max_length=2000, description="free text")
+
+
+class ApprovalGiven(Frozen):
+    """`mlw.registry.approval`: a reviewer approves a promotion request; signed by the reviewer."""
+
+    request_id: str = Field(min_length=1, max_length=64, description="id of the promotion event")
+    model: Name = Field(description="model name")
+    version: str = Field(min_length=1, max_length=64, description="model version")
+    stage: Literal["staging", "production"] = Field(description="target stage")
+    approver: Name = Field(description="actor id; must match the signing key's owner")
+    comment: str = Field(default="", max_length=2000, description="free text")
+
+
+# --- verdicts and alerts (stream MLW_VERDICTS), signed by the emitting service ------------
+
+
+class DatasetVerdict(Frozen):
+    """`mlw.verdict.dataset`: data-guard's decision on one dataset upload."""
+
+    dataset: Name
+    version: str
+    sha256: str = Field(description="digest data-guard computed (empty if unreadable)")
+    decision: Decision
+    findings: list[Finding] = Field(default_factory=list)
+    rows: int = Field(default=0, ge=0, description="rows checked")
+    flagged_rows: int = Field(default=0, ge=0, description="distinct rows flagged")
+    uploader: str = Field(default="", description="principal who uploaded")
+    in_reply_to: str = Field(description="id of the upload event")
+
+
+class ArtifactVerdict(Frozen):
+    """`mlw.verdict.artifact`: artifact-signer's signed manifest reference and decision."""
+
+    model: Name
+    version: str
+    root_digest: str = Field(description="digest over the manifest's file list (empty on error)")
+    decision: Decision
+    findings: list[Finding] = Field(default_factory=list)
+    manifest_key: str | None = Field(default=None, description="object in mlw-artifacts")
+    files: int = Field(default=0, ge=0)
+    bytes: int = Field(default=0, ge=0)
+    datasets: list[DatasetRef] = Field(default_factory=list)
+    builder: str = ""
+    in_reply_to: str
+
+
+class PromotionVerdict(Frozen):
+    """`mlw.verdict.promotion`: registry-gate's decision on a promotion request."""
+
+    model: Name
+    version: str
+    stage: str
+    decision: Literal["promoted", "rejected", "pending"]
+    reasons: list[str] = Field(default_factory=list, description="every reason, also when promoted")
+    requester: str = ""
+    approvers: list[str] = Field(default_factory=list)
+    request_id: str
+    in_reply_to: str
+
+
+class AdmissionVerdict(Frozen):
+    """`mlw.verdict.admission`: a denied serving admission (allowed ones are not published)."""
+
+    client: str = Field(description="client id, or 'anonymous'")
+    model: str
+    decision: Literal["allow", "deny"]
+    reason: str
+    count: int = Field(default=1, ge=1, description="denials coalesced into this event")
+
+
+class Alert(Frozen):
+    """`mlw.alert.<service>`: something suspicious that a human should see."""
+
+    kind: str = Field(description="e.g. 'abuse.volume', 'forged_verdict', 'extraction'")
+    severity: Severity
+    message: str
+    client: str | None = None
+    model: str | None = None
+    evidence: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class DeadLetter(Frozen):
+    """`mlw.deadletter.<service>`: a message that can never be processed, kept with the reason."""
+
+    service: str
+    original_subject: str
+    reason: str
+    payload_b64: str = Field(description="first bytes of the message, base64 (capped)")
+    payload_size: int = Field(ge=0)
+    payload_sha256: Sha256Hex
+    deliveries: int = Field(default=1, ge=1)
+    stream_seq: int | None = None
+
+
+# --- serving traffic ---------------------------------------------------------------------
+
+
+class AdmitRequest(Frozen):
+    """Body of the `mlw.serving.admit` request a model server sends before running a model."""
+
+    api_key: str = Field(min_length=1, max_length=256, description="the client's API key")
+    model: Name = Field(description="model to call")
+    inputs: list[dict[str, float | None]] = Field(
+        min_length=1, max_length=1024, description="feature name -> value, one dict per row"
+    )
+
+
+class AdmitReply(Frozen):
+    """Reply to `mlw.serving.admit`."""
+
+    allowed: bool
+    reason: str = Field(description="'ok' or why it was denied")
+    client: str | None = None
+    retry_after: float | None = Field(default=None, description="seconds, when rate limited")
+    problems: list[str] = Field(default_factory=list, description="input validation problems")
+
+
+class PredictionRecord(Frozen):
+    """One served prediction as the model server logs it."""
+
+    client: str = Field(min_length=1, max_length=128)
+    features: dict[str, float | None]
+    prediction: float | int | str
+    confidence: FiniteFloat | None = Field(default=None, ge=0.0, le=1.0)
+    time: float | None = Field(default=None, description="unix seconds")
+
+
+class PredictionBatch(Frozen):
+    """`mlw.prediction.logged`: many prediction records in one message, for throughput."""
+
+    model: Name
+    records: list[PredictionRecord] = Field(min_length=1, max_length=10_000)
+
+
+# --- audit queries -----------------------------------------------------------------------
+
+
+class AuditQuery(Frozen):
+    """Body of `mlw.audit.query`: filters are ANDed; newest first; cursor pagination."""
+
+    since: float | None = Field(default=None, description="unix seconds, inclusive")
+    until: float | None = Field(default=None, description="unix seconds, exclusive")
+    service: str | None = None
+    type: str | None = Field(default=None, description="event type, e.g. mlw.verdict.dataset")
+    subject: str | None = Field(default=None, description="CloudEvents subject, e.g. model:churn:3")
+    actor: str | None = None
+    decision: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: int | None = Field(default=None, description="return entries older than this seq")
+
+
+class AuditEntry(Frozen):
+    """One row of the audit trail as queries return it."""
+
+    seq: int
+    event_id: str
+    type: str
+    source: str
+    subject: str | None
+    service: str | None
+    actor: str | None
+    decision: str | None
+    time: float
+    recorded_at: float
+    entry_hash: str
+    event: dict[str, Any]
+
+
+class AuditPage(Frozen):
+    """Reply to `mlw.audit.query`."""
+
+    entries: list[AuditEntry]
+    next_cursor: int | None = None
+
+
+class ErrorReply(Frozen):
+    """Reply to any request that was refused."""
+
+    error: str
+    detail: str = ""

@@ -1,0 +1,137 @@
+"""Ed25519 keys, detached signatures over canonical JSON, and the trust store that maps signers
+to public keys.
+
+Verdicts, alerts and people's requests carry `signer` and `signature` CloudEvents extension
+attributes; the signature covers the canonical JSON of the whole envelope without `signature`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.errors import SignatureError
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A named Ed25519 private key (a service's or an actor's)."""
+
+    key_id: str
+    private: Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def generate(cls, key_id: str) -> SigningKey:
+        """Make a fresh key."""
+        return cls(key_id, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, key_id: str, pem: bytes) -> SigningKey:
+        """Load an unencrypted PKCS#8 PEM Ed25519 private key."""
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SignatureError("not an Ed25519 private key", signer=key_id)
+        return cls(key_id, key)
+
+    def to_pem(self) -> bytes:
+        """PKCS#8 PEM, unencrypted (protect the file by its permissions)."""
+        return self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def public_b64(self) -> str:
+        """The raw 32-byte public key, base64."""
+        return public_key_b64(self.private.public_key())
+
+    def public_pem(self) -> bytes:
+        """The public key as SubjectPublicKeyInfo PEM."""
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def sign(self, message: bytes) -> str:
+        """Detached Ed25519 signature, base64."""
+        return base64.b64encode(self.private.sign(message)).decode()
+
+
+def public_key_b64(key: Ed25519PublicKey) -> str:
+    """The raw 32-byte public key, base64."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def load_public_key(value: str | bytes) -> Ed25519PublicKey:
+    """Load a public key given as raw base64 or as PEM."""
+    try:
+        if isinstance(value, bytes) and value.lstrip().startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(value)
+            if not isinstance(key, Ed25519PublicKey):
+                raise SignatureError("not an Ed25519 public key")
+            return key
+        raw = base64.b64decode(value, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"malformed public key: {exc}") from exc
+
+
+def verify_signature(public: Ed25519PublicKey, message: bytes, signature_b64: str) -> None:
+    """Raise SignatureError unless `signature_b64` is a valid signature of `message`."""
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+    except ValueError as exc:
+        raise SignatureError("signature is not base64") from exc
+    try:
+        public.verify(signature, message)
+    except InvalidSignature as exc:
+        raise SignatureError("signature does not verify") from exc
+
+
+class TrustStore:
+    """Maps signer ids (service names, actor ids) to their public keys."""
+
+    def __init__(self, keys: Mapping[str, str] | None = None) -> None:
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        for key_id, value in (keys or {}).items():
+            self.add(key_id, value)
+
+    def add(self, key_id: str, public_b64: str) -> None:
+        """Trust `public_b64` for `key_id` (replacing any earlier key)."""
+        self._keys[key_id] = load_public_key(public_b64)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def ids(self) -> list[str]:
+        """Every trusted signer id."""
+        return sorted(self._keys)
+
+    def verify(self, key_id: str, message: bytes, signature_b64: str) -> None:
+        """Raise SignatureError unless `key_id` is trusted and signed `message`."""
+        public = self._keys.get(key_id)
+        if public is None:
+            raise SignatureError(f"unknown signer {key_id!r}", signer=key_id)
+        try:
+            verify_signature(public, message, signature_b64)
+        except SignatureError as exc:
+            raise SignatureError(exc.reason, signer=key_id) from exc
+
+
+def load_or_create_key(path: Path, key_id: str) -> SigningKey:
+    """Load the PEM key at `path`, creating it (mode 0600) if it does not exist yet."""
+    if path.exists():
+        return SigningKey.from_pem(key_id, path.read_bytes())
+    key = SigningKey.generate(key_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.to_pem())
+    return key
