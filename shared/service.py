@@ -1,0 +1,195 @@
+"""The FastStream skeleton every service shares: a broker, a start-up that declares the topology
+and loads the service's identity, durable JetStream consumers and request/reply endpoints.
+
+Ack policy, deliberately: FastStream's default for JetStream (REJECT_ON_ERROR) terminates a
+message on any exception, transient ones included, so subscribers here use `AckPolicy.MANUAL`
+and `ServiceRuntime.process` acks, naks with a delay or dead-letters. Pull mode is per-message
+handlers over a batched fetch (`PullSub(batch_size=N)`); `PullSub(batch=True)` stalls with
+nats-py 2.16.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from faststream import FastStream
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from pydantic import BaseModel, ValidationError
+
+from shared.bus import ServiceRuntime, connect_options, start_runtime
+from shared.envelope import Envelope, MAX_MESSAGE_BYTES
+from shared.errors import MlwardenError
+from shared.events import ErrorReply
+from shared.settings import Settings
+from shared.topology import CONSUMERS, ensure_topology
+
+DataT = TypeVar("DataT", bound=BaseModel)
+ReqT = TypeVar("ReqT", bound=BaseModel)
+
+log = logging.getLogger("mlwarden.service")
+
+
+class ServiceApp:
+    """One service's FastStream app and its bus runtime."""
+
+    def __init__(self, service: str, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.broker = NatsBroker(**connect_options(settings), logger=logging.getLogger(f"mlwarden.{service}"))
+        self.app = FastStream(self.broker, logger=logging.getLogger(f"mlwarden.{service}"))
+        self._runtime: ServiceRuntime | None = None
+        self._startup_hooks: list[Callable[[ServiceRuntime], Awaitable[None]]] = []
+        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.app.on_startup(self._startup)
+        self.app.on_shutdown(self._shutdown)
+
+    @property
+    def runtime(self) -> ServiceRuntime:
+        """The runtime, available once the app has started."""
+        if self._runtime is None:
+            raise RuntimeError(f"{self.service} has not started")
+        return self._runtime
+
+    def on_start(self, hook: Callable[[ServiceRuntime], Awaitable[None]]) -> Callable[[ServiceRuntime], Awaitable[None]]:
+        """Run `hook` once the runtime exists, before consumers start (load models, state)."""
+        self._startup_hooks.append(hook)
+        return hook
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run `hook` when the app stops (close databases, flush)."""
+        self._shutdown_hooks.append(hook)
+        return hook
+
+    async def _startup(self) -> None:
+        await self.broker.connect()
+        nc = self.broker.connection
+        await ensure_topology(nc.jetstream())
+        self._runtime = await start_runtime(self.service, self.settings, nc)
+        for hook in self._startup_hooks:
+            await hook(self._runtime)
+
+    async def _shutdown(self) -> None:
+        for hook in self._shutdown_hooks:
+            await hook()
+
+    def consume(
+        self,
+        subject: str,
+        model: type[DataT],
+        *,
+        batch: int = 8,
+    ) -> Callable[[Callable[[Envelope[DataT]], Awaitable[None]]], Callable[[Envelope[DataT]], Awaitable[None]]]:
+        """Register `handler(event)` for one subject on the durable consumer that reads it."""
+
+        def register(
+            handler: Callable[[Envelope[DataT]], Awaitable[None]],
+        ) -> Callable[[Envelope[DataT]], Awaitable[None]]:
+            self.consume_routes(subject, {subject: (model, handler)}, batch=batch, doc=handler.__doc__)
+            return handler
+
+        return register
+
+    def consume_routes(
+        self,
+        filter_subject: str,
+        routes: dict[str, tuple[type[Any], Callable[[Envelope[Any]], Awaitable[None]]]],
+        *,
+        batch: int = 8,
+        doc: str | None = None,
+    ) -> None:
+        """Read one durable consumer (declared in `shared.topology` with `filter_subject`) and
+        dispatch each message by subject; subjects without a route are acked and skipped.
+
+        `batch=1` processes strictly in stream order (FastStream runs a fetched batch
+        concurrently).
+        """
+        durable = self._durable_for(filter_subject)
+        stream = self._stream_for(durable)
+
+        async def on_message(msg: NatsMessage) -> None:
+            raw = msg.raw_message
+            route = routes.get(raw.subject)
+            if route is None:
+                await raw.ack()
+                return
+            model, handler = route
+            await self.runtime.process(raw, model, handler)
+
+        on_message.__name__ = f"on_{durable.replace('-', '_')}"
+        self.broker.subscriber(
+            filter_subject,
+            stream=JStream(stream, declare=False),
+            durable=durable,
+            pull_sub=PullSub(batch_size=batch, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+            title=f"{self.service}:{durable}",
+            description=doc or f"routes: {', '.join(sorted(routes))}",
+        )(on_message)
+
+    def reply(
+        self,
+        subject: str,
+        model: type[ReqT],
+    ) -> Callable[[Callable[[ReqT], Awaitable[BaseModel]]], Callable[[ReqT], Awaitable[BaseModel]]]:
+        """Register a request/reply endpoint: plain JSON body in, JSON reply out.
+
+        Replicas share the work through a queue group. Malformed requests get an `ErrorReply`,
+        never silence.
+        """
+
+        def register(handler: Callable[[ReqT], Awaitable[BaseModel]]) -> Callable[[ReqT], Awaitable[BaseModel]]:
+            async def on_request(msg: NatsMessage) -> bytes:
+                body = msg.body
+                try:
+                    if len(body) > MAX_MESSAGE_BYTES:
+                        raise ValueError(f"request of {len(body)} bytes is too large")
+                    request = model.model_validate(orjson.loads(body))
+                except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
+                    return _error("bad_request", str(exc)[:1000])
+                try:
+                    reply = await handler(request)
+                except MlwardenError as exc:
+                    return _error(type(exc).__name__, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a reply is owed even on a bug
+                    log.exception("%s: %s failed", self.service, subject)
+                    return _error("internal", repr(exc)[:500])
+                return orjson.dumps(reply.model_dump(mode="json"))
+
+            on_request.__name__ = handler.__name__
+            self.broker.subscriber(
+                subject,
+                queue=self.service,
+                title=f"{self.service}:{handler.__name__}",
+                description=handler.__doc__,
+            )(on_request)
+            return handler
+
+        return register
+
+    def _durable_for(self, subject: str) -> str:
+        for spec in CONSUMERS[self.service]:
+            if subject in spec.filter_subjects:
+                return spec.durable
+        raise KeyError(f"no durable consumer of {self.service} reads {subject}")
+
+    def _stream_for(self, durable: str) -> str:
+        for spec in CONSUMERS[self.service]:
+            if spec.durable == durable:
+                return spec.stream
+        raise KeyError(durable)
+
+
+def _error(code: str, detail: str) -> bytes:
+    return orjson.dumps(ErrorReply(error=code, detail=detail).model_dump(mode="json"))
+
+
+def reply_or_error(raw: bytes, model: type[ReqT]) -> ReqT | ErrorReply:
+    """Parse a reply that may be an `ErrorReply` (clients use this)."""
+    value: Any = orjson.loads(raw)
+    if isinstance(value, dict) and "error" in value and set(value) <= {"error", "detail"}:
+        return ErrorReply.model_validate(value)
+    return model.model_validate(value)

@@ -1,0 +1,67 @@
+"""Typed settings, read from `MLW_*` environment variables when an app is built, never at import.
+
+A `production` profile refuses unsafe values at start: plain-text NATS, no credentials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import MlwardenError
+
+
+class UnsafeSettings(MlwardenError, ValueError):
+    """Settings that must not run in the chosen profile."""
+
+
+class Settings(BaseSettings):
+    """Everything a service or the CLI needs to know about its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MLW_", extra="ignore", frozen=True)
+
+    profile: Literal["dev", "production"] = Field(default="dev", description="dev or production")
+    data_dir: Path = Field(default=Path(".mlwarden"), description="all local state lives here")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_creds: Path | None = Field(default=None, description="NATS credentials file (.creds)")
+    nats_tls_ca: Path | None = Field(default=None, description="CA bundle for NATS TLS")
+    audit_db_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    policy_file: Path | None = Field(default=None, description="registry-gate policy; default in data_dir")
+    max_dataset_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="largest dataset read")
+    max_artifact_bytes: int = Field(default=64 * 1024**3, gt=0, description="largest artifact hashed")
+    fetch_batch: int = Field(default=64, ge=1, le=4096, description="messages per JetStream fetch")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.profile == "production":
+            urls = [u.strip() for u in self.nats_url.split(",")]
+            if not all(u.startswith("tls://") for u in urls):
+                raise UnsafeSettings("production profile needs tls:// NATS URLs")
+            if self.nats_creds is None:
+                raise UnsafeSettings("production profile needs MLW_NATS_CREDS (per-service credentials)")
+            if self.audit_db_url is None or self.audit_db_url.startswith("sqlite"):
+                raise UnsafeSettings("production profile needs a server database (MLW_AUDIT_DB_URL)")
+        return self
+
+    @property
+    def keys_dir(self) -> Path:
+        """Service private keys."""
+        return self.data_dir / "keys"
+
+    @property
+    def actors_dir(self) -> Path:
+        """Demo actors' private keys (people keep theirs elsewhere)."""
+        return self.data_dir / "actors"
+
+    @property
+    def audit_url(self) -> str:
+        """The audit database URL."""
+        return self.audit_db_url or f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+
+    @property
+    def registry_policy_path(self) -> Path:
+        """registry-gate's policy file."""
+        return self.policy_file or (self.data_dir / "registry-policy.yaml")

@@ -1,0 +1,214 @@
+"""The bus, declared once: subjects, JetStream streams, durable consumers, object stores and
+key-value buckets. `ensure_topology` creates or updates all of it idempotently at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+
+class Subjects:
+    """Every subject mlwarden uses."""
+
+    DATASET_UPLOADED = "mlw.dataset.uploaded"
+    MODEL_BUILT = "mlw.model.built"
+    PROMOTION_REQUESTED = "mlw.registry.promotion"
+    APPROVAL_GIVEN = "mlw.registry.approval"
+    PREDICTION_LOGGED = "mlw.prediction.logged"
+
+    VERDICT_DATASET = "mlw.verdict.dataset"
+    VERDICT_ARTIFACT = "mlw.verdict.artifact"
+    VERDICT_PROMOTION = "mlw.verdict.promotion"
+    VERDICT_ADMISSION = "mlw.verdict.admission"
+    ALERT_PREFIX = "mlw.alert"
+    DEADLETTER_PREFIX = "mlw.deadletter"
+
+    # request/reply (core NATS, not stored)
+    SERVING_ADMIT = "mlw.serving.admit"
+    AUDIT_QUERY = "mlw.audit.query"
+    ARTIFACT_VERIFY = "mlw.artifact.verify"
+    REGISTRY_STATUS = "mlw.registry.status"
+
+    @staticmethod
+    def alert(service: str) -> str:
+        """Alert subject of one service."""
+        return f"{Subjects.ALERT_PREFIX}.{service}"
+
+    @staticmethod
+    def deadletter(service: str) -> str:
+        """Dead-letter subject of one service."""
+        return f"{Subjects.DEADLETTER_PREFIX}.{service}"
+
+
+# Which service may sign which verdict type: a key of one service cannot vouch for another's work.
+VERDICT_SIGNERS: dict[str, str] = {
+    Subjects.VERDICT_DATASET: "data-guard",
+    Subjects.VERDICT_ARTIFACT: "artifact-signer",
+    Subjects.VERDICT_PROMOTION: "registry-gate",
+    Subjects.VERDICT_ADMISSION: "serving-monitor",
+}
+
+SERVICES: tuple[str, ...] = (
+    "audit-log",
+    "data-guard",
+    "artifact-signer",
+    "registry-gate",
+    "serving-monitor",
+)
+
+# A verdict or an event that a consumer fails to process this many times goes to dead letters.
+MAX_DELIVER = 5
+# JetStream drops a second message with the same Nats-Msg-Id inside this window.
+DUPLICATE_WINDOW_S = 15 * 60.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream mlwarden owns."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_bytes: int = -1
+    max_age_s: float = 0.0
+    deny_delete: bool = False
+    deny_purge: bool = False
+
+    def config(self) -> StreamConfig:
+        """The nats-py stream configuration."""
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=self.max_bytes,
+            max_age=self.max_age_s,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            deny_delete=self.deny_delete,
+            deny_purge=self.deny_purge,
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer: one per service per stream (subjects filtered)."""
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...] = field(default=())
+    ack_wait_s: float = 30.0
+    max_deliver: int = MAX_DELIVER
+    max_ack_pending: int = 1000
+
+    def config(self) -> ConsumerConfig:
+        """The nats-py consumer configuration (explicit acks, durable, pull)."""
+        cfg = ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+        )
+        if len(self.filter_subjects) == 1:
+            cfg.filter_subject = self.filter_subjects[0]
+        elif self.filter_subjects:
+            cfg.filter_subjects = list(self.filter_subjects)
+        return cfg
+
+
+EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", "mlw.registry.>"))
+PREDICTIONS = StreamSpec(
+    "MLW_PREDICTIONS",
+    ("mlw.prediction.>",),
+    max_bytes=1024 * 1024 * 1024,
+    max_age_s=7 * 24 * 3600.0,
+)
+VERDICTS = StreamSpec(
+    "MLW_VERDICTS",
+    ("mlw.verdict.>", "mlw.alert.>", "mlw.deadletter.>"),
+    # The verdict record is evidence: nobody removes it through the JetStream API.
+    deny_delete=True,
+    deny_purge=True,
+)
+STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS)
+
+CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
+    "data-guard": (
+        ConsumerSpec("MLW_EVENTS", "data-guard", (Subjects.DATASET_UPLOADED,), ack_wait_s=120.0),
+    ),
+    "artifact-signer": (
+        ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,), ack_wait_s=300.0),
+    ),
+    "registry-gate": (
+        # Requests and approvals on one durable, read one at a time, so they are seen in order.
+        ConsumerSpec("MLW_EVENTS", "registry-gate", ("mlw.registry.>",)),
+        ConsumerSpec("MLW_VERDICTS", "registry-gate-verdicts", ("mlw.verdict.>",)),
+    ),
+    "serving-monitor": (
+        ConsumerSpec("MLW_PREDICTIONS", "serving-monitor", (Subjects.PREDICTION_LOGGED,)),
+    ),
+    "audit-log": (
+        ConsumerSpec("MLW_EVENTS", "audit-log-events", ("mlw.>",), max_ack_pending=20_000),
+        ConsumerSpec("MLW_PREDICTIONS", "audit-log-predictions", ("mlw.>",), max_ack_pending=20_000),
+        ConsumerSpec("MLW_VERDICTS", "audit-log-verdicts", ("mlw.>",), max_ack_pending=20_000),
+    ),
+}
+
+DATASETS_BUCKET = "mlw-datasets"
+ARTIFACTS_BUCKET = "mlw-artifacts"
+OBJECT_STORES: tuple[str, ...] = (DATASETS_BUCKET, ARTIFACTS_BUCKET)
+
+TRUST_BUCKET = "mlw-trust"  # service id -> base64 Ed25519 public key
+API_KEYS_BUCKET = "mlw-apikeys"  # key id -> hashed API key record
+STATE_BUCKET = "mlw-state"  # service-owned state (registry-gate's promotions, schemas)
+KV_BUCKETS: tuple[str, ...] = (TRUST_BUCKET, API_KEYS_BUCKET, STATE_BUCKET)
+
+
+async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    try:
+        await js.stream_info(spec.name)
+    except NotFoundError:
+        await js.add_stream(spec.config())
+        return
+    await js.update_stream(spec.config())
+
+
+async def ensure_topology(js: JetStreamContext) -> None:
+    """Create or update every stream, consumer, object store and key-value bucket."""
+    for spec in STREAMS:
+        await _ensure_stream(js, spec)
+    for specs in CONSUMERS.values():
+        for consumer in specs:
+            try:
+                # Creating an existing durable with the same settings is a no-op; changed
+                # settings that the server can update in place are updated.
+                await js.add_consumer(consumer.stream, consumer.config())
+            except BadRequestError:
+                # A setting that cannot change in place: keep the durable (and its position)
+                # rather than delete it and replay or lose messages.
+                continue
+    for bucket in OBJECT_STORES:
+        try:
+            await js.object_store(bucket)
+        except NotFoundError:
+            await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE))
+    for bucket in KV_BUCKETS:
+        try:
+            await js.key_value(bucket)
+        except NotFoundError:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
