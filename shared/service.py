@@ -42,6 +42,8 @@ class ServiceApp:
         self.broker = NatsBroker(**connect_options(settings), logger=logging.getLogger(f"mlwarden.{service}"))
         self.app = FastStream(self.broker, logger=logging.getLogger(f"mlwarden.{service}"))
         self._runtime: ServiceRuntime | None = None
+        #: Service-owned objects tests and the CLI may look at (store, ingestor, state).
+        self.state: dict[str, Any] = {}
         self._startup_hooks: list[Callable[[ServiceRuntime], Awaitable[None]]] = []
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self.app.on_startup(self._startup)

@@ -1,0 +1,424 @@
+"""The `mlwarden` command line. Errors become exit codes here and nowhere else:
+0 ok / pass, 1 fail / tampered, 2 usage or input error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from shared.errors import MlwardenError
+from shared.settings import Settings
+from shared.topology import SERVICES
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "nats", None):
+        overrides["nats_url"] = args.nats
+    if getattr(args, "db", None):
+        overrides["audit_db_url"] = args.db
+    return Settings(**overrides)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str) -> float:
+    """'7d', '12h', '30m' (relative to now), unix seconds, or an ISO 8601 time."""
+    match = _DURATION.match(value.strip())
+    if match:
+        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a time: {value!r} (try 7d, 12h or 2026-11-01T00:00)") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+# --- operators -----------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start embedded NATS (unless --nats) and every service until Ctrl-C."""
+    from mlwarden.supervisor import System
+
+    settings = _settings(args)
+    system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port)
+    system.start()
+    out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
+    for name, proc in system.processes.items():
+        out.print(f"  {name:16} pid {proc.pid}")
+    out.print("Ctrl-C stops everything.")
+    try:
+        while all(p.poll() is None for p in system.processes.values()):
+            time.sleep(0.5)
+        dead = [n for n, p in system.processes.items() if p.poll() is not None]
+        err.print(f"[red]service exited:[/] {', '.join(dead)}; stopping")
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        out.print("stopping...")
+        return EXIT_OK
+    finally:
+        system.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one service against a NATS URL, as compose does."""
+    from mlwarden.services import serve
+
+    settings = _settings(args)
+    ready_file: Path | None = Path(args.ready_file) if args.ready_file else None
+
+    def ready() -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(str(os.getpid()))
+
+    asyncio.run(serve(args.service, settings, ready=ready))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The scripted pipeline: every attack tried, every verdict shown."""
+    from mlwarden.demo import run_demo
+
+    return run_demo(_settings(args), nats_url=args.nats, console=out)
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    """Create service and demo actor keys (and register them when --nats is given)."""
+    from mlwarden.bootstrap import bootstrap, init_keys
+
+    settings = _settings(args)
+    keys = init_keys(settings)
+    if args.nats:
+
+        async def register() -> None:
+            from shared.bus import connect
+
+            nc = await connect(settings)
+            try:
+                await bootstrap(nc.jetstream(), settings)
+            finally:
+                await nc.drain()
+
+        asyncio.run(register())
+    for name, key in keys.items():
+        out.print(f"{name:16} {key.public_b64()}")
+    out.print(f"policy: {settings.registry_policy_path}")
+    return EXIT_OK
+
+
+def cmd_keys_apikey(args: argparse.Namespace) -> int:
+    """Issue an API key for a client; only its hash is stored."""
+    from mlwarden.ops import issue_api_key
+
+    settings = _settings(args)
+    plaintext = asyncio.run(issue_api_key(settings, args.client, args.models.split(",")))
+    out.print(plaintext)
+    return EXIT_OK
+
+
+# --- producers and subscribers --------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish a dataset, model, promotion or approval event."""
+    from mlwarden.ops import publish
+
+    settings = _settings(args)
+    event = asyncio.run(publish(settings, args))
+    out.print(f"published {event.type} id={event.id}")
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print verdicts, alerts and dead letters as they happen."""
+    from mlwarden.ops import watch
+
+    try:
+        asyncio.run(watch(_settings(args), out, args.seconds))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+# --- auditors --------------------------------------------------------------------------------
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    """Query the audit trail through `mlw.audit.query`."""
+    from mlwarden.ops import audit_query
+    from shared.events import AuditQuery
+
+    query = AuditQuery(
+        since=args.since,
+        until=args.until,
+        service=args.service,
+        type=args.type,
+        subject=args.subject,
+        actor=args.actor,
+        decision=args.decision,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    page = asyncio.run(audit_query(_settings(args), query))
+    if args.format == "json":
+        _print_json(page.model_dump(mode="json"))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table("seq", "time", "type", "service", "subject", "actor", "decision")
+    for e in page.entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
+        table.add_row(str(e.seq), stamp, e.type, e.service or "", e.subject or "", e.actor or "", e.decision or "")
+    out.print(table)
+    if page.next_cursor is not None:
+        out.print(f"more: --cursor {page.next_cursor}")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the audit trail's hash chain from the database."""
+    from services.audit_log.store import AuditStore
+    from services.audit_log.verify import verify_chain
+
+    settings = _settings(args)
+    if not args.db and not (settings.data_dir / "audit.db").exists():
+        err.print(f"no audit database at {settings.data_dir / 'audit.db'}")
+        return EXIT_ERROR
+    report = verify_chain(AuditStore(settings.audit_url))
+    if args.format == "json":
+        _print_json({"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq, "reason": report.reason})
+    elif report.ok:
+        out.print(f"[green]intact[/]: {report.entries} entries, hash chain verified")
+    else:
+        out.print(f"[red]TAMPERED[/] at entry {report.first_bad_seq}: {report.reason}")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+# --- offline checks for CI pipelines ------------------------------------------------------
+
+
+def cmd_check_dataset(args: argparse.Namespace) -> int:
+    """Run data-guard's detector suite on a file, without a bus."""
+    from mlwarden.offline import check_dataset
+
+    return check_dataset(args, out, _print_json)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign a model file or folder with a private key."""
+    from mlwarden.offline import sign
+
+    return sign(args, out)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a model file or folder against a signature and a public key."""
+    from mlwarden.offline import verify
+
+    return verify(args, out, _print_json)
+
+
+def cmd_scan_model(args: argparse.Namespace) -> int:
+    """Scan serialized models for code that runs on load."""
+    from mlwarden.offline import scan_model
+
+    return scan_model(args, out, _print_json)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when NATS answers, JetStream has mlwarden's streams and every service key is trusted."""
+    from mlwarden.ops import health
+
+    problems = asyncio.run(health(_settings(args)))
+    for problem in problems:
+        err.print(f"[red]unhealthy:[/] {problem}")
+    if not problems:
+        out.print("healthy")
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    """Print the JSON schema of every event body."""
+    from shared import events
+
+    names = [n for n in events.__all_events__] if hasattr(events, "__all_events__") else []
+    schemas = {n: getattr(events, n).model_json_schema() for n in names}
+    _print_json(schemas)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(prog="mlwarden", description="Secure an ML pipeline from data to deployment.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, nats: bool = True) -> None:
+        p.add_argument("--data-dir", help="state folder (default ./.mlwarden or $MLW_DATA_DIR)")
+        if nats:
+            p.add_argument("--nats", help="NATS URL (default $MLW_NATS_URL or nats://127.0.0.1:4222)")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=fn.__doc__, description=fn.__doc__, **kw)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("up", cmd_up)
+    common(p)
+    p.add_argument("--port", type=int, default=0, help="embedded NATS port (default: a free one)")
+
+    p = add("run", cmd_run)
+    p.add_argument("service", choices=SERVICES)
+    common(p)
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+
+    p = add("demo", cmd_demo)
+    common(p)
+
+    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
+    p = add("init", cmd_keys_init, keys)
+    common(p)
+    p = add("api-key", cmd_keys_apikey, keys)
+    common(p)
+    p.add_argument("client")
+    p.add_argument("--models", default="*", help="comma-separated model names the key may call")
+
+    pub = sub.add_parser("publish", help="publish an event").add_subparsers(dest="kind", required=True)
+    p = add("dataset", cmd_publish, pub)
+    common(p)
+    p.add_argument("path", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default="1")
+    p.add_argument("--label")
+    p.add_argument("--uploader", default=os.environ.get("USER", "unknown"))
+    p.add_argument("--sensitivity", default="internal", choices=["public", "internal", "confidential", "restricted"])
+    p.add_argument("--readers", default="", help="comma-separated allow-list of principals")
+    p = add("model", cmd_publish, pub)
+    common(p)
+    p.add_argument("path", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default="1")
+    p.add_argument("--lockfile", type=Path)
+    p.add_argument("--dataset", action="append", default=[], help="NAME:VERSION:SHA256 of a training dataset")
+    p.add_argument("--builder", default=os.environ.get("USER", "unknown"))
+    for kind in ("promotion", "approval"):
+        p = add(kind, cmd_publish, pub)
+        common(p)
+        p.add_argument("--key", type=Path, required=True, help="your Ed25519 private key (PEM)")
+        p.add_argument("--actor", required=True, help="your actor id in the registry policy")
+        p.add_argument("--model", required=True)
+        p.add_argument("--version", required=True)
+        p.add_argument("--stage", default="production", choices=["staging", "production"])
+        if kind == "promotion":
+            p.add_argument("--root-digest", required=True)
+        else:
+            p.add_argument("--request-id", required=True)
+
+    p = add("watch", cmd_watch)
+    common(p)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+
+    audit = sub.add_parser("audit", help="query and verify the audit trail").add_subparsers(dest="audit_cmd", required=True)
+    p = add("query", cmd_audit_query, audit)
+    common(p)
+    p.add_argument("--since", type=parse_time)
+    p.add_argument("--until", type=parse_time)
+    p.add_argument("--service")
+    p.add_argument("--type")
+    p.add_argument("--subject", help="e.g. model:churn:3 or dataset:iris:1")
+    p.add_argument("--model", dest="subject_model", help="shorthand for --subject model:NAME (prefix)")
+    p.add_argument("--actor")
+    p.add_argument("--decision")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", type=int)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = add("verify", cmd_audit_verify, audit)
+    common(p, nats=False)
+    p.add_argument("--db", help="SQLAlchemy URL of the audit database")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    check = sub.add_parser("check", help="offline checks").add_subparsers(dest="check_cmd", required=True)
+    p = add("dataset", cmd_check_dataset, check)
+    p.add_argument("data", type=Path)
+    p.add_argument("--label")
+    p.add_argument("--reference", type=Path)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = add("sign", cmd_sign)
+    p.add_argument("path", type=Path)
+    p.add_argument("--key", type=Path, required=True, help="private key (PEM)")
+    p.add_argument("--signature", type=Path, required=True, help="where to write the signature")
+
+    p = add("verify", cmd_verify)
+    p.add_argument("path", type=Path)
+    p.add_argument("--signature", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True, help="public key (PEM)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    scan = sub.add_parser("scan", help="scan artifacts").add_subparsers(dest="scan_cmd", required=True)
+    p = add("model", cmd_scan_model, scan)
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = add("health", cmd_health)
+    common(p)
+
+    add("schemas", cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mlwarden` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_ERROR if exc.code not in (0, None) else EXIT_OK
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command == "run" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "subject_model", None) and not getattr(args, "subject", None):
+        args.subject = f"model:{args.subject_model}"
+    try:
+        return int(args.func(args))
+    except MlwardenError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_ERROR

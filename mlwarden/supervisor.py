@@ -1,0 +1,91 @@
+"""`mlwarden up`: embedded nats-server (unless a URL is given) plus every service as its own
+process; Ctrl-C stops all of them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.embedded import EmbeddedNats
+from shared.topology import SERVICES
+
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class System:
+    """A running mlwarden: the NATS server it may own and one process per service."""
+
+    data_dir: Path
+    nats_url: str | None = None
+    port: int = 0
+    nats: EmbeddedNats | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The NATS URL the services use."""
+        if self.nats_url:
+            return self.nats_url
+        assert self.nats is not None
+        return self.nats.url
+
+    def start(self, *, quiet: bool = False) -> System:
+        """Start NATS (when embedded) and every service; wait until each reports ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.nats_url is None:
+            self.nats = EmbeddedNats(self.data_dir / "nats", port=self.port).start()
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {**os.environ, "MLW_DATA_DIR": str(self.data_dir), "MLW_NATS_URL": self.url}
+        # audit-log first: it creates the topology and must see everything from the start.
+        for name in SERVICES:
+            ready = self.data_dir / "run" / f"{name}.ready"
+            ready.unlink(missing_ok=True)
+            log_file = (logs / f"{name}.log").open("ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "mlwarden", "run", name, "--ready-file", str(ready)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for name, proc in self.processes.items():
+            ready = self.data_dir / "run" / f"{name}.ready"
+            while not ready.exists():
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S}s; see {logs}")
+                time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM every service, wait, then stop NATS."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+    def __enter__(self) -> System:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
