@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -167,10 +168,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Print verdicts, alerts and dead letters as they happen."""
     from mlwarden.ops import watch
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch(_settings(args), out, args.seconds))
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 
@@ -220,7 +219,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     report = verify_chain(AuditStore(settings.audit_url))
     if args.format == "json":
-        _print_json({"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq, "reason": report.reason})
+        _print_json(
+            {"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq, "reason": report.reason}
+        )
     elif report.ok:
         out.print(f"[green]intact[/]: {report.entries} entries, hash chain verified")
     else:
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         if nats:
             p.add_argument("--nats", help="NATS URL (default $MLW_NATS_URL or nats://127.0.0.1:4222)")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=fn.__doc__, description=fn.__doc__, **kw)
         p.set_defaults(func=fn)
         return p
@@ -352,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
 
-    audit = sub.add_parser("audit", help="query and verify the audit trail").add_subparsers(dest="audit_cmd", required=True)
+    audit = sub.add_parser("audit", help="query and verify the audit trail").add_subparsers(
+        dest="audit_cmd", required=True
+    )
     p = add("query", cmd_audit_query, audit)
     common(p)
     p.add_argument("--since", type=parse_time)
@@ -360,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service")
     p.add_argument("--type")
     p.add_argument("--subject", help="e.g. model:churn:3 or dataset:iris:1")
-    p.add_argument("--model", dest="subject_model", help="shorthand for --subject model:NAME (prefix)")
+    p.add_argument("--model", dest="subject_model", help="shorthand for --subject model:NAME:* (every version)")
     p.add_argument("--actor")
     p.add_argument("--decision")
     p.add_argument("--limit", type=int, default=50)
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "subject_model", None) and not getattr(args, "subject", None):
-        args.subject = f"model:{args.subject_model}"
+        args.subject = f"model:{args.subject_model}:*"
     try:
         return int(args.func(args))
     except MlwardenError as exc:

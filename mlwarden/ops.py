@@ -85,7 +85,7 @@ async def issue_api_key(settings: Settings, client_id: str, models: list[str]) -
     from services.serving_monitor.keystore import issue_key_on_bus
 
     async with Client.connect(settings, source="mlwarden/keys") as client:
-        return await issue_key_on_bus(client.js, client_id, models)
+        return await issue_key_on_bus(client.js, settings, client_id, models)
 
 
 async def health(settings: Settings) -> list[str]:

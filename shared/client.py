@@ -68,7 +68,9 @@ class Client:
         finally:
             await nc.drain()
 
-    async def publish(self, subject: str, data: Any, *, about: str | None = None, key: SigningKey | None = None) -> Envelope[Any]:
+    async def publish(
+        self, subject: str, data: Any, *, about: str | None = None, key: SigningKey | None = None
+    ) -> Envelope[Any]:
         """Wrap `data` in an envelope (signed when `key` is given) and publish it to JetStream."""
         event = new_event(subject, data, source=self.source, subject=about)
         if key is not None:
@@ -99,7 +101,9 @@ class Client:
         await store.put(key, data)
         ref_location = None
         if reference is not None:
-            ref_location = ObjectRef(kind="object", bucket=DATASETS_BUCKET, key=f"{reference.dataset}/{reference.version}")
+            ref_location = ObjectRef(
+                kind="object", bucket=DATASETS_BUCKET, key=f"{reference.dataset}/{reference.version}"
+            )
         event = DatasetUploaded(
             dataset=dataset,
             version=version,
@@ -168,7 +172,9 @@ class Client:
 
     async def log_predictions(self, model: str, records: list[PredictionRecord]) -> Envelope[Any]:
         """Log a batch of served predictions."""
-        return await self.publish(Subjects.PREDICTION_LOGGED, PredictionBatch(model=model, records=records), about=f"model:{model}")
+        return await self.publish(
+            Subjects.PREDICTION_LOGGED, PredictionBatch(model=model, records=records), about=f"model:{model}"
+        )
 
     async def request(self, subject: str, body: bytes, timeout: float = 5.0) -> bytes:
         """A raw request/reply."""

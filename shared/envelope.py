@@ -96,7 +96,8 @@ def new_event(
     time: datetime | None = None,
 ) -> Envelope[DataT]:
     """Wrap `data` in a fresh envelope."""
-    return Envelope[type(data)](  # type: ignore[misc]
+    model: Any = Envelope[type(data)]  # type: ignore[misc]
+    envelope: Envelope[DataT] = model(
         id=event_id or str(uuid.uuid4()),
         source=source,
         type=type_,
@@ -104,6 +105,7 @@ def new_event(
         subject=subject,
         data=data,
     )
+    return envelope
 
 
 def derived_id(service: str, input_id: str, kind: str = "") -> str:

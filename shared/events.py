@@ -292,6 +292,7 @@ class AuditQuery(Frozen):
     subject: str | None = Field(default=None, description="CloudEvents subject, e.g. model:churn:3")
     actor: str | None = None
     decision: str | None = None
+    client: str | None = Field(default=None, description="serving client id")
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: int | None = Field(default=None, description="return entries older than this seq")
 
@@ -325,3 +326,40 @@ class ErrorReply(Frozen):
 
     error: str
     detail: str = ""
+
+
+class RegistryStatusRequest(Frozen):
+    """Body of `mlw.registry.status`: where does a model version stand?"""
+
+    model: Name
+    version: str | None = Field(default=None, description="all versions when omitted")
+
+
+class RegistryStatus(Frozen):
+    """Reply to `mlw.registry.status`: the latest decision on each promotion request."""
+
+    promotions: list[PromotionVerdict]
+
+
+class ArtifactVerifyRequest(Frozen):
+    """Body of `mlw.artifact.verify`: re-hash an artifact and check it against its signed manifest."""
+
+    model: Name
+    version: str = Field(min_length=1, max_length=64)
+    path: str | None = Field(default=None, description="where the artifact is now (default: as built)")
+
+
+class ArtifactVerifyReply(Frozen):
+    """Reply to `mlw.artifact.verify`."""
+
+    ok: bool
+    root_digest: str = ""
+    signer: str = ""
+    problems: list[str] = Field(default_factory=list, description="each changed/added/removed file")
+
+
+class SchemaRegistration(Frozen):
+    """`mlw.serving.schema` request body: register a model's input feature schema (operator)."""
+
+    model: Name
+    features: list[dict[str, Any]] = Field(description="{name, min, max, required} per feature")

@@ -21,7 +21,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import ServiceRuntime, connect_options, start_runtime
-from shared.envelope import Envelope, MAX_MESSAGE_BYTES
+from shared.envelope import MAX_MESSAGE_BYTES, Envelope
 from shared.errors import MlwardenError
 from shared.events import ErrorReply
 from shared.settings import Settings
@@ -56,7 +56,9 @@ class ServiceApp:
             raise RuntimeError(f"{self.service} has not started")
         return self._runtime
 
-    def on_start(self, hook: Callable[[ServiceRuntime], Awaitable[None]]) -> Callable[[ServiceRuntime], Awaitable[None]]:
+    def on_start(
+        self, hook: Callable[[ServiceRuntime], Awaitable[None]]
+    ) -> Callable[[ServiceRuntime], Awaitable[None]]:
         """Run `hook` once the runtime exists, before consumers start (load models, state)."""
         self._startup_hooks.append(hook)
         return hook
@@ -156,7 +158,7 @@ class ServiceApp:
                     reply = await handler(request)
                 except MlwardenError as exc:
                     return _error(type(exc).__name__, str(exc))
-                except Exception as exc:  # noqa: BLE001 - a reply is owed even on a bug
+                except Exception as exc:
                     log.exception("%s: %s failed", self.service, subject)
                     return _error("internal", repr(exc)[:500])
                 return orjson.dumps(reply.model_dump(mode="json"))

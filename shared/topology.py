@@ -148,20 +148,14 @@ VERDICTS = StreamSpec(
 STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS)
 
 CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
-    "data-guard": (
-        ConsumerSpec("MLW_EVENTS", "data-guard", (Subjects.DATASET_UPLOADED,), ack_wait_s=120.0),
-    ),
-    "artifact-signer": (
-        ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,), ack_wait_s=300.0),
-    ),
+    "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", (Subjects.DATASET_UPLOADED,), ack_wait_s=120.0),),
+    "artifact-signer": (ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,), ack_wait_s=300.0),),
     "registry-gate": (
         # Requests and approvals on one durable, read one at a time, so they are seen in order.
         ConsumerSpec("MLW_EVENTS", "registry-gate", ("mlw.registry.>",)),
         ConsumerSpec("MLW_VERDICTS", "registry-gate-verdicts", ("mlw.verdict.>",)),
     ),
-    "serving-monitor": (
-        ConsumerSpec("MLW_PREDICTIONS", "serving-monitor", (Subjects.PREDICTION_LOGGED,)),
-    ),
+    "serving-monitor": (ConsumerSpec("MLW_PREDICTIONS", "serving-monitor", (Subjects.PREDICTION_LOGGED,)),),
     "audit-log": (
         ConsumerSpec("MLW_EVENTS", "audit-log-events", ("mlw.>",), max_ack_pending=20_000),
         ConsumerSpec("MLW_PREDICTIONS", "audit-log-predictions", ("mlw.>",), max_ack_pending=20_000),

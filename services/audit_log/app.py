@@ -82,7 +82,7 @@ class Ingestor:
                 await self.ingest(msgs)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - nothing acked: JetStream redelivers
+            except Exception as exc:
                 log.exception("audit-log: batch of %d not stored: %r", len(msgs), exc)
                 await asyncio.sleep(0.5)
 

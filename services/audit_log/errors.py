@@ -1,0 +1,39 @@
+"""Errors of the audit-log domain; all subclass `shared.errors.MlwardenError`."""
+
+from __future__ import annotations
+
+from shared.errors import MlwardenError, TransientError
+
+
+class StoreUnavailableError(TransientError):
+    """The database could not be reached or was locked; the batch was not written (retry it)."""
+
+    def __init__(self, reason: str, *, url: str) -> None:
+        super().__init__(f"audit store {url}: {reason}")
+        self.reason = reason
+        #: The database URL with any password hidden.
+        self.url = url
+
+
+class ConcurrentAppendError(TransientError):
+    """Another writer appended between this writer's read of the head and its insert.
+
+    The whole batch was rolled back, so nothing was half-written and the chain did not fork;
+    retrying appends it after the other writer's rows.
+    """
+
+    def __init__(self, reason: str, *, url: str, first_seq: int) -> None:
+        super().__init__(f"audit store {url}: concurrent append at seq {first_seq}: {reason}")
+        self.reason = reason
+        self.url = url
+        #: The seq this writer tried to give its first row.
+        self.first_seq = first_seq
+
+
+class CorruptEntryError(MlwardenError, ValueError):
+    """A stored entry cannot be read back (its body is not JSON): run `verify_chain`."""
+
+    def __init__(self, reason: str, *, seq: int) -> None:
+        super().__init__(f"audit entry seq {seq}: {reason}")
+        self.reason = reason
+        self.seq = seq

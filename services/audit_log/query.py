@@ -1,0 +1,87 @@
+"""Auditor queries over the trail: ANDed filters, newest first, cursor pagination on `seq`.
+
+Every filter is an equality on an indexed column plus an optional `time` range, so the
+`(column, time)` indexes of `services.audit_log.store` serve a time range plus one filter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, or_
+
+from services.audit_log.errors import CorruptEntryError
+from services.audit_log.store import AuditStore, StoredEntry
+from shared.errors import InputError
+from shared.events import AuditEntry, AuditPage, AuditQuery
+
+
+def run_query(store: AuditStore, query: AuditQuery) -> AuditPage:
+    """Answer one `mlw.audit.query`: the newest `query.limit` matching entries.
+
+    `since` is inclusive and `until` exclusive (event time, unix seconds). `cursor` returns
+    entries older (smaller seq) than it; `next_cursor` is set only when more entries match.
+    A subject ending in `:*` matches that subject and everything below it (`model:churn:*`
+    matches `model:churn` and `model:churn:3`).
+    """
+    t = store.table
+    where: list[ColumnElement[bool]] = []
+    for name, bound in (("since", query.since), ("until", query.until)):
+        # NaN compares false in SQLite and greater than everything in PostgreSQL: refuse it
+        # rather than answer differently per backend.
+        if bound is not None and not math.isfinite(bound):
+            raise InputError(f"{name} must be a finite number of unix seconds, got {bound!r}")
+    if query.since is not None:
+        where.append(t.c.time >= query.since)
+    if query.until is not None:
+        where.append(t.c.time < query.until)
+    equalities = {
+        "service": query.service,
+        "type": query.type,
+        "subject": None if _is_prefix(query.subject) else query.subject,
+        "actor": query.actor,
+        "decision": query.decision,
+        "client": query.client,
+    }
+    where.extend(t.c[name] == value for name, value in equalities.items() if value is not None)
+    if query.subject is not None and _is_prefix(query.subject):
+        base = query.subject[:-2]
+        pattern = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+        where.append(or_(t.c.subject == base, t.c.subject.like(pattern, escape="\\")))
+    if query.cursor is not None:
+        where.append(t.c.seq < query.cursor)
+    # One row more than asked tells whether another page exists without a COUNT.
+    rows = store.select_entries(*where, newest_first=True, limit=query.limit + 1)
+    page = rows[: query.limit]
+    next_cursor = page[-1].seq if len(rows) > query.limit else None
+    return AuditPage(entries=[to_audit_entry(row) for row in page], next_cursor=next_cursor)
+
+
+def _is_prefix(subject: str | None) -> bool:
+    return subject is not None and subject.endswith(":*")
+
+
+def to_audit_entry(entry: StoredEntry) -> AuditEntry:
+    """The wire form of a stored entry, with the event parsed back from its body."""
+    try:
+        event: Any = orjson.loads(entry.body)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptEntryError(f"body is not JSON: {exc}", seq=entry.seq) from exc
+    if not isinstance(event, dict):
+        raise CorruptEntryError("body is not a JSON object", seq=entry.seq)
+    return AuditEntry(
+        seq=entry.seq,
+        event_id=entry.event_id,
+        type=entry.type,
+        source=entry.source,
+        subject=entry.subject,
+        service=entry.service,
+        actor=entry.actor,
+        decision=entry.decision,
+        time=entry.time,
+        recorded_at=entry.recorded_at,
+        entry_hash=entry.entry_hash,
+        event=event,
+    )

@@ -1,0 +1,527 @@
+"""The audit trail in SQL: one append-only, hash-linked table, written in group-committed batches.
+
+Schema
+------
+Table `audit_entries`, one row per envelope received, whatever its stream:
+
+    seq          integer PK, dense 1, 2, 3, ... (assigned by the writer, see below)
+    event_id     the envelope `id`, UNIQUE: redeliveries and republished copies are skipped
+    type, source, subject                the CloudEvents attributes
+    service, actor, decision, client     extracted for queries (see `IncomingEvent.from_bytes`)
+    time         the event's own time, float unix seconds
+    recorded_at  when audit-log received it, float unix seconds
+    body         the envelope JSON text exactly as received (signatures stay checkable)
+    prev_hash, entry_hash                the hash chain
+
+Indexes serve "a time range plus at most one filter": `time`, and `(x, time)` for
+x in service, type, subject, actor, decision, client.
+
+Hash chain
+----------
+Every row is linked to the one before it (lower-case hex SHA-256 throughout)::
+
+    leaf_input(row) = canonical_json({"v": 1, "seq", "event_id", "type", "source", "subject",
+                                      "service", "actor", "decision", "client", "time",
+                                      "recorded_at", "body"})
+    entry_hash      = SHA-256(bytes.fromhex(prev_hash) || leaf_input(row))
+    prev_hash       = entry_hash of row seq - 1, or 64 zeros (`GENESIS_HASH`) for seq 1
+
+`canonical_json` is `shared.canonical`: keys sorted, no whitespace, UTF-8, a missing value as
+`null`, floats in their shortest round-trip form (`1700000000.25`, `1700000000.0`). `v` versions
+the format. `body` is a JSON string holding the received text, so the hash covers the original
+event (and its signature) as well as every column derived from it; `seq` is inside, so moving a
+row to another position breaks its hash even when its neighbours' links are rewritten.
+
+`seq` is dense on purpose: a database sequence leaves gaps on rollback, and a gap must mean a
+deleted row. It also gives every entry its RFC 9162 Merkle leaf index, `seq - 1`, over the same
+`leaf_input` bytes (leaf hash = SHA-256(0x00 || leaf_input), issue 3). A plain chain only proves
+internal consistency: whoever controls the database can recompute it from the first changed row
+on, or drop the newest rows. Checking against a trusted earlier head (`verify_chain(anchor=...)`,
+later the signed checkpoints) closes that gap.
+
+Single writer
+-------------
+The design has one audit-log writer: the chain is a total order and `seq` is computed from the
+current head. `append_batch` nevertheless takes the table's write lock first (SQLite
+`BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE ... IN EXCLUSIVE MODE`), so an accidental second
+writer waits instead of forking the chain; readers are not blocked (SQLite WAL, PostgreSQL MVCC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, Final, Self
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.schema import CreateSchema
+
+from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError
+from shared.canonical import canonical_json
+from shared.envelope import decode_any
+from shared.errors import InputError, InvalidMessage
+
+#: `prev_hash` of the first entry.
+GENESIS_HASH: Final = "0" * 64
+#: Version of the `leaf_input` format, hashed into every entry.
+LEAF_FORMAT_VERSION: Final = 1
+#: Longest value kept in an indexed text column (service, actor, decision, client).
+LABEL_MAX: Final = 256
+#: Fields of `data` that name the actor, in order of preference (first string wins):
+#: DatasetUploaded/DatasetVerdict, ModelBuilt/ArtifactVerdict, PromotionRequested/Verdict,
+#: ApprovalGiven, AdmissionVerdict/Alert.
+ACTOR_FIELDS: Final = ("uploader", "builder", "requester", "approver", "client")
+#: Sources of the form `mlwarden/<service>[/...]` name the emitting service.
+SOURCE_PREFIX: Final = "mlwarden/"
+
+# How many ids one `IN (...)` duplicate probe carries: far below SQLite's 32,766 and
+# PostgreSQL's 65,535 bind parameters.
+_PROBE_CHUNK = 500
+
+metadata = MetaData()
+
+# BIGINT on PostgreSQL; plain INTEGER on SQLite, where only `INTEGER PRIMARY KEY` aliases the
+# rowid (64-bit there anyway).
+_SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    # autoincrement stays declared for ad-hoc inserts, but the writer always sets seq itself.
+    Column("seq", _SeqType, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    Column("type", String(128), nullable=False),
+    Column("source", String(256), nullable=False),
+    Column("subject", String(256)),
+    Column("service", String(LABEL_MAX)),
+    Column("actor", String(LABEL_MAX)),
+    Column("decision", String(LABEL_MAX)),
+    Column("client", String(LABEL_MAX)),
+    Column("time", Double(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    Column("body", Text(), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    UniqueConstraint("event_id", name="uq_audit_entries_event_id"),
+    Index("ix_audit_entries_time", "time"),
+    Index("ix_audit_entries_service_time", "service", "time"),
+    Index("ix_audit_entries_type_time", "type", "time"),
+    Index("ix_audit_entries_subject_time", "subject", "time"),
+    Index("ix_audit_entries_actor_time", "actor", "time"),
+    Index("ix_audit_entries_decision_time", "decision", "time"),
+    Index("ix_audit_entries_client_time", "client", "time"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFields:
+    """The columns of an entry that come from the event and its arrival (everything hashed but seq)."""
+
+    event_id: str
+    type: str
+    source: str
+    subject: str | None
+    service: str | None
+    actor: str | None
+    decision: str | None
+    client: str | None
+    time: float
+    recorded_at: float
+    body: str
+
+
+def leaf_input(seq: int, fields: EntryFields) -> bytes:
+    """The canonical bytes of one entry that the chain (and later the Merkle leaf) hashes."""
+    return canonical_json(
+        {
+            "v": LEAF_FORMAT_VERSION,
+            "seq": seq,
+            "event_id": fields.event_id,
+            "type": fields.type,
+            "source": fields.source,
+            "subject": fields.subject,
+            "service": fields.service,
+            "actor": fields.actor,
+            "decision": fields.decision,
+            "client": fields.client,
+            "time": fields.time,
+            "recorded_at": fields.recorded_at,
+            "body": fields.body,
+        }
+    )
+
+
+def chain_hash(prev_hash: str, leaf: bytes) -> str:
+    """`entry_hash` = SHA-256(prev_hash bytes || leaf input), lower-case hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + leaf).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent(EntryFields):
+    """One received envelope, reduced to the columns it is stored and queried by."""
+
+    @classmethod
+    def from_bytes(cls, body: bytes, *, recorded_at: float) -> Self:
+        """Parse a CloudEvents envelope and extract its indexed columns.
+
+        Raises `InvalidMessage` for bytes that are not a valid envelope, and for an indexed
+        value no database column can hold (over `LABEL_MAX` characters, or a NUL character,
+        which PostgreSQL text refuses): the wiring turns those into dead letters, which are
+        stored in their turn.
+        """
+        if not math.isfinite(recorded_at):
+            raise InputError(f"recorded_at must be finite, got {recorded_at!r}")
+        env = decode_any(body)
+        data: dict[str, Any] = env.data.model_extra or {}
+        size = len(body)
+        # A producer may omit the offset; reading it as local time would make the stored (and
+        # hashed) value depend on the audit host's time zone.
+        when = env.time if env.time.tzinfo is not None else env.time.replace(tzinfo=UTC)
+        actor = next((v for k in ACTOR_FIELDS if isinstance(v := data.get(k), str) and v), None)
+        return cls(
+            event_id=_checked(env.id, "id", size),
+            type=_checked(env.type, "type", size),
+            source=_checked(env.source, "source", size),
+            subject=_label(env.subject, "subject", size),
+            service=_label(_service_of(env.source, env.signer), "service", size),
+            actor=_label(actor, "actor", size),
+            decision=_label(data.get("decision"), "data.decision", size),
+            client=_label(data.get("client"), "data.client", size),
+            time=when.timestamp(),
+            recorded_at=recorded_at,
+            # orjson accepted these bytes, so they are valid UTF-8 and hold no raw NUL.
+            body=body.decode("utf-8"),
+        )
+
+
+def _service_of(source: str, signer: str | None) -> str | None:
+    """`mlwarden/<service>[/...]` names the service; otherwise the signer's key id, if any."""
+    if source.startswith(SOURCE_PREFIX):
+        name = source[len(SOURCE_PREFIX) :].split("/", 1)[0]
+        if name:
+            return name
+    return signer or None
+
+
+def _checked(value: str, field: str, size: int) -> str:
+    if "\x00" in value:
+        raise InvalidMessage(f"{field} contains a NUL character", size=size)
+    return value
+
+
+def _label(value: object, field: str, size: int) -> str | None:
+    # A value of the wrong JSON type is simply not indexed: the body still holds it.
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > LABEL_MAX:
+        raise InvalidMessage(f"{field} is longer than {LABEL_MAX} characters", size=size)
+    return _checked(value, field, size)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry(EntryFields):
+    """One row of `audit_entries`."""
+
+    seq: int
+    prev_hash: str
+    entry_hash: str
+
+    @property
+    def leaf_index(self) -> int:
+        """Position in the RFC 9162 Merkle tree over the entries (0-based)."""
+        return self.seq - 1
+
+    def leaf_input(self) -> bytes:
+        """The canonical bytes hashed for this entry."""
+        return leaf_input(self.seq, self)
+
+    def computed_hash(self) -> str:
+        """What `entry_hash` must be, recomputed from the stored fields and `prev_hash`."""
+        return chain_hash(self.prev_hash, self.leaf_input())
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest entry's position and hash (seq 0 and `GENESIS_HASH` when empty)."""
+
+    seq: int
+    entry_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of one `append_batch`."""
+
+    inserted: int
+    #: Items skipped because their event id was earlier in the batch or already stored.
+    duplicates: int
+    #: seq of the first and last inserted row (None when nothing was inserted).
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+_FIELD_NAMES: Final = tuple(c.name for c in audit_entries.columns)
+
+
+def _entry(row: Any) -> StoredEntry:
+    return StoredEntry(**{name: row._mapping[name] for name in _FIELD_NAMES})
+
+
+class AuditStore:
+    """The audit trail in a SQLite file or PostgreSQL, through SQLAlchemy Core.
+
+    `url` is any SQLAlchemy URL: `sqlite:///path/audit.db` (WAL, `synchronous=NORMAL`) or
+    `postgresql+psycopg://user@host/db`. `schema` (PostgreSQL only) puts the table in its own
+    schema, created by `create()`.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        parsed = make_url(url)
+        self._url = parsed.render_as_string(hide_password=True)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        self._postgres = parsed.get_backend_name() == "postgresql"
+        if schema is not None and not self._postgres:
+            raise InputError(f"a schema is only supported on PostgreSQL, not {self._url}")
+        self._schema = schema
+        if self._sqlite:
+            in_memory = parsed.database in (None, "", ":memory:")
+            engine = create_engine(parsed, poolclass=StaticPool) if in_memory else create_engine(parsed)
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+        self._base_engine = engine
+        self._engine: Engine = engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (schema applied): for readers that need raw SQL, and for tests."""
+        return self._engine
+
+    @property
+    def table(self) -> Table:
+        """The `audit_entries` table (unqualified; the engine maps it into `schema`)."""
+        return audit_entries
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password hidden."""
+        return self._url
+
+    def create(self) -> None:
+        """Create the schema (if any), table and indexes; a no-op when they exist."""
+        # Issue 3 adds the append-only triggers (reject UPDATE and DELETE) here.
+        with self._errors(), self._engine.begin() as conn:
+            if self._schema is not None:
+                conn.execute(CreateSchema(self._schema, if_not_exists=True))
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._base_engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def append_batch(self, items: Sequence[IncomingEvent]) -> AppendResult:
+        """Append new events in one transaction (group commit), linked into the chain in order.
+
+        Idempotent on `event_id`: an id seen earlier in `items`, or already stored, is skipped
+        and counted in `duplicates`. Either the whole batch is committed or none of it is; ack
+        the messages only after this returns.
+        """
+        if not items:
+            return AppendResult(inserted=0, duplicates=0)
+        unique: dict[str, IncomingEvent] = {}
+        for item in items:
+            unique.setdefault(item.event_id, item)
+        head = ChainHead(0, GENESIS_HASH)
+        rows: list[dict[str, Any]] = []
+        try:
+            with self._errors(), self._write() as conn:
+                stored = self._existing_ids(conn, list(unique))
+                fresh = [item for event_id, item in unique.items() if event_id not in stored]
+                head = self._head(conn)
+                prev, seq = head.entry_hash, head.seq
+                for item in fresh:
+                    seq += 1
+                    entry_hash = chain_hash(prev, leaf_input(seq, item))
+                    rows.append(_row(item, seq=seq, prev_hash=prev, entry_hash=entry_hash))
+                    prev = entry_hash
+                if rows:
+                    conn.execute(insert(audit_entries), rows)
+        except IntegrityError as exc:
+            # Only possible when another writer bypassed the lock (or a row was inserted by
+            # hand): the seq or the event id was taken in between. Nothing was committed.
+            raise ConcurrentAppendError(_first_line(exc), url=self._url, first_seq=head.seq + 1) from exc
+        if not rows:
+            return AppendResult(inserted=0, duplicates=len(items))
+        return AppendResult(
+            inserted=len(rows),
+            duplicates=len(items) - len(rows),
+            first_seq=rows[0]["seq"],
+            last_seq=rows[-1]["seq"],
+        )
+
+    def head(self) -> ChainHead:
+        """The newest entry's seq and hash."""
+        with self._errors(), self._engine.connect() as conn:
+            return self._head(conn)
+
+    def count(self) -> int:
+        """How many entries are stored."""
+        with self._errors(), self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(audit_entries)).scalar_one())
+
+    def find(self, event_id: str) -> StoredEntry | None:
+        """The entry of one event id, if stored."""
+        rows = self.select_entries(audit_entries.c.event_id == event_id, limit=1)
+        return rows[0] if rows else None
+
+    def iter_entries(self, chunk: int = 1000, *, after_seq: int = 0) -> Iterator[StoredEntry]:
+        """Every entry with seq > `after_seq`, in seq order, `chunk` rows per query.
+
+        Keyset pagination in short read transactions: constant memory, and no long-lived
+        snapshot that would hold back SQLite's WAL checkpoints or PostgreSQL's vacuum.
+        """
+        if chunk < 1:
+            raise InputError(f"chunk must be at least 1, got {chunk}")
+        last = after_seq
+        while True:
+            rows = self.select_entries(audit_entries.c.seq > last, limit=chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            last = rows[-1].seq
+
+    def select_entries(
+        self,
+        *where: ColumnElement[bool],
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredEntry]:
+        """Entries matching every condition (over `table.c`), ordered by seq."""
+        order = audit_entries.c.seq.desc() if newest_first else audit_entries.c.seq.asc()
+        stmt = select(audit_entries).where(*where).order_by(order).limit(limit)
+        with self._errors(), self._engine.connect() as conn:
+            return [_entry(row) for row in conn.execute(stmt)]
+
+    # --- internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that holds the table's write lock from its first statement."""
+        with self._engine.connect() as conn:
+            conn.execution_options(mlw_write=True)
+            with conn.begin():
+                if self._postgres:
+                    conn.execute(text(f"LOCK TABLE {self._qualified_table()} IN EXCLUSIVE MODE"))
+                yield conn
+
+    def _qualified_table(self) -> str:
+        prep = self._engine.dialect.identifier_preparer
+        name = prep.quote(audit_entries.name)
+        return f"{prep.quote_schema(self._schema)}.{name}" if self._schema else name
+
+    @staticmethod
+    def _head(conn: Connection) -> ChainHead:
+        stmt = select(audit_entries.c.seq, audit_entries.c.entry_hash).order_by(audit_entries.c.seq.desc()).limit(1)
+        row = conn.execute(stmt).first()
+        return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(int(row.seq), row.entry_hash)
+
+    @staticmethod
+    def _existing_ids(conn: Connection, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(event_ids), _PROBE_CHUNK):
+            chunk = event_ids[start : start + _PROBE_CHUNK]
+            stmt = select(audit_entries.c.event_id).where(audit_entries.c.event_id.in_(chunk))
+            found.update(conn.execute(stmt).scalars())
+        return found
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        # A locked SQLite file or an unreachable server is worth a retry; translate it at the
+        # boundary so callers see one error family and never a driver's class.
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreUnavailableError(_first_line(exc), url=self._url) from exc
+
+
+def _row(item: IncomingEvent, *, seq: int, prev_hash: str, entry_hash: str) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "event_id": item.event_id,
+        "type": item.type,
+        "source": item.source,
+        "subject": item.subject,
+        "service": item.service,
+        "actor": item.actor,
+        "decision": item.decision,
+        "client": item.client,
+        "time": item.time,
+        "recorded_at": item.recorded_at,
+        "body": item.body,
+        "prev_hash": prev_hash,
+        "entry_hash": entry_hash,
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    # The driver's message without SQLAlchemy's SQL echo and parameters (which hold event data).
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL and `synchronous=NORMAL` on every connection, and explicit transaction control.
+
+    pysqlite's own implicit BEGIN is switched off (the SQLAlchemy-documented recipe) so that a
+    write transaction can start with `BEGIN IMMEDIATE`, taking the write lock before the head is
+    read; readers start a plain deferred `BEGIN` and never block the writer under WAL.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        # WAL: readers and the writer do not block each other; NORMAL: fsync at checkpoints
+        # only, still durable against a process crash (https://sqlite.org/wal.html).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("mlw_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

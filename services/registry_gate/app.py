@@ -1,0 +1,214 @@
+"""registry-gate's wiring: signed promotion requests and approvals in, verified verdicts from
+data-guard and artifact-signer in, `mlw.verdict.promotion` out. The decision is `gate.evaluate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from nats.js.errors import KeyNotFoundError
+
+from services.registry_gate.gate import ConflictingEvent, RegistryState, evaluate
+from services.registry_gate.policy import RegistryPolicy, load_policy
+from shared.bus import ServiceRuntime
+from shared.envelope import Envelope
+from shared.errors import SignatureError
+from shared.events import (
+    ApprovalGiven,
+    ArtifactVerdict,
+    DatasetVerdict,
+    PromotionRequested,
+    PromotionVerdict,
+    RegistryStatus,
+    RegistryStatusRequest,
+    Severity,
+)
+from shared.service import ServiceApp
+from shared.settings import Settings
+from shared.topology import STATE_BUCKET, Subjects
+
+SERVICE = "registry-gate"
+STATE_KEY = "registry-gate.state"
+log = logging.getLogger("mlwarden.registry-gate")
+
+
+class Gate:
+    """registry-gate's state and what it publishes; one event at a time under a lock."""
+
+    def __init__(self, runtime: ServiceRuntime, policy: RegistryPolicy, state: RegistryState) -> None:
+        self.runtime = runtime
+        self.policy = policy
+        self.actors = policy.trust_store()
+        self.state = state
+        self.lock = asyncio.Lock()
+        # The last decision published per request: re-evaluations that change nothing stay quiet.
+        self.last: dict[str, PromotionVerdict] = {}
+
+    async def save(self) -> None:
+        """Persist the state before acking the event that changed it."""
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        await kv.put(STATE_KEY, orjson.dumps(self.state.to_dict()))
+
+    async def decide(self, request_ids: list[str], cause: str, *, always: bool = False) -> None:
+        """Evaluate each request and publish its verdict when it changed (or `always`)."""
+        for request_id in request_ids:
+            if self.state.request(request_id) is None:
+                continue
+            decision = evaluate(request_id, self.state, self.policy)
+            verdict = decision.to_verdict(in_reply_to=cause)
+            previous = self.last.get(request_id)
+            if not always and previous is not None and _same(previous, verdict):
+                continue
+            self.last[request_id] = verdict
+            await self.runtime.emit(
+                Subjects.VERDICT_PROMOTION,
+                verdict,
+                in_reply_to=f"{request_id}:{cause}",
+                about=f"model:{verdict.model}:{verdict.version}",
+            )
+
+    async def reject_unsigned(self, event: Envelope[PromotionRequested], reason: str) -> None:
+        """A request whose signature does not hold is rejected outright, and alerted."""
+        data = event.data
+        verdict = PromotionVerdict(
+            model=data.model,
+            version=data.version,
+            stage=data.stage,
+            decision="rejected",
+            reasons=[f"request signature invalid: {reason}"],
+            requester=data.requester,
+            request_id=event.id,
+            in_reply_to=event.id,
+        )
+        await self.runtime.emit(
+            Subjects.VERDICT_PROMOTION, verdict, in_reply_to=event.id, about=f"model:{data.model}:{data.version}"
+        )
+        await self.runtime.alert(
+            "forged_request",
+            Severity.FAIL,
+            f"promotion request {event.id} claims {data.requester!r}: {reason}",
+            in_reply_to=event.id,
+        )
+
+
+def _same(a: PromotionVerdict, b: PromotionVerdict) -> bool:
+    return (a.decision, a.reasons, a.approvers) == (b.decision, b.reasons, b.approvers)
+
+
+async def _load_state(runtime: ServiceRuntime) -> RegistryState:
+    kv = await runtime.js.key_value(STATE_BUCKET)
+    try:
+        entry = await kv.get(STATE_KEY)
+    except KeyNotFoundError:
+        return RegistryState()
+    return RegistryState.from_dict(orjson.loads(entry.value or b"{}"))
+
+
+def create_app(settings: Settings | None = None) -> ServiceApp:
+    """Build registry-gate."""
+    settings = settings or Settings()
+    svc = ServiceApp(SERVICE, settings)
+
+    def gate() -> Gate:
+        the_gate: Gate = svc.state["gate"]
+        return the_gate
+
+    @svc.on_start
+    async def start(runtime: ServiceRuntime) -> None:
+        policy = load_policy(settings.registry_policy_path)
+        svc.state["gate"] = Gate(runtime, policy, await _load_state(runtime))
+
+    async def on_promotion(event: Envelope[PromotionRequested]) -> None:
+        """A promotion request, signed by its requester: decide promoted, pending or rejected."""
+        g = gate()
+        async with g.lock:
+            try:
+                signer = event.verify(g.actors)
+            except SignatureError as exc:
+                await g.reject_unsigned(event, exc.reason)
+                return
+            try:
+                ids = g.state.record_request(event.id, event.data, signer)
+            except ConflictingEvent as exc:
+                await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
+                return
+            await g.save()
+            await g.decide(ids, event.id, always=True)
+
+    async def on_approval(event: Envelope[ApprovalGiven]) -> None:
+        """An approval, signed by its approver: counts towards the stage's approvals."""
+        g = gate()
+        async with g.lock:
+            try:
+                signer = event.verify(g.actors)
+            except SignatureError as exc:
+                await g.runtime.alert(
+                    "forged_approval",
+                    Severity.FAIL,
+                    f"approval {event.id} claims {event.data.approver!r}: {exc.reason}",
+                    in_reply_to=event.id,
+                )
+                return
+            try:
+                ids = g.state.record_approval(event.id, event.data, signer)
+            except ConflictingEvent as exc:
+                await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
+                return
+            await g.save()
+            await g.decide(ids, event.id, always=True)
+
+    async def on_artifact_verdict(event: Envelope[ArtifactVerdict]) -> None:
+        """artifact-signer's verdict: acted upon only when its signature verifies."""
+        g = gate()
+        try:
+            await g.runtime.verify_verdict(event)
+        except SignatureError:
+            return  # alerted by verify_verdict; a forged verdict changes nothing
+        async with g.lock:
+            ids = g.state.record_artifact_verdict(event.data)
+            await g.save()
+            await g.decide(ids, event.id)
+
+    async def on_dataset_verdict(event: Envelope[DatasetVerdict]) -> None:
+        """data-guard's verdict: acted upon only when its signature verifies."""
+        g = gate()
+        try:
+            await g.runtime.verify_verdict(event)
+        except SignatureError:
+            return
+        async with g.lock:
+            ids = g.state.record_dataset_verdict(event.data)
+            await g.save()
+            await g.decide(ids, event.id)
+
+    routes_events: dict[str, tuple[type[Any], Any]] = {
+        Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
+        Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
+    }
+    # One at a time, in stream order: an approval is never judged before its request.
+    svc.consume_routes("mlw.registry.>", routes_events, batch=1, doc=on_promotion.__doc__)
+    routes_verdicts: dict[str, tuple[type[Any], Any]] = {
+        Subjects.VERDICT_ARTIFACT: (ArtifactVerdict, on_artifact_verdict),
+        Subjects.VERDICT_DATASET: (DatasetVerdict, on_dataset_verdict),
+    }
+    svc.consume_routes("mlw.verdict.>", routes_verdicts, batch=1, doc=on_artifact_verdict.__doc__)
+
+    @svc.reply(Subjects.REGISTRY_STATUS, RegistryStatusRequest)
+    async def status(request: RegistryStatusRequest) -> RegistryStatus:
+        """Where each promotion request of a model (version) stands."""
+        g = gate()
+        async with g.lock:
+            found = []
+            for request_id in g.state.request_ids():
+                recorded = g.state.request(request_id)
+                if recorded is None or recorded.request.model != request.model:
+                    continue
+                if request.version is not None and recorded.request.version != request.version:
+                    continue
+                found.append(evaluate(request_id, g.state, g.policy).to_verdict(in_reply_to=request_id))
+        return RegistryStatus(promotions=found)
+
+    return svc

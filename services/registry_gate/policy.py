@@ -1,0 +1,227 @@
+"""The registry policy: actors (their public keys and roles) and what each stage needs.
+
+The policy is the only place roles come from: a promotion request or an approval proves who sent
+it by its Ed25519 signature (`trust_store()` holds the actors' keys), and the policy says what
+that actor may do. A field in an event never grants anything.
+
+Validation is strict because a loose policy silently disables a control:
+
+- every role an actor holds or a stage names must be declared in `roles` (a typo such as
+  `reviwer` would otherwise leave a stage with no possible approver, or grant nothing);
+- production needs at least one approval: with zero, one person could promote alone, which is
+  exactly what the two-person rule forbids (the requester plus >= 1 distinct approver);
+- public keys must be raw 32-byte Ed25519 keys in base64, and no two actors may share one (two
+  ids with one key would let one person count as two approvers).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, Field, ValidationError, model_validator
+
+from shared.errors import MlwardenError, SignatureError
+from shared.events import Frozen, Name
+from shared.signing import TrustStore, load_public_key
+
+#: The two stages a promotion can target (as in `shared.events.PromotionRequested.stage`).
+Stage = Literal["staging", "production"]
+
+ML_ENGINEER = "ml-engineer"
+REVIEWER = "reviewer"
+
+#: Roles of the demo actors `mlwarden keys init` creates (mallory holds none: the attacker).
+DEMO_ACTOR_ROLES: Mapping[str, tuple[str, ...]] = {
+    "alice": (ML_ENGINEER,),
+    "bob": (REVIEWER,),
+    "carol": (REVIEWER,),
+    "mallory": (),
+}
+
+
+class PolicyError(MlwardenError, ValueError):
+    """A registry policy that cannot be read or must not be used."""
+
+    def __init__(self, reason: str, *, path: str | None = None, problems: Iterable[str] = ()) -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.reason = reason
+        self.path = path
+        self.problems = list(problems)
+
+
+def _sorted_unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    # Sorted and de-duplicated so equal policies compare and render identically.
+    return tuple(sorted(set(values)))
+
+
+def _ed25519_b64(value: str) -> str:
+    # Only the raw base64 form: PEM would also load, but one spelling per key keeps the
+    # duplicate-key check below exact.
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ValueError("public_key is not base64") from exc
+    if len(raw) != 32:
+        raise ValueError(f"public_key must be a raw 32-byte Ed25519 key, got {len(raw)} bytes")
+    try:
+        load_public_key(value)
+    except SignatureError as exc:
+        raise ValueError(exc.reason) from exc
+    return value
+
+
+RoleSet = Annotated[tuple[Name, ...], AfterValidator(_sorted_unique)]
+PublicKeyB64 = Annotated[str, AfterValidator(_ed25519_b64)]
+
+
+class ActorPolicy(Frozen):
+    """One person (or bot) who may sign promotion requests or approvals."""
+
+    public_key: PublicKeyB64 = Field(description="raw 32-byte Ed25519 public key, base64")
+    roles: RoleSet = Field(default=(), description="roles the actor holds")
+
+
+class StagePolicy(Frozen):
+    """What a promotion to one stage needs. Field defaults are the strict production ones."""
+
+    request_roles: RoleSet = Field(default=(ML_ENGINEER,), description="roles that may request it")
+    approver_roles: RoleSet = Field(default=(REVIEWER,), description="roles whose approval counts")
+    approvals: int = Field(default=2, ge=0, le=16, description="distinct approvers needed")
+    accept_warn_datasets: bool = Field(
+        default=False, description="a data-guard 'warn' on a training dataset is enough (else pass only)"
+    )
+    require_datasets: bool = Field(
+        default=True,
+        description="refuse an artifact whose verdict names no training dataset (no data provenance)",
+    )
+
+    @model_validator(mode="after")
+    def _reachable(self) -> StagePolicy:
+        if not self.request_roles:
+            raise ValueError("request_roles is empty: nobody could ever request this stage")
+        if self.approvals > 0 and not self.approver_roles:
+            raise ValueError("approvals are needed but approver_roles is empty")
+        return self
+
+
+class StagesPolicy(Frozen):
+    """The policy of each stage; unknown stage names are refused."""
+
+    staging: StagePolicy = Field(
+        default=StagePolicy(approvals=1, accept_warn_datasets=True, require_datasets=False),
+        description="pre-production: one approval, 'warn' datasets accepted",
+    )
+    production: StagePolicy = Field(default=StagePolicy(), description="two distinct approvals, datasets must pass")
+
+
+class RegistryPolicy(Frozen):
+    """Actors, the roles they hold, and what each stage needs."""
+
+    roles: RoleSet = Field(default=(ML_ENGINEER, REVIEWER), description="every role that exists")
+    actors: dict[Name, ActorPolicy] = Field(default_factory=dict, description="actor id -> key, roles")
+    stages: StagesPolicy = Field(default_factory=StagesPolicy, description="stage -> requirements")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RegistryPolicy:
+        declared = set(self.roles)
+        problems: list[str] = []
+        for actor_id, actor in self.actors.items():
+            problems += [f"actor {actor_id!r} holds undeclared role {r!r}" for r in actor.roles if r not in declared]
+        for stage_name in ("staging", "production"):
+            stage = self.stage(stage_name)
+            for role in (*stage.request_roles, *stage.approver_roles):
+                if role not in declared:
+                    problems.append(f"stage {stage_name!r} names undeclared role {role!r}")
+        # Two-person rule: the requester alone must never be enough for production.
+        if self.stages.production.approvals < 1:
+            problems.append("production needs at least 1 approval (two-person rule)")
+        owners: dict[str, str] = {}
+        for actor_id, actor in self.actors.items():
+            other = owners.setdefault(actor.public_key, actor_id)
+            if other != actor_id:
+                problems.append(f"actors {other!r} and {actor_id!r} share one public key")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def stage(self, name: Stage) -> StagePolicy:
+        """The requirements of stage `name`."""
+        return self.stages.production if name == "production" else self.stages.staging
+
+    def roles_of(self, actor_id: str) -> tuple[str, ...]:
+        """The roles `actor_id` holds (none for an unknown actor)."""
+        actor = self.actors.get(actor_id)
+        return actor.roles if actor is not None else ()
+
+    def may_request(self, actor_id: str, stage: Stage) -> bool:
+        """Whether `actor_id` holds a role allowed to request promotion to `stage`."""
+        return bool(set(self.roles_of(actor_id)) & set(self.stage(stage).request_roles))
+
+    def may_approve(self, actor_id: str, stage: Stage) -> bool:
+        """Whether `actor_id` holds a role whose approval counts for `stage`."""
+        return bool(set(self.roles_of(actor_id)) & set(self.stage(stage).approver_roles))
+
+    def trust_store(self) -> TrustStore:
+        """A trust store of the actors' public keys, to verify requests and approvals."""
+        return TrustStore({actor_id: actor.public_key for actor_id, actor in self.actors.items()})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: str | None = None) -> RegistryPolicy:
+        """Validate a parsed policy; raise PolicyError listing every problem."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '<policy>'}: {err['msg']}" for err in exc.errors()]
+            raise PolicyError("invalid registry policy", path=path, problems=problems) from exc
+
+    @classmethod
+    def from_yaml(cls, text: str, *, path: str | None = None) -> RegistryPolicy:
+        """Parse and validate policy YAML (safe loader only: no arbitrary Python objects)."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"not valid YAML: {exc}", path=path) from exc
+        if not isinstance(data, dict):
+            raise PolicyError("a policy must be a YAML mapping", path=path)
+        return cls.from_dict(data, path=path)
+
+    def to_yaml(self) -> str:
+        """The policy as YAML that `from_yaml` reads back to an equal policy."""
+        text: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+        return text
+
+
+def load_policy(path: Path) -> RegistryPolicy:
+    """Read and validate the policy file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read policy: {exc}", path=str(path)) from exc
+    return RegistryPolicy.from_yaml(text, path=str(path))
+
+
+def policy_for_actors(
+    actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: StagesPolicy | None = None
+) -> RegistryPolicy:
+    """A validated policy from `{actor_id: (public_key_b64, roles)}` and default (or given) stages."""
+    return RegistryPolicy.from_dict(
+        {
+            "actors": {
+                actor_id: {"public_key": key, "roles": list(roles)} for actor_id, (key, roles) in actors.items()
+            },
+            "stages": (stages or StagesPolicy()).model_dump(mode="json"),
+        }
+    )
+
+
+def render_policy(actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: StagesPolicy | None = None) -> str:
+    """Policy YAML for `{actor_id: (public_key_b64, roles)}`, validated before it is written."""
+    header = (
+        "# mlwarden registry-gate policy: actors (Ed25519 public keys, roles) and stage requirements.\n"
+        "# Requests and approvals must be signed by the actor's own key; roles come only from here.\n"
+    )
+    return header + policy_for_actors(actors, stages=stages).to_yaml()

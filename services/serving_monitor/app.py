@@ -1,0 +1,175 @@
+"""serving-monitor's wiring: answer `mlw.serving.admit`, watch prediction logs for abuse.
+
+Key records and feature schemas are followed live from their key-value buckets (a watcher, so a
+flood of made-up key ids costs no bucket look-ups). Denials are published as signed
+`mlw.verdict.admission` events, coalesced per client, model and reason every half second so a
+flood cannot turn into a flood of audit rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.serving_monitor.abuse import AbuseMonitor
+from services.serving_monitor.admission import Admission
+from services.serving_monitor.auth import ApiKeyRecord, ApiKeyStore
+from services.serving_monitor.errors import ServingMonitorError
+from services.serving_monitor.keystore import SCHEMA_PREFIX, load_pepper
+from services.serving_monitor.ratelimit import GcraLimiter
+from services.serving_monitor.validation import FeatureSchema, SchemaRegistry
+from shared.bus import ServiceRuntime
+from shared.envelope import Envelope
+from shared.events import AdmissionVerdict, AdmitReply, AdmitRequest, PredictionBatch
+from shared.service import ServiceApp
+from shared.settings import Settings
+from shared.topology import API_KEYS_BUCKET, STATE_BUCKET, Subjects
+
+SERVICE = "serving-monitor"
+log = logging.getLogger("mlwarden.serving-monitor")
+
+
+class ServingSettings(BaseSettings):
+    """serving-monitor's own knobs (`MLW_SERVING_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLW_SERVING_", extra="ignore", frozen=True)
+
+    rate_per_second: float = 20.0
+    burst: float = 40.0
+    abuse_volume_per_minute: float = 600.0
+    abuse_invalid_rate: float = 0.2
+    abuse_min_records: int = 20
+    abuse_cooldown_s: float = 60.0
+    denial_flush_s: float = 0.5
+
+
+class Monitor:
+    """The live state: keys, schemas, limiter, abuse counters and pending denial counts."""
+
+    def __init__(self, runtime: ServiceRuntime, settings: Settings, cfg: ServingSettings) -> None:
+        self.runtime = runtime
+        self.keys = ApiKeyStore(load_pepper(settings))
+        self.schemas = SchemaRegistry()
+        self.limiter = GcraLimiter(cfg.rate_per_second, cfg.burst)
+        self.admission = Admission(self.keys, self.limiter, self.schemas)
+        self.abuse = AbuseMonitor(
+            cfg.abuse_volume_per_minute, cfg.abuse_invalid_rate, cfg.abuse_min_records, cfg.abuse_cooldown_s
+        )
+        self.flush_s = cfg.denial_flush_s
+        self.denials: Counter[tuple[str, str, str]] = Counter()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Follow the key and schema buckets; flush denial counts periodically."""
+        js = self.runtime.js
+        keys_kv = await js.key_value(API_KEYS_BUCKET)
+        state_kv = await js.key_value(STATE_BUCKET)
+        key_watch = await keys_kv.watchall()
+        schema_watch = await state_kv.watch(SCHEMA_PREFIX + ">")
+        self.tasks = [
+            asyncio.create_task(self._follow(key_watch, self._on_key), name="sm:keys"),
+            asyncio.create_task(self._follow(schema_watch, self._on_schema), name="sm:schemas"),
+            asyncio.create_task(self._flush_loop(), name="sm:denials"),
+        ]
+        # The watchers deliver the current values first; wait briefly so the first requests
+        # after start-up see the keys that already exist.
+        await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and publish what is pending."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def _follow(self, watcher: Any, apply: Any) -> None:
+        async for entry in watcher:
+            if entry is None or entry.value is None:
+                continue
+            try:
+                apply(entry.key, entry.value)
+            except (ServingMonitorError, ValueError) as exc:
+                # A forged or malformed record is refused, never trusted.
+                log.warning("serving-monitor: refused %s: %s", entry.key, exc)
+
+    def _on_key(self, key: str, value: bytes) -> None:
+        record = ApiKeyRecord.from_dict(orjson.loads(value))
+        if record.key_id != key:
+            raise ValueError(f"record for {record.key_id} stored under {key}")
+        self.keys.add(record)
+
+    def _on_schema(self, key: str, value: bytes) -> None:
+        schema = FeatureSchema.model_validate(orjson.loads(value))
+        if SCHEMA_PREFIX + schema.model != key:
+            raise ValueError(f"schema for {schema.model} stored under {key}")
+        self.schemas.register(schema)
+
+    def admit(self, request: AdmitRequest) -> AdmitReply:
+        """Decide one admission; remember a denial for the audit trail."""
+        reply = self.admission.decide(request, time.monotonic())
+        if not reply.allowed:
+            self.denials[(reply.client or "anonymous", request.model, reply.reason)] += 1
+        return reply
+
+    async def flush(self) -> None:
+        """Publish coalesced denials."""
+        pending, self.denials = self.denials, Counter()
+        for (client, model, reason), count in pending.items():
+            verdict = AdmissionVerdict(client=client, model=model, decision="deny", reason=reason, count=count)
+            await self.runtime.emit(Subjects.VERDICT_ADMISSION, verdict, about=f"model:{model}")
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            if self.denials:
+                try:
+                    await self.flush()
+                except Exception as exc:  # noqa: BLE001 - keep serving; counts resume next round
+                    log.warning("serving-monitor: denial flush failed: %r", exc)
+
+
+def create_app(settings: Settings | None = None, cfg: ServingSettings | None = None) -> ServiceApp:
+    """Build serving-monitor."""
+    settings = settings or Settings()
+    cfg = cfg or ServingSettings()
+    svc = ServiceApp(SERVICE, settings)
+
+    def monitor() -> Monitor:
+        the_monitor: Monitor = svc.state["monitor"]
+        return the_monitor
+
+    @svc.on_start
+    async def start(runtime: ServiceRuntime) -> None:
+        svc.state["monitor"] = Monitor(runtime, settings, cfg)
+        await svc.state["monitor"].start()
+
+    @svc.on_stop
+    async def stop() -> None:
+        if "monitor" in svc.state:
+            await svc.state["monitor"].stop()
+
+    @svc.reply(Subjects.SERVING_ADMIT, AdmitRequest)
+    async def admit(request: AdmitRequest) -> AdmitReply:
+        """May this call proceed? API key, scope, per-client rate limit, input validation."""
+        return monitor().admit(request)
+
+    @svc.consume(Subjects.PREDICTION_LOGGED, PredictionBatch)
+    async def on_predictions(event: Envelope[PredictionBatch]) -> None:
+        """A batch of served predictions: per-client volume and invalid-input rate."""
+        m = monitor()
+        batch = event.data
+        alerts = m.abuse.observe_batch(batch, m.schemas.get(batch.model), time.monotonic())
+        for spec in alerts:
+            await m.runtime.emit(
+                Subjects.alert(SERVICE), spec.to_alert(), in_reply_to=event.id, kind=f"{spec.kind}:{spec.client}"
+            )
+
+    return svc

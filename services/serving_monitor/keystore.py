@@ -1,0 +1,64 @@
+"""Where serving-monitor's API key records, pepper and feature schemas live on the bus.
+
+Records (never plaintext keys) are in the `mlw-apikeys` bucket, feature schemas under
+`schema.<model>` in `mlw-state`; the pepper that keys the record MACs stays in the service's key
+folder, beside its private key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import orjson
+from nats.js import JetStreamContext
+
+from services.serving_monitor.auth import MIN_PEPPER_BYTES, ApiKeyStore
+from services.serving_monitor.validation import FeatureSchema
+from shared.settings import Settings
+from shared.topology import API_KEYS_BUCKET, STATE_BUCKET
+
+SCHEMA_PREFIX = "schema."
+
+
+def pepper_path(settings: Settings) -> Path:
+    """The pepper file of serving-monitor."""
+    return settings.keys_dir / "serving-monitor.pepper"
+
+
+def load_pepper(settings: Settings) -> bytes:
+    """Load the pepper, creating it (mode 0600) on first use."""
+    path = pepper_path(settings)
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pepper = secrets.token_bytes(MIN_PEPPER_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pepper)
+    return pepper
+
+
+async def issue_key_on_bus(js: JetStreamContext, settings: Settings, client: str, models: list[str]) -> str:
+    """Issue an API key and store its record; returns the plaintext key, shown once."""
+    store = ApiKeyStore(load_pepper(settings))
+    plaintext, record = store.issue(client, models)
+    kv = await js.key_value(API_KEYS_BUCKET)
+    await kv.put(record.key_id, orjson.dumps(record.to_dict()))
+    return plaintext
+
+
+async def revoke_key_on_bus(js: JetStreamContext, settings: Settings, key_id: str) -> None:
+    """Revoke a key: its record is rewritten with `revoked` set (watchers pick it up)."""
+    kv = await js.key_value(API_KEYS_BUCKET)
+    entry = await kv.get(key_id)
+    store = ApiKeyStore.from_dict(load_pepper(settings), {key_id: orjson.loads(entry.value or b"{}")})
+    revoked = store.revoke(key_id)
+    await kv.put(key_id, orjson.dumps(revoked.to_dict()))
+
+
+async def register_schema_on_bus(js: JetStreamContext, schema: FeatureSchema) -> None:
+    """Register (or replace) a model's input feature schema."""
+    kv = await js.key_value(STATE_BUCKET)
+    await kv.put(SCHEMA_PREFIX + schema.model, orjson.dumps(schema.model_dump(mode="json")))

@@ -1,0 +1,67 @@
+"""Integration fixtures: a real nats-server per test and the services running in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from mlwarden.bootstrap import bootstrap
+from mlwarden.services import factory
+from shared.bus import connect
+from shared.client import Client
+from shared.embedded import EmbeddedNats
+from shared.service import ServiceApp
+from shared.settings import Settings
+
+
+class Running:
+    """Services started for one test, plus a client on the same bus."""
+
+    def __init__(self, settings: Settings, client: Client, stack: AsyncExitStack) -> None:
+        self.settings = settings
+        self.client = client
+        self.stack = stack
+        self.apps: dict[str, ServiceApp] = {}
+
+    async def start(self, name: str) -> ServiceApp:
+        """Start (or restart) one service in this event loop."""
+        svc = factory(name)(self.settings)
+        await svc.app.start()
+        self.apps[name] = svc
+        return svc
+
+    async def stop(self, name: str) -> None:
+        """Stop one service gracefully."""
+        svc = self.apps.pop(name)
+        await svc.app.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, nats_server: EmbeddedNats) -> Settings:
+    """Settings pointing at the test's nats-server and a temporary data folder."""
+    return Settings(data_dir=tmp_path / "data", nats_url=nats_server.url)
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Callable[..., object]]:
+    """Bootstrapped bus (topology, keys, policy); yields a starter for services."""
+    nc = await connect(settings)
+    await bootstrap(nc.jetstream(), settings)
+    await nc.drain()
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Client.connect(settings, source="tests/producer"))
+        running = Running(settings, client, stack)
+
+        async def start(*names: str) -> Running:
+            for name in names:
+                await running.start(name)
+            return running
+
+        try:
+            yield start
+        finally:
+            for name in list(running.apps):
+                await running.stop(name)

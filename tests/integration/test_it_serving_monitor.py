@@ -1,0 +1,88 @@
+"""serving-monitor on a real bus: admission, rate limit, validation, abuse alerts, audit rows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.serving_monitor.keystore import issue_key_on_bus, register_schema_on_bus
+from services.serving_monitor.validation import FeatureSchema, FeatureSpec
+from shared.events import AdmitRequest, AuditQuery, PredictionRecord
+from shared.topology import Subjects
+
+SCHEMA = FeatureSchema(
+    model="churn",
+    features=[FeatureSpec(name="age", min=0, max=120), FeatureSpec(name="spend", min=0, max=1e4)],
+)
+GOOD = {"age": 42.0, "spend": 120.5}
+
+
+@pytest.fixture
+async def serving(bus: Any) -> Any:
+    running = await bus("audit-log", "serving-monitor")
+    await register_schema_on_bus(running.client.js, SCHEMA)
+    key = await issue_key_on_bus(running.client.js, running.settings, "webapp", ["churn"])
+    await asyncio.sleep(0.3)  # the service follows the buckets through watchers
+    return running, key
+
+
+async def test_good_traffic_is_admitted(serving: Any) -> None:
+    running, key = serving
+    reply = await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))
+    assert reply.allowed and reply.client == "webapp"
+
+
+@pytest.mark.parametrize(
+    ("api_key", "reason"),
+    [("garbage", "malformed_key"), ("mlw_0123456789abcdef_" + "A" * 43, "unknown_key")],
+)
+async def test_unauthenticated_calls_are_denied_and_audited(serving: Any, api_key: str, reason: str) -> None:
+    running, _ = serving
+    reply = await running.client.admit(AdmitRequest(api_key=api_key, model="churn", inputs=[GOOD]))
+    assert not reply.allowed and reply.reason == reason
+    for _ in range(50):
+        page = await running.client.audit_query(AuditQuery(type=Subjects.VERDICT_ADMISSION))
+        if any(e.event["data"]["reason"] == reason for e in page.entries):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("denial not in the audit trail")
+
+
+async def test_a_burst_is_rate_limited_with_retry_after(serving: Any) -> None:
+    running, key = serving
+    replies = [await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD])) for _ in range(80)]
+    denied = [r for r in replies if not r.allowed]
+    assert denied, "a burst of 80 beyond a burst allowance of 40 must be limited"
+    assert all(r.reason == "rate_limited" and r.retry_after and r.retry_after > 0 for r in denied)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [{"age": None, "spend": 1.0}, {"age": 1e9, "spend": 1.0}, {"age": 30.0, "spend": 1.0, "evil": 1.0}, {"age": 30.0}],
+)
+async def test_invalid_inputs_are_denied(serving: Any, row: dict[str, float | None]) -> None:
+    running, key = serving
+    reply = await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[row]))
+    assert not reply.allowed and reply.reason == "invalid_inputs" and reply.problems
+
+
+async def test_malformed_admit_request_gets_an_error_reply(serving: Any) -> None:
+    running, _ = serving
+    raw = await running.client.request(Subjects.SERVING_ADMIT, b'{"api_key": 1, "inputs": "x"}')
+    assert b'"error":"bad_request"' in raw
+    raw = await running.client.request(Subjects.SERVING_ADMIT, b"\xff\x00 not json")
+    assert b'"error":"bad_request"' in raw
+
+
+async def test_abusive_prediction_logs_raise_an_alert(serving: Any) -> None:
+    running, _ = serving
+    bad = [PredictionRecord(client="scraper", features={"age": -5.0, "spend": 1.0}, prediction=1) for _ in range(50)]
+    async with running.client.watch() as watcher:
+        await running.client.log_predictions("churn", bad)
+        alert = await watcher.wait(
+            lambda e: e.type == Subjects.alert("serving-monitor") and e.data.kind == "abuse.invalid_inputs", 10
+        )
+    assert alert is not None and alert.data.client == "scraper"

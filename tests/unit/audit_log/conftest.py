@@ -1,0 +1,133 @@
+"""Database targets for the audit-log tests: every store test runs on SQLite and PostgreSQL.
+
+PostgreSQL is `postgresql+psycopg://postgres@127.0.0.1:5432/test` unless `MLW_TEST_PG_URL` says
+otherwise. Each test gets its own schema (`mlw_audit_<random>`), dropped afterwards, so
+concurrent runs never see each other's rows. An unreachable server skips the PostgreSQL cases
+on a laptop and fails them in CI (`CI=true`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from services.audit_log.store import AuditStore
+
+PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@dataclass(frozen=True)
+class DbTarget:
+    """Where one test's audit store lives."""
+
+    backend: str
+    url: str
+    schema: str | None
+
+    def open(self) -> AuditStore:
+        """A new store handle on this target (tables created)."""
+        store = AuditStore(self.url, schema=self.schema)
+        store.create()
+        return store
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL URL, checked reachable once per session."""
+    url = os.environ.get("MLW_TEST_PG_URL", PG_DEFAULT_URL)
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        message = f"PostgreSQL unreachable at {url}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DbTarget]:
+    """One database per test: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield DbTarget("sqlite", f"sqlite:///{tmp_path / 'audit.db'}", None)
+        return
+    url: str = request.getfixturevalue("pg_url")
+    schema = f"mlw_audit_{uuid.uuid4().hex[:12]}"
+    try:
+        yield DbTarget("postgresql", url, schema)
+    finally:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture
+def store(db_target: DbTarget) -> Iterator[AuditStore]:
+    """An empty, created audit store on the current target."""
+    opened = db_target.open()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def make_store(db_target: DbTarget) -> Iterator[Callable[[], AuditStore]]:
+    """A factory of further handles on the same database (a second writer, a reopened store)."""
+    opened: list[AuditStore] = []
+
+    def factory() -> AuditStore:
+        opened.append(db_target.open())
+        return opened[-1]
+
+    yield factory
+    for handle in opened:
+        handle.close()
+
+
+EventFactory = Callable[..., bytes]
+
+
+@pytest.fixture
+def event_bytes() -> EventFactory:
+    """Build raw envelope bytes with any `data` (audit-log stores events of every schema)."""
+
+    def build(
+        *,
+        event_id: str | None = None,
+        type_: str = "mlw.dataset.uploaded",
+        source: str = "mlwarden/cli",
+        subject: str | None = None,
+        time: float = 1_700_000_000.0,
+        data: dict[str, object] | None = None,
+        signer: str | None = None,
+    ) -> bytes:
+        envelope: dict[str, object] = {
+            "specversion": "1.0",
+            "id": event_id or str(uuid.uuid4()),
+            "source": source,
+            "type": type_,
+            "time": datetime.fromtimestamp(time, UTC).isoformat(),
+            "datacontenttype": "application/json",
+            "data": data if data is not None else {},
+        }
+        if subject is not None:
+            envelope["subject"] = subject
+        if signer is not None:
+            envelope["signer"] = signer
+            envelope["signature"] = "c2lnbmF0dXJl"
+        return orjson.dumps(envelope)
+
+    return build

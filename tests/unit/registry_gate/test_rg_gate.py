@@ -1,0 +1,498 @@
+"""registry-gate decision: every rule is an attack that must be stopped.
+
+Requests and approvals go through real signed envelopes verified against the policy's trust
+store, as the wiring does, so "who signed it" is proven, not assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from services.registry_gate.gate import (
+    ConflictingEvent,
+    GateDecision,
+    RegistryState,
+    StateError,
+    UnknownRequest,
+    evaluate,
+)
+from services.registry_gate.policy import (
+    ML_ENGINEER,
+    REVIEWER,
+    RegistryPolicy,
+    Stage,
+    StagePolicy,
+    StagesPolicy,
+    policy_for_actors,
+)
+from shared.envelope import new_event
+from shared.errors import SignatureError
+from shared.events import (
+    ApprovalGiven,
+    ArtifactVerdict,
+    DatasetRef,
+    DatasetVerdict,
+    Decision,
+    PromotionRequested,
+)
+from shared.signing import SigningKey
+
+ROOT = hashlib.sha256(b"churn model v3 manifest").hexdigest()
+OTHER_ROOT = hashlib.sha256(b"tampered manifest").hexdigest()
+IRIS = DatasetRef(dataset="iris", version="1", sha256=hashlib.sha256(b"iris v1 bytes").hexdigest())
+POISONED = hashlib.sha256(b"iris v1 bytes, poisoned").hexdigest()
+
+
+class Desk:
+    """A registry with actors, signing their events and handing verified ones to the state."""
+
+    def __init__(self, roles: dict[str, tuple[str, ...]], stages: StagesPolicy | None = None) -> None:
+        self.keys = {actor: SigningKey.generate(actor) for actor in roles}
+        self.policy: RegistryPolicy = policy_for_actors(
+            {actor: (key.public_b64(), roles[actor]) for actor, key in self.keys.items()}, stages=stages
+        )
+        self.trust = self.policy.trust_store()
+        self.state = RegistryState()
+
+    def _verified(self, type_: str, data: BaseModel, signed_by: str) -> tuple[str, str]:
+        key = self.keys[signed_by]
+        env = new_event(type_, data, source=f"actor/{signed_by}").signed(key)
+        return env.id, env.verify(self.trust)
+
+    def request(
+        self,
+        requester: str = "alice",
+        *,
+        signed_by: str | None = None,
+        stage: Stage = "production",
+        root: str = ROOT,
+    ) -> str:
+        body = PromotionRequested(model="churn", version="3", stage=stage, requester=requester, root_digest=root)
+        event_id, signer = self._verified("mlw.registry.promotion", body, signed_by or requester)
+        self.state.record_request(event_id, body, signer)
+        return event_id
+
+    def approve(
+        self,
+        request_id: str,
+        approver: str,
+        *,
+        signed_by: str | None = None,
+        stage: Stage = "production",
+        version: str = "3",
+    ) -> str:
+        body = ApprovalGiven(request_id=request_id, model="churn", version=version, stage=stage, approver=approver)
+        event_id, signer = self._verified("mlw.registry.approval", body, signed_by or approver)
+        self.state.record_approval(event_id, body, signer)
+        return event_id
+
+    def artifact(
+        self,
+        decision: Decision = Decision.PASS,
+        *,
+        root: str = ROOT,
+        builder: str = "train-job-7",
+        datasets: tuple[DatasetRef, ...] = (IRIS,),
+    ) -> list[str]:
+        return self.state.record_artifact_verdict(
+            ArtifactVerdict(
+                model="churn",
+                version="3",
+                root_digest=root,
+                decision=decision,
+                datasets=list(datasets),
+                builder=builder,
+                in_reply_to="build-1",
+            )
+        )
+
+    def dataset(
+        self, decision: Decision = Decision.PASS, *, name: str = "iris", sha256: str = IRIS.sha256
+    ) -> list[str]:
+        return self.state.record_dataset_verdict(
+            DatasetVerdict(dataset=name, version="1", sha256=sha256, decision=decision, in_reply_to="upload-1")
+        )
+
+    def decide(self, request_id: str) -> GateDecision:
+        return evaluate(request_id, self.state, self.policy)
+
+
+DEMO = {"alice": (ML_ENGINEER,), "bob": (REVIEWER,), "carol": (REVIEWER,), "mallory": ()}
+
+
+@pytest.fixture
+def desk() -> Desk:
+    return Desk(dict(DEMO))
+
+
+def ready(desk: Desk, requester: str = "alice") -> str:
+    """A request with passing artifact and dataset verdicts, still without approvals."""
+    desk.artifact()
+    desk.dataset()
+    return desk.request(requester)
+
+
+def reasons(decision: GateDecision) -> str:
+    return " | ".join(decision.reasons)
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_promoted_with_two_distinct_reviewers(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "bob")
+    assert desk.decide(rid).decision == "pending"
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "promoted", reasons(decision)
+    assert decision.approvers == ["bob", "carol"]
+    assert decision.requester == "alice"
+    verdict = decision.to_verdict(in_reply_to="approval-2")
+    assert verdict.decision == "promoted"
+    assert verdict.request_id == rid
+    assert verdict.approvers == ["bob", "carol"]
+
+
+def test_pending_until_verdicts_arrive_and_record_reports_affected_requests(desk: Desk) -> None:
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    first = desk.decide(rid)
+    assert first.decision == "pending"
+    assert "no artifact verdict" in reasons(first)
+    assert desk.artifact() == [rid]
+    second = desk.decide(rid)
+    assert second.decision == "pending"
+    assert "no data-guard verdict for dataset iris 1" in reasons(second)
+    assert desk.dataset() == [rid]
+    assert desk.decide(rid).decision == "promoted"
+
+
+def test_staging_needs_one_approval_and_accepts_warn_dataset(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.WARN)
+    rid = desk.request(stage="staging")
+    desk.approve(rid, "bob", stage="staging")
+    decision = desk.decide(rid)
+    assert decision.decision == "promoted", reasons(decision)
+    assert "data-guard warned (accepted" in reasons(decision)
+
+
+# --- the requester ----------------------------------------------------------------------------
+
+
+def test_rejected_when_requester_has_no_role(desk: Desk) -> None:
+    rid = ready(desk, requester="mallory")
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert "mallory may not request production" in reasons(decision)
+
+
+def test_rejected_when_request_is_signed_by_another_actor(desk: Desk) -> None:
+    # mallory signs with her own (valid) key a request that claims to come from alice.
+    desk.artifact()
+    desk.dataset()
+    rid = desk.request("alice", signed_by="mallory")
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert decision.requester == "mallory"
+    assert "names alice as requester but was signed by mallory" in reasons(decision)
+
+
+def test_envelope_claiming_another_signer_does_not_verify(desk: Desk) -> None:
+    # The other way to impersonate: set `signer: alice` but sign with mallory's key.
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="alice", root_digest=ROOT)
+    env = new_event("mlw.registry.promotion", body, source="actor/alice").signed(desk.keys["mallory"])
+    forged = env.model_copy(update={"signer": "alice"})
+    with pytest.raises(SignatureError):
+        forged.verify(desk.trust)
+
+
+def test_unknown_signer_is_rejected() -> None:
+    desk = Desk(dict(DEMO))
+    desk.artifact()
+    desk.dataset()
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="eve", root_digest=ROOT)
+    desk.state.record_request("req-eve", body, "eve")
+    decision = desk.decide("req-eve")
+    assert decision.decision == "rejected"
+    assert "eve is not an actor" in reasons(decision)
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+def test_self_approval_does_not_count() -> None:
+    desk = Desk({**DEMO, "alice": (ML_ENGINEER, REVIEWER)})
+    rid = ready(desk)
+    desk.approve(rid, "alice")
+    desk.approve(rid, "bob")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == ["bob"]
+    assert "alice is the requester" in reasons(decision)
+    assert "1 of 2 distinct approvals" in reasons(decision)
+
+
+def test_author_approval_does_not_count(desk: Desk) -> None:
+    desk.artifact(builder="bob")
+    desk.dataset()
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == ["carol"]
+    assert "bob is the author" in reasons(decision)
+
+
+def test_one_approver_approving_twice_counts_once(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "carol")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == ["carol"]
+    assert "carol approved twice; counts once" in reasons(decision)
+
+
+def test_redelivered_approval_event_is_recorded_once(desk: Desk) -> None:
+    rid = ready(desk)
+    body = ApprovalGiven(request_id=rid, model="churn", version="3", stage="production", approver="bob")
+    desk.state.record_approval("appr-1", body, "bob")
+    desk.state.record_approval("appr-1", body, "bob")
+    assert len(desk.state.approvals(rid)) == 1
+    assert "twice" not in reasons(desk.decide(rid))
+
+
+def test_approver_without_reviewer_role_does_not_count(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "mallory")
+    desk.approve(rid, "bob")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == ["bob"]
+    assert "mallory holds no approver role" in reasons(decision)
+
+
+def test_approval_signed_by_another_actor_does_not_count(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "carol", signed_by="mallory")
+    desk.approve(rid, "bob")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == ["bob"]
+    assert "naming carol was signed by mallory" in reasons(decision)
+
+
+def test_approval_for_another_stage_or_version_does_not_count(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "bob", stage="staging")
+    desk.approve(rid, "carol", version="2")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert decision.approvers == []
+    assert "names churn 3 staging, not churn 3 production" in reasons(decision)
+
+
+def test_approvals_of_another_request_do_not_count(desk: Desk) -> None:
+    earlier = ready(desk)
+    desk.approve(earlier, "bob")
+    desk.approve(earlier, "carol")
+    later = desk.request()
+    assert desk.decide(earlier).decision == "promoted"
+    assert desk.decide(later).decision == "pending"
+    assert desk.decide(later).approvers == []
+
+
+def test_approval_before_its_request_is_kept(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset()
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="alice", root_digest=ROOT)
+    for approver in ("bob", "carol"):
+        appr = ApprovalGiven(request_id="req-1", model="churn", version="3", stage="production", approver=approver)
+        assert desk.state.record_approval(f"appr-{approver}", appr, approver) == []
+    assert desk.state.record_request("req-1", body, "alice") == ["req-1"]
+    assert desk.decide("req-1").decision == "promoted"
+
+
+# --- the artifact -----------------------------------------------------------------------------
+
+
+def test_rejected_when_artifact_verdict_failed(desk: Desk) -> None:
+    desk.artifact(Decision.FAIL)
+    desk.dataset()
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert "artifact verdict for churn 3 is fail" in reasons(decision)
+
+
+def test_later_pass_does_not_launder_a_failed_artifact(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.artifact(Decision.FAIL)
+    desk.artifact(Decision.PASS)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    assert desk.decide(rid).decision == "rejected"
+
+
+def test_pending_when_artifact_verdict_missing(desk: Desk) -> None:
+    desk.dataset()
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "pending"
+    assert "no artifact verdict for churn 3 yet" in reasons(decision)
+
+
+def test_rejected_when_request_digest_differs_from_verified_artifact(desk: Desk) -> None:
+    # The artifact-signer verified ROOT; the request tries to promote other (tampered) bytes.
+    desk.artifact(root=ROOT)
+    desk.dataset()
+    rid = desk.request(root=OTHER_ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert f"root digest {OTHER_ROOT[:12]}" in reasons(decision)
+
+
+# --- training datasets ------------------------------------------------------------------------
+
+
+def approved(desk: Desk) -> str:
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    return rid
+
+
+def test_rejected_when_training_dataset_failed(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.FAIL)
+    decision = desk.decide(approved(desk))
+    assert decision.decision == "rejected"
+    assert "dataset iris 1: data-guard verdict is fail" in reasons(decision)
+
+
+def test_production_refuses_a_warn_dataset(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.WARN)
+    decision = desk.decide(approved(desk))
+    assert decision.decision == "rejected"
+    assert "this stage needs pass" in reasons(decision)
+
+
+def test_rejected_when_trained_bytes_differ_from_checked_bytes(desk: Desk) -> None:
+    # data-guard passed iris 1 at one digest; the model was trained on other (poisoned) bytes.
+    desk.artifact(datasets=(DatasetRef(dataset="iris", version="1", sha256=POISONED),))
+    desk.dataset(Decision.PASS, sha256=IRIS.sha256)
+    decision = desk.decide(approved(desk))
+    assert decision.decision == "rejected"
+    assert "trained on sha256" in reasons(decision)
+
+
+def test_same_bytes_failed_under_another_name_is_rejected(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.PASS)
+    desk.dataset(Decision.FAIL, name="iris-copy")
+    assert desk.decide(approved(desk)).decision == "rejected"
+
+
+def test_production_rejects_an_artifact_without_training_datasets(desk: Desk) -> None:
+    # Omitting `datasets` from the build must not skip the data-guard check.
+    desk.artifact(datasets=())
+    decision = desk.decide(approved(desk))
+    assert decision.decision == "rejected"
+    assert "names no training dataset" in reasons(decision)
+
+
+def test_stage_policy_can_allow_artifacts_without_datasets() -> None:
+    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_datasets=False))
+    desk = Desk(dict(DEMO), stages=lenient)
+    desk.artifact(datasets=())
+    assert desk.decide(approved(desk)).decision == "promoted"
+
+
+def test_every_failing_rule_is_listed(desk: Desk) -> None:
+    desk.artifact(Decision.FAIL, root=OTHER_ROOT)
+    desk.dataset(Decision.FAIL)
+    rid = desk.request("alice", signed_by="mallory")
+    desk.approve(rid, "mallory")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    checks = [f.check for f in decision.findings]
+    for check in (
+        "registry.requester_signer",
+        "registry.requester_role",
+        "registry.artifact_verdict",
+        "registry.dataset_verdict",
+        "registry.approval",
+        "registry.approvals_needed",
+    ):
+        assert check in checks
+    # Blocking reasons come first.
+    assert decision.findings[0].severity == "fail"
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+def test_state_round_trips_through_its_dict_form(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "carol")
+    desk.approve(rid, "carol")
+    desk.approve(rid, "bob")
+    desk.artifact(Decision.FAIL)  # sticky: must survive the round trip
+    desk.dataset(Decision.WARN, name="other", sha256=POISONED)
+    before = desk.decide(rid)
+
+    data = json.loads(json.dumps(desk.state.to_dict()))
+    restored = RegistryState.from_dict(data)
+
+    assert restored == desk.state
+    assert restored.to_dict() == data
+    assert evaluate(rid, restored, desk.policy) == before
+    assert before.decision == "rejected"
+
+
+def test_state_from_a_foreign_dict_is_refused() -> None:
+    with pytest.raises(StateError):
+        RegistryState.from_dict({"format": 99, "requests": "nope"})
+
+
+def test_request_id_reused_with_other_content_is_refused(desk: Desk) -> None:
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="alice", root_digest=ROOT)
+    desk.state.record_request("req-1", body, "alice")
+    assert desk.state.record_request("req-1", body, "alice") == ["req-1"]  # redelivery
+    swapped = body.model_copy(update={"root_digest": OTHER_ROOT})
+    with pytest.raises(ConflictingEvent):
+        desk.state.record_request("req-1", swapped, "alice")
+    assert desk.state.request("req-1") is not None
+    assert desk.state.request("req-1").request.root_digest == ROOT  # type: ignore[union-attr]
+
+
+def test_approval_id_reused_for_another_request_is_refused(desk: Desk) -> None:
+    appr = ApprovalGiven(request_id="req-1", model="churn", version="3", stage="production", approver="bob")
+    desk.state.record_approval("appr-1", appr, "bob")
+    with pytest.raises(ConflictingEvent):
+        desk.state.record_approval("appr-1", appr.model_copy(update={"request_id": "req-2"}), "bob")
+
+
+def test_unknown_request_raises(desk: Desk) -> None:
+    with pytest.raises(UnknownRequest) as info:
+        desk.decide("nope")
+    assert info.value.request_id == "nope"
