@@ -8,64 +8,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-from rich.console import Console
-
+from mlwarden.audit_cli import add_audit_commands
+from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
 from shared.errors import MlwardenError
-from shared.settings import Settings
 from shared.topology import SERVICES
-
-EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-out = Console()
-err = Console(stderr=True)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    if getattr(args, "nats", None):
-        overrides["nats_url"] = args.nats
-    if getattr(args, "db", None):
-        overrides["audit_db_url"] = args.db
-    return Settings(**overrides)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-    sys.stdout.flush()
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(value: str) -> float:
-    """'7d', '12h', '30m' (relative to now), unix seconds, or an ISO 8601 time."""
-    match = _DURATION.match(value.strip())
-    if match:
-        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    from datetime import UTC, datetime
-
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a time: {value!r} (try 7d, 12h or 2026-11-01T00:00)") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
 
 # --- operators -----------------------------------------------------------------------------
 
@@ -171,62 +122,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch(_settings(args), out, args.seconds))
     return EXIT_OK
-
-
-# --- auditors --------------------------------------------------------------------------------
-
-
-def cmd_audit_query(args: argparse.Namespace) -> int:
-    """Query the audit trail through `mlw.audit.query`."""
-    from mlwarden.ops import audit_query
-    from shared.events import AuditQuery
-
-    query = AuditQuery(
-        since=args.since,
-        until=args.until,
-        service=args.service,
-        type=args.type,
-        subject=args.subject,
-        actor=args.actor,
-        decision=args.decision,
-        limit=args.limit,
-        cursor=args.cursor,
-    )
-    page = asyncio.run(audit_query(_settings(args), query))
-    if args.format == "json":
-        _print_json(page.model_dump(mode="json"))
-        return EXIT_OK
-    from rich.table import Table
-
-    table = Table("seq", "time", "type", "service", "subject", "actor", "decision")
-    for e in page.entries:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
-        table.add_row(str(e.seq), stamp, e.type, e.service or "", e.subject or "", e.actor or "", e.decision or "")
-    out.print(table)
-    if page.next_cursor is not None:
-        out.print(f"more: --cursor {page.next_cursor}")
-    return EXIT_OK
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Recompute the audit trail's hash chain from the database."""
-    from services.audit_log.store import AuditStore
-    from services.audit_log.verify import verify_chain
-
-    settings = _settings(args)
-    if not args.db and not (settings.data_dir / "audit.db").exists():
-        err.print(f"no audit database at {settings.data_dir / 'audit.db'}")
-        return EXIT_ERROR
-    report = verify_chain(AuditStore(settings.audit_url))
-    if args.format == "json":
-        _print_json(
-            {"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq, "reason": report.reason}
-        )
-    elif report.ok:
-        out.print(f"[green]intact[/]: {report.entries} entries, hash chain verified")
-    else:
-        out.print(f"[red]TAMPERED[/] at entry {report.first_bad_seq}: {report.reason}")
-    return EXIT_OK if report.ok else EXIT_FAIL
 
 
 # --- offline checks for CI pipelines ------------------------------------------------------
@@ -355,26 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
 
-    audit = sub.add_parser("audit", help="query and verify the audit trail").add_subparsers(
-        dest="audit_cmd", required=True
-    )
-    p = add("query", cmd_audit_query, audit)
-    common(p)
-    p.add_argument("--since", type=parse_time)
-    p.add_argument("--until", type=parse_time)
-    p.add_argument("--service")
-    p.add_argument("--type")
-    p.add_argument("--subject", help="e.g. model:churn:3 or dataset:iris:1")
-    p.add_argument("--model", dest="subject_model", help="shorthand for --subject model:NAME:* (every version)")
-    p.add_argument("--actor")
-    p.add_argument("--decision")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--cursor", type=int)
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p = add("verify", cmd_audit_verify, audit)
-    common(p, nats=False)
-    p.add_argument("--db", help="SQLAlchemy URL of the audit database")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    add_audit_commands(sub, add, common)
 
     check = sub.add_parser("check", help="offline checks").add_subparsers(dest="check_cmd", required=True)
     p = add("dataset", cmd_check_dataset, check)

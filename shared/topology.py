@@ -37,9 +37,14 @@ class Subjects:
     ALERT_PREFIX = "mlw.alert"
     DEADLETTER_PREFIX = "mlw.deadletter"
 
+    # audit-log's signed checkpoints, kept in their own undeletable stream (outside SQL)
+    AUDIT_CHECKPOINTS = "mlw.checkpoints.audit"
+
     # request/reply (core NATS, not stored)
     SERVING_ADMIT = "mlw.serving.admit"
     AUDIT_QUERY = "mlw.audit.query"
+    AUDIT_PROOF = "mlw.audit.proof"
+    AUDIT_CHECKPOINT = "mlw.audit.checkpoint"
     ARTIFACT_VERIFY = "mlw.artifact.verify"
     REGISTRY_STATUS = "mlw.registry.status"
 
@@ -145,7 +150,14 @@ VERDICTS = StreamSpec(
     deny_delete=True,
     deny_purge=True,
 )
-STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS)
+CHECKPOINTS = StreamSpec(
+    "MLW_CHECKPOINTS",
+    ("mlw.checkpoints.>",),
+    # Checkpoints are what an auditor checks the database against: they must outlive it.
+    deny_delete=True,
+    deny_purge=True,
+)
+STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS, CHECKPOINTS)
 
 CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
     "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", (Subjects.DATASET_UPLOADED,), ack_wait_s=120.0),),
