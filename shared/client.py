@@ -14,7 +14,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
 from shared.bus import connect, publish_event
-from shared.envelope import Envelope, decode_any, new_event
+from shared.envelope import Envelope, decode, decode_any, new_event
 from shared.errors import InputError
 from shared.events import (
     AdmitReply,
@@ -35,7 +35,7 @@ from shared.events import (
 from shared.service import reply_or_error
 from shared.settings import Settings
 from shared.signing import SigningKey
-from shared.topology import DATASETS_BUCKET, Subjects
+from shared.topology import DATASETS_BUCKET, Subjects, model_for_type
 
 
 class RequestFailed(InputError):
@@ -216,7 +216,8 @@ class Watcher:
     async def on_msg(self, msg: Msg) -> None:
         """Subscription callback."""
         try:
-            event = decode_any(msg.data)
+            model = model_for_type(msg.subject)
+            event = decode(msg.data, model) if model is not None else decode_any(msg.data)
         except Exception:  # noqa: BLE001 - a watcher keeps what it can parse
             return
         async with self._changed:

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="largest dataset read")
     max_artifact_bytes: int = Field(default=64 * 1024**3, gt=0, description="largest artifact hashed")
     fetch_batch: int = Field(default=64, ge=1, le=4096, description="messages per JetStream fetch")
+    file_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders services may read file references from (default: the data dir only)",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -45,6 +49,11 @@ class Settings(BaseSettings):
             if self.audit_db_url is None or self.audit_db_url.startswith("sqlite"):
                 raise UnsafeSettings("production profile needs a server database (MLW_AUDIT_DB_URL)")
         return self
+
+    @property
+    def readable_roots(self) -> list[Path]:
+        """Where file references may point: the configured roots, or the data dir."""
+        return [p.resolve() for p in (self.file_roots or [self.data_dir])]
 
     @property
     def keys_dir(self) -> Path:

@@ -19,6 +19,21 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel
+
+from shared.events import (
+    AdmissionVerdict,
+    Alert,
+    ApprovalGiven,
+    ArtifactVerdict,
+    DatasetUploaded,
+    DatasetVerdict,
+    DeadLetter,
+    ModelBuilt,
+    PredictionBatch,
+    PromotionRequested,
+    PromotionVerdict,
+)
 
 
 class Subjects:
@@ -218,3 +233,25 @@ async def ensure_topology(js: JetStreamContext) -> None:
             await js.key_value(bucket)
         except NotFoundError:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
+
+
+def model_for_type(event_type: str) -> type[BaseModel] | None:
+    """The pydantic model of an event type's `data`, when mlwarden defines one."""
+    if event_type.startswith(Subjects.ALERT_PREFIX + "."):
+        return Alert
+    if event_type.startswith(Subjects.DEADLETTER_PREFIX + "."):
+        return DeadLetter
+    return _MODELS.get(event_type)
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    Subjects.DATASET_UPLOADED: DatasetUploaded,
+    Subjects.MODEL_BUILT: ModelBuilt,
+    Subjects.PROMOTION_REQUESTED: PromotionRequested,
+    Subjects.APPROVAL_GIVEN: ApprovalGiven,
+    Subjects.PREDICTION_LOGGED: PredictionBatch,
+    Subjects.VERDICT_DATASET: DatasetVerdict,
+    Subjects.VERDICT_ARTIFACT: ArtifactVerdict,
+    Subjects.VERDICT_PROMOTION: PromotionVerdict,
+    Subjects.VERDICT_ADMISSION: AdmissionVerdict,
+}

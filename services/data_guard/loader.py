@@ -1,0 +1,352 @@
+"""Turn untrusted dataset bytes (CSV, Parquet, NPZ) into a numeric `Table`, or refuse clearly.
+
+Every size limit is checked before the expensive step it protects: the byte limit before any
+parsing, Parquet row counts from the footer before decoding, NPZ member sizes from the zip
+directory and the `.npy` headers before decompressing. NPZ is always read with
+`allow_pickle=False`, and object arrays are refused from their header before `np.load` sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from shared.errors import MlwardenError
+
+DatasetFormat = Literal["csv", "parquet", "npz"]
+
+DatasetErrorCode = Literal[
+    "too_large",
+    "too_many_rows",
+    "too_many_columns",
+    "unreadable",
+    "empty",
+    "missing_label",
+    "non_numeric",
+    "pickle_refused",
+    "ragged",
+    "duplicate_column",
+    "hash_mismatch",
+    "unsupported_format",
+]
+
+
+class DatasetError(MlwardenError, ValueError):
+    """A dataset that cannot be checked; `code` says why in one stable word."""
+
+    def __init__(self, code: DatasetErrorCode, message: str, *, column: str | None = None) -> None:
+        super().__init__(message)
+        self.code: DatasetErrorCode = code
+        self.message = message
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Table:
+    """A dataset as the detectors see it: float64 features (NaN/inf kept) and optional labels."""
+
+    X: np.ndarray
+    """float64 array of shape (rows, features); missing values are NaN."""
+    y: np.ndarray | None
+    """1-D labels (integers, floats or strings), one per row, or None when unlabelled."""
+    feature_names: list[str]
+    """one name per column of X."""
+    label_name: str | None
+    """name of the label column, or None."""
+
+    @property
+    def rows(self) -> int:
+        """Number of data rows."""
+        return int(self.X.shape[0])
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_sha256(data: bytes, expected: str) -> str:
+    """Re-hash `data` and return the digest; raise `DatasetError('hash_mismatch')` if it differs."""
+    actual = sha256_hex(data)
+    if actual != expected.lower():
+        raise DatasetError("hash_mismatch", f"dataset sha256 is {actual}, but the upload claims {expected}")
+    return actual
+
+
+def load_table(
+    data: bytes,
+    fmt: DatasetFormat,
+    label_column: str | None,
+    *,
+    max_bytes: int,
+    max_rows: int,
+    max_columns: int = 4096,
+) -> Table:
+    """Parse `data` as `fmt` into a `Table`; raise `DatasetError` for anything it cannot check."""
+    if len(data) > max_bytes:
+        raise DatasetError("too_large", f"dataset is {len(data)} bytes, over the {max_bytes} limit")
+    if not data:
+        raise DatasetError("empty", "dataset is an empty file")
+    if fmt == "csv":
+        table = _read_csv(data)
+    elif fmt == "parquet":
+        table = _read_parquet(data, max_rows=max_rows, max_columns=max_columns)
+    elif fmt == "npz":
+        return _read_npz(data, label_column, max_bytes=max_bytes, max_rows=max_rows, max_columns=max_columns)
+    else:
+        raise DatasetError("unsupported_format", f"unsupported dataset format {fmt!r}")
+    return _from_arrow(table, label_column, max_rows=max_rows, max_columns=max_columns)
+
+
+# --- CSV and Parquet (pyarrow) -------------------------------------------------------------
+
+
+def _read_csv(data: bytes) -> pa.Table:
+    try:
+        # read_csv (not the streaming reader) so that a column whose type only shows late in the
+        # file (ints first, floats later) is promoted instead of failing; max_bytes bounds memory.
+        return pacsv.read_csv(io.BytesIO(data))
+    except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError("unreadable", f"CSV could not be parsed: {_short(exc)}") from exc
+
+
+def _read_parquet(data: bytes, *, max_rows: int, max_columns: int) -> pa.Table:
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        # The footer states the shape: refuse before decompressing anything (decompression bombs).
+        meta = parquet.metadata
+        _check_shape(meta.num_rows, meta.num_columns, max_rows=max_rows, max_columns=max_columns)
+        return parquet.read()
+    except DatasetError:
+        raise
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        raise DatasetError("unreadable", f"Parquet could not be read: {_short(exc)}") from exc
+
+
+def _from_arrow(table: pa.Table, label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+    names = [str(name) for name in table.column_names]
+    _check_shape(table.num_rows, len(names), max_rows=max_rows, max_columns=max_columns)
+    _check_unique(names)
+    if label_column is not None and label_column not in names:
+        raise DatasetError("missing_label", f"label column {label_column!r} is not in the data", column=label_column)
+    feature_names = [name for name in names if name != label_column]
+    if not feature_names:
+        raise DatasetError("empty", "dataset has no feature columns")
+    if table.num_rows == 0:
+        raise DatasetError("empty", "dataset has a header but no data rows")
+    bad = [name for name in feature_names if not _is_numeric(table.column(name).type)]
+    if bad:
+        raise DatasetError(
+            "non_numeric",
+            f"feature columns must be numeric; not numeric: {', '.join(bad[:10])}",
+            column=bad[0],
+        )
+    X = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
+    for j, name in enumerate(feature_names):
+        column = table.column(name)
+        if pa.types.is_null(column.type):
+            X[:, j] = np.nan  # an all-empty column: missing values, reported by the detectors
+            continue
+        # fill_null(NaN) after the cast keeps missing cells as NaN instead of failing to_numpy.
+        as_float = column.cast(pa.float64()).fill_null(np.nan)
+        X[:, j] = as_float.to_numpy()
+    y = None
+    if label_column is not None:
+        y = _labels(table.column(label_column).to_numpy(zero_copy_only=False), label_column)
+    return Table(X=X, y=y, feature_names=feature_names, label_name=label_column)
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_null(kind)
+    )
+
+
+# --- NPZ ------------------------------------------------------------------------------------
+
+
+def _read_npz(data: bytes, label_column: str | None, *, max_bytes: int, max_rows: int, max_columns: int) -> Table:
+    """Read an NPZ in one of two layouts.
+
+    Matrix layout: a 2-D array `X`, optional 1-D `y` (labels) and `feature_names` (strings).
+    The label is the member named `label_column` if there is one, else `y`.
+    Column layout: one 1-D array per column, the label column among them by name.
+    """
+    # np.load decides by the first bytes whether it sees a zip, a bare .npy or a pickle: only a
+    # zip is an NPZ, so refuse anything else here rather than let it reach another code path.
+    if not data.startswith(b"PK\x03\x04"):
+        raise DatasetError("unreadable", "NPZ data does not start with a zip header")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DatasetError("unreadable", f"NPZ is not a readable zip: {_short(exc)}") from exc
+    # The zip directory states each member's uncompressed size and zipfile never reads past it,
+    # so this bounds decompression (zip bombs) before any member is inflated.
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes:
+        raise DatasetError("too_large", f"NPZ members inflate to {total} bytes, over the {max_bytes} limit")
+    try:
+        for info in infos:
+            with archive.open(info) as member:
+                _check_npy_header(member, info.filename.removesuffix(".npy"), info.file_size)
+        arrays: dict[str, np.ndarray] = {}
+        # allow_pickle=False always: an object array would unpickle attacker bytes. The header
+        # check above already refused those; this is the second lock on the same door.
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            for name in npz.files:
+                arrays[name] = np.asarray(npz[name])
+    except DatasetError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError) as exc:
+        raise DatasetError("unreadable", f"NPZ member could not be read: {_short(exc)}") from exc
+    if not arrays:
+        raise DatasetError("empty", "NPZ has no arrays")
+    if "X" in arrays and arrays["X"].ndim == 2:
+        return _npz_matrix(arrays, label_column, max_rows=max_rows, max_columns=max_columns)
+    return _npz_columns(arrays, label_column, max_rows=max_rows, max_columns=max_columns)
+
+
+def _check_npy_header(member: IO[bytes], name: str, stored_size: int) -> None:
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _order, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _order, dtype = np.lib.format.read_array_header_2_0(member)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise DatasetError("unreadable", f"NPZ member {name!r} is not a .npy array") from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            "pickle_refused",
+            f"NPZ member {name!r} is an object array; pickled data is never loaded",
+            column=name,
+        )
+    # numpy allocates the array from the header's shape before reading: a header that claims more
+    # than the member holds would make it reserve memory for data that is not there.
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if declared > stored_size:
+        raise DatasetError("unreadable", f"NPZ member {name!r} declares {declared} bytes but stores fewer")
+
+
+def _npz_matrix(arrays: dict[str, np.ndarray], label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+    X = arrays["X"]
+    _check_shape(X.shape[0], X.shape[1], max_rows=max_rows, max_columns=max_columns)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DatasetError("empty", f"NPZ array X has shape {X.shape}")
+    if not _is_numeric_dtype(X.dtype):
+        raise DatasetError("non_numeric", f"NPZ array X has non-numeric dtype {X.dtype}")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    if "feature_names" in arrays:
+        given = arrays["feature_names"]
+        if given.ndim != 1 or given.shape[0] != X.shape[1] or given.dtype.kind not in "US":
+            raise DatasetError("ragged", "NPZ feature_names must be one string per column of X")
+        names = [str(v) for v in given.tolist()]
+        _check_unique(names)
+    label_key = label_column if label_column in arrays else ("y" if "y" in arrays else None)
+    if label_column is not None and label_key is None:
+        raise DatasetError(
+            "missing_label",
+            f"NPZ has neither a {label_column!r} nor a 'y' array for the labels",
+            column=label_column,
+        )
+    y = None
+    if label_key is not None:
+        raw = arrays[label_key]
+        if raw.ndim != 1 or raw.shape[0] != X.shape[0]:
+            raise DatasetError("ragged", f"NPZ labels {label_key!r} have shape {raw.shape}, X has {X.shape}")
+        y = _labels(raw, label_key)
+    return Table(
+        X=np.asarray(X, dtype=np.float64),
+        y=y,
+        feature_names=names,
+        label_name=(label_column or label_key) if y is not None else None,
+    )
+
+
+def _npz_columns(arrays: dict[str, np.ndarray], label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+    lengths = {name: (a.shape[0] if a.ndim == 1 else -1) for name, a in arrays.items()}
+    if any(n < 0 for n in lengths.values()) or len(set(lengths.values())) != 1:
+        raise DatasetError(
+            "ragged",
+            "NPZ must hold a 2-D 'X' or 1-D columns of one length; shapes: "
+            + ", ".join(f"{k}={v.shape}" for k, v in list(arrays.items())[:10]),
+        )
+    rows = next(iter(lengths.values()))
+    _check_shape(rows, len(arrays), max_rows=max_rows, max_columns=max_columns)
+    if label_column is not None and label_column not in arrays:
+        raise DatasetError("missing_label", f"NPZ has no label array {label_column!r}", column=label_column)
+    feature_names = [name for name in arrays if name != label_column]
+    if not feature_names:
+        raise DatasetError("empty", "NPZ has no feature columns")
+    if rows == 0:
+        raise DatasetError("empty", "NPZ columns have no rows")
+    bad = [name for name in feature_names if not _is_numeric_dtype(arrays[name].dtype)]
+    if bad:
+        raise DatasetError("non_numeric", f"NPZ feature arrays must be numeric; not: {', '.join(bad[:10])}")
+    X = np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in feature_names])
+    y = None if label_column is None else _labels(arrays[label_column], label_column)
+    return Table(X=X, y=y, feature_names=feature_names, label_name=label_column)
+
+
+def _is_numeric_dtype(dtype: np.dtype[np.generic]) -> bool:
+    return dtype.kind in "biuf"
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _labels(raw: np.ndarray, name: str) -> np.ndarray:
+    """Normalise a label column: integers stay integers, strings become a unicode array."""
+    if raw.dtype.kind == "b":
+        return raw.astype(np.int64)
+    if raw.dtype.kind in "iu":
+        return raw.astype(np.int64)
+    if raw.dtype.kind == "f":
+        missing = int(np.count_nonzero(~np.isfinite(raw)))
+        if missing:
+            raise DatasetError("missing_label", f"{missing} rows have no finite label in {name!r}", column=name)
+        return raw.astype(np.float64)
+    if raw.dtype.kind in "US":
+        return raw.astype(str)
+    # Arrow strings arrive as an object array of str/None: check every value, keep no objects.
+    values: Sequence[object] = raw.tolist()
+    missing = sum(1 for v in values if v is None)
+    if missing:
+        raise DatasetError("missing_label", f"{missing} rows have no label in {name!r}", column=name)
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=str)
+    raise DatasetError("non_numeric", f"label column {name!r} is neither numbers nor strings", column=name)
+
+
+def _check_shape(rows: int, columns: int, *, max_rows: int, max_columns: int) -> None:
+    if rows > max_rows:
+        raise DatasetError("too_many_rows", f"dataset has {rows} rows, over the {max_rows} limit")
+    if columns > max_columns:
+        raise DatasetError("too_many_columns", f"dataset has {columns} columns, over the {max_columns} limit")
+
+
+def _check_unique(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DatasetError("duplicate_column", f"column {name!r} appears twice", column=name)
+        seen.add(name)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
