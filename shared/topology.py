@@ -40,12 +40,14 @@ class Subjects:
     """Every subject mlwarden uses."""
 
     DATASET_UPLOADED = "mlw.dataset.uploaded"
+    DATASET_ACCESS = "mlw.dataset.access"
     MODEL_BUILT = "mlw.model.built"
     PROMOTION_REQUESTED = "mlw.registry.promotion"
     APPROVAL_GIVEN = "mlw.registry.approval"
     PREDICTION_LOGGED = "mlw.prediction.logged"
 
     VERDICT_DATASET = "mlw.verdict.dataset"
+    VERDICT_ACCESS = "mlw.verdict.access"
     VERDICT_ARTIFACT = "mlw.verdict.artifact"
     VERDICT_PROMOTION = "mlw.verdict.promotion"
     VERDICT_ADMISSION = "mlw.verdict.admission"
@@ -77,6 +79,7 @@ class Subjects:
 # Which service may sign which verdict type: a key of one service cannot vouch for another's work.
 VERDICT_SIGNERS: dict[str, str] = {
     Subjects.VERDICT_DATASET: "data-guard",
+    Subjects.VERDICT_ACCESS: "data-guard",
     Subjects.VERDICT_ARTIFACT: "artifact-signer",
     Subjects.VERDICT_PROMOTION: "registry-gate",
     Subjects.VERDICT_ADMISSION: "serving-monitor",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -130,8 +131,6 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
         policy = AccessPolicy.from_file(cfg.policy_file) if cfg.policy_file else DEFAULT_POLICY
         svc.state["guard"] = Guard(runtime, settings, cfg, policy)
 
-    # Few at a time: each message is CPU work in a thread, two cores.
-    @svc.consume(Subjects.DATASET_UPLOADED, DatasetUploaded, batch=2)
     async def on_dataset_uploaded(event: Envelope[DatasetUploaded]) -> None:
         """Check an uploaded dataset for poisoning and policy breaches; publish the verdict."""
         guard: Guard = svc.state["guard"]
@@ -143,4 +142,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
             about=f"dataset:{verdict.dataset}:{verdict.version}",
         )
 
+    routes: dict[str, tuple[type[Any], Any]] = {Subjects.DATASET_UPLOADED: (DatasetUploaded, on_dataset_uploaded)}
+    # Few at a time: each message is CPU work in a thread, two cores.
+    svc.consume_routes("mlw.dataset.>", routes, batch=2, doc=on_dataset_uploaded.__doc__)
     return svc
