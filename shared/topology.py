@@ -178,7 +178,7 @@ CHECKPOINTS = StreamSpec(
 STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS, CHECKPOINTS)
 
 CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
-    "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", (Subjects.DATASET_UPLOADED,), ack_wait_s=120.0),),
+    "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", ("mlw.dataset.>",), ack_wait_s=120.0),),
     "artifact-signer": (ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,), ack_wait_s=300.0),),
     "registry-gate": (
         # Requests and approvals on one durable, read one at a time, so they are seen in order.
