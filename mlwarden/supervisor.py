@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlwarden.bootstrap import init_keys
 from shared.embedded import EmbeddedNats
+from shared.settings import Settings
 from shared.topology import SERVICES
 
 READY_TIMEOUT_S = 60.0
@@ -35,9 +37,11 @@ class System:
         assert self.nats is not None
         return self.nats.url
 
-    def start(self, *, quiet: bool = False) -> System:
+    def start(self) -> System:
         """Start NATS (when embedded) and every service; wait until each reports ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Keys and the registry policy exist before any service reads them.
+        init_keys(Settings(data_dir=self.data_dir))
         if self.nats_url is None:
             self.nats = EmbeddedNats(self.data_dir / "nats", port=self.port).start()
         logs = self.data_dir / "logs"
