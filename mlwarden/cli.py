@@ -168,11 +168,26 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    """Print the JSON schema of every event body."""
+    """Print the JSON schema of every event body and request/reply body, by subject."""
     from shared import events
+    from shared.topology import Subjects, model_for_type
 
-    names = [n for n in events.__all_events__] if hasattr(events, "__all_events__") else []
-    schemas = {n: getattr(events, n).model_json_schema() for n in names}
+    subjects = [v for k, v in vars(Subjects).items() if k.isupper() and isinstance(v, str)]
+    schemas: dict[str, Any] = {}
+    for subject in subjects:
+        model = model_for_type(subject)
+        if model is not None:
+            schemas[subject] = model.model_json_schema()
+    requests = {
+        Subjects.SERVING_ADMIT: (events.AdmitRequest, events.AdmitReply),
+        Subjects.AUDIT_QUERY: (events.AuditQuery, events.AuditPage),
+        Subjects.ARTIFACT_VERIFY: (events.ArtifactVerifyRequest, events.ArtifactVerifyReply),
+        Subjects.REGISTRY_STATUS: (events.RegistryStatusRequest, events.RegistryStatus),
+    }
+    for subject, (request, reply) in requests.items():
+        schemas[subject] = {"request": request.model_json_schema(), "reply": reply.model_json_schema()}
+    schemas["mlw.alert.<service>"] = events.Alert.model_json_schema()
+    schemas["mlw.deadletter.<service>"] = events.DeadLetter.model_json_schema()
     _print_json(schemas)
     return EXIT_OK
 

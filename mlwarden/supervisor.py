@@ -51,14 +51,15 @@ class System:
         for name in SERVICES:
             ready = self.data_dir / "run" / f"{name}.ready"
             ready.unlink(missing_ok=True)
-            log_file = (logs / f"{name}.log").open("ab")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "mlwarden", "run", name, "--ready-file", str(ready)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            with (logs / f"{name}.log").open("ab") as log_file:
+                # The child keeps its own copy of the descriptor; ours closes here.
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "mlwarden", "run", name, "--ready-file", str(ready)],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         deadline = time.monotonic() + READY_TIMEOUT_S
         for name, proc in self.processes.items():
             ready = self.data_dir / "run" / f"{name}.ready"

@@ -112,19 +112,27 @@ def build_manifest(
     created: datetime | None = None,
     workers: int | None = None,
 ) -> Manifest:
-    """Hash the artifact at `root` (see `hashing.hash_tree`) and describe it in a manifest."""
+    """Hash the artifact at `root` (see `hashing.hash_tree`) and describe it in a manifest.
+
+    Raises `UnsafePathError` for paths the walk refuses and `InputError` for a missing path
+    or fields the manifest refuses (a model name with spaces, say).
+    """
     files = hash_tree(root, workers=workers)
-    return Manifest(
-        model=model,
-        version=version,
-        files=files,
-        root_digest=root_digest(files),
-        lockfile_sha256=lockfile_sha256,
-        datasets=list(datasets),
-        builder=builder,
-        source_commit=source_commit,
-        created=created or datetime.now(UTC),
-    )
+    try:
+        return Manifest(
+            model=model,
+            version=version,
+            files=files,
+            root_digest=root_digest(files),
+            lockfile_sha256=lockfile_sha256,
+            datasets=list(datasets),
+            builder=builder,
+            source_commit=source_commit,
+            created=created or datetime.now(UTC),
+        )
+    except ValidationError as exc:  # a model name with spaces, an empty builder, ...
+        fields = ", ".join(str(error["loc"][0]) for error in exc.errors() if error["loc"])
+        raise InputError(f"cannot describe the artifact: invalid {fields or 'manifest'}") from exc
 
 
 def sign_manifest(manifest: Manifest, key: SigningKey) -> SignedManifest:

@@ -34,7 +34,6 @@ import pickletools
 import re
 import struct
 import sys
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -67,6 +66,7 @@ MAX_SAFETENSORS_HEADER = 100_000_000
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 
 
 class ModelFormat(StrEnum):
@@ -404,22 +404,22 @@ class _PickleMachine:
 
     def execute(self) -> _PickleRun:
         """Run to STOP or to the first error; never raises on bad input."""
-        # pickletools warns (DeprecationWarning) on invalid escapes in protocol-0 strings,
-        # which the Unpickler accepts too: not an error, and not worth a warning per blob.
-        # (catch_warnings is process-wide: scan from one thread at a time.)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                for opcode, arg, pos in pickletools.genops(cast(Any, self.reader)):
-                    self._step(opcode.name, arg, self.reader.pos if pos is None else pos)
-                    self.run.opcodes += 1
-                    if opcode.name == "STOP":
-                        self.run.stopped = True
-                        break
-            except (ValueError, EOFError, OverflowError, struct.error, IndexError, KeyError, TypeError) as exc:
-                # pickletools raises ValueError (and a few others) on truncated or invalid
-                # input; the bytes are hostile, so a parse failure is a finding, never a crash.
-                self.run.error = str(exc) or type(exc).__name__
+        try:
+            for opcode, arg, pos in pickletools.genops(cast(Any, self.reader)):
+                self._step(opcode.name, arg, self.reader.pos if pos is None else pos)
+                self.run.opcodes += 1
+                if opcode.name == "STOP":
+                    self.run.stopped = True
+                    break
+        except (ValueError, EOFError, OverflowError, struct.error, IndexError, KeyError, TypeError) as exc:
+            # pickletools raises ValueError (and a few others) on truncated or invalid input;
+            # the bytes are hostile, so a parse failure is a finding, never a crash.
+            self.run.error = str(exc) or type(exc).__name__
+        except DeprecationWarning as exc:
+            # An invalid escape in a protocol-0 string, raised only where warnings are errors
+            # (the test suite). Not silenced with catch_warnings: that is not thread-safe, and
+            # the service scans in worker threads.
+            self.run.error = str(exc)
         self.run.end = self.reader.tell()
         return self.run
 
@@ -1104,6 +1104,10 @@ def _scan_buffer(buf: Buffer, where: str, scan: _Scan, depth: int, *, in_keras: 
         _scan_safetensors(buf, where, scan)
         return
     if _scan_compressed(buf, where, scan, depth):
+        return
+    if buf[:4] == LZ4_FRAME_MAGIC:
+        # joblib's lz4 compressor needs the lz4 package, which mlwarden does not ship.
+        scan.add("compressed.unsupported", Severity.WARN, where, "lz4-compressed: cannot be scanned here")
         return
     format_before = scan.format
     is_pickle = _scan_pickles(buf, where, scan)

@@ -135,7 +135,13 @@ def test_manifest_edited_after_signing_fails(tmp_path: Path) -> None:
 
 def test_provenance_fields_are_covered_by_the_signature(tmp_path: Path) -> None:
     _, signed = signed_model(tmp_path)
-    for update in ({"builder": "attacker"}, {"datasets": []}, {"lockfile_sha256": None}, {"version": "4"}):
+    updates: list[dict[str, object]] = [
+        {"builder": "attacker"},
+        {"datasets": []},
+        {"lockfile_sha256": None},
+        {"version": "4"},
+    ]
+    for update in updates:
         forged = signed.model_copy(update={"manifest": signed.manifest.model_copy(update=update)})
         with pytest.raises(SignatureError):
             verify_manifest(forged, TRUST)
@@ -235,3 +241,9 @@ def test_verify_path_turns_garbage_inputs_into_input_errors(tmp_path: Path) -> N
         verify_path(root, b"not json", KEY.public_pem())
     with pytest.raises(InputError):
         verify_path(root, document, b"-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n")
+
+
+def test_invalid_manifest_fields_are_input_errors(tmp_path: Path) -> None:
+    root = make_model(tmp_path / "model")
+    with pytest.raises(InputError, match="model"):
+        sign_path(root, KEY, model="my model v1")

@@ -228,7 +228,12 @@ def test_joblib_with_object_arrays_passes() -> None:
 
 
 def test_numpy_arrays_pickles_npy_and_npz_pass() -> None:
-    arrays = {"f": np.arange(12.0).reshape(3, 4), "i": np.arange(5), "s": np.array(["x", "yz"]), "r": np.float64(2.5)}
+    arrays: dict[str, Any] = {
+        "f": np.arange(12.0).reshape(3, 4),
+        "i": np.arange(5),
+        "s": np.array(["x", "yz"]),
+        "r": np.float64(2.5),
+    }
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         assert_safe(scan_bytes(pickle.dumps(arrays, protocol=protocol), "arrays.pkl"))
     npy = scan_bytes(npy_bytes(arrays["f"]), "a.npy")
@@ -432,6 +437,11 @@ def test_payload_hidden_as_joblib_array_data_is_caught(tmp_path: Path) -> None:
 def test_payload_in_a_joblib_object_array_is_caught() -> None:
     data = {"x": np.array([Reduce(os.system, "id"), 1], dtype=object)}
     assert_caught(scan_bytes(joblib_bytes(data), "objarr.joblib"), "system")
+
+
+def test_lz4_stream_that_cannot_be_scanned_warns() -> None:
+    scan = scan_bytes(b"\x04\x22\x4d\x18" + os.urandom(64), "model.joblib.lz4")
+    assert scan.decision is Decision.WARN
 
 
 def test_compressed_hostile_joblib_is_caught() -> None:
