@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
 from shared.errors import MlwardenError
@@ -134,27 +137,6 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
     return check_dataset(args, out, _print_json)
 
 
-def cmd_sign(args: argparse.Namespace) -> int:
-    """Sign a model file or folder with a private key."""
-    from mlwarden.offline import sign
-
-    return sign(args, out)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a model file or folder against a signature and a public key."""
-    from mlwarden.offline import verify
-
-    return verify(args, out, _print_json)
-
-
-def cmd_scan_model(args: argparse.Namespace) -> int:
-    """Scan serialized models for code that runs on load."""
-    from mlwarden.offline import scan_model
-
-    return scan_model(args, out, _print_json)
-
-
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when NATS answers, JetStream has mlwarden's streams and every service key is trusted."""
     from mlwarden.ops import health
@@ -178,7 +160,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         model = model_for_type(subject)
         if model is not None:
             schemas[subject] = model.model_json_schema()
-    requests = {
+    requests: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
         Subjects.SERVING_ADMIT: (events.AdmitRequest, events.AdmitReply),
         Subjects.AUDIT_QUERY: (events.AuditQuery, events.AuditPage),
         Subjects.ARTIFACT_VERIFY: (events.ArtifactVerifyRequest, events.ArtifactVerifyReply),
@@ -274,21 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path)
     p.add_argument("--format", choices=["text", "json"], default="text")
 
-    p = add("sign", cmd_sign)
-    p.add_argument("path", type=Path)
-    p.add_argument("--key", type=Path, required=True, help="private key (PEM)")
-    p.add_argument("--signature", type=Path, required=True, help="where to write the signature")
-
-    p = add("verify", cmd_verify)
-    p.add_argument("path", type=Path)
-    p.add_argument("--signature", type=Path, required=True)
-    p.add_argument("--key", type=Path, required=True, help="public key (PEM)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
-
-    scan = sub.add_parser("scan", help="scan artifacts").add_subparsers(dest="scan_cmd", required=True)
-    p = add("model", cmd_scan_model, scan)
-    p.add_argument("path", type=Path)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    add_artifact_commands(sub, add)
 
     p = add("health", cmd_health)
     common(p)
