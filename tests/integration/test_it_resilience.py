@@ -72,7 +72,13 @@ async def test_audit_log_killed_mid_stream_and_restarted_loses_nothing(settings:
 def test_system_starts_every_service_and_stops_them(tmp_path: Path) -> None:
     system = System(tmp_path / "state").start()
     try:
-        assert set(system.processes) == {"audit-log", "data-guard", "artifact-signer", "registry-gate", "serving-monitor"}
+        assert set(system.processes) == {
+            "audit-log",
+            "data-guard",
+            "artifact-signer",
+            "registry-gate",
+            "serving-monitor",
+        }
         assert all(p.poll() is None for p in system.processes.values())
         assert (tmp_path / "state" / "keys" / "audit-log.pem").exists()
     finally:
@@ -91,5 +97,3 @@ def test_demo_sees_every_expected_verdict(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "expected verdicts seen" in result.stdout
-
-
