@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from mlwarden.bootstrap import bootstrap
 from mlwarden.supervisor import System
 from services.audit_log.store import AuditStore
