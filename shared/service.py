@@ -10,6 +10,7 @@ nats-py 2.16.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ import orjson
 from faststream import FastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import ServiceRuntime, connect_options, start_runtime
@@ -46,6 +48,8 @@ class ServiceApp:
         self.state: dict[str, Any] = {}
         self._startup_hooks: list[Callable[[ServiceRuntime], Awaitable[None]]] = []
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._replies: list[tuple[str, type[Any], Callable[[Any], Awaitable[BaseModel]]]] = []
+        self._reply_subs: list[Any] = []
         self.app.on_startup(self._startup)
         self.app.on_shutdown(self._shutdown)
 
@@ -75,8 +79,13 @@ class ServiceApp:
         self._runtime = await start_runtime(self.service, self.settings, nc)
         for hook in self._startup_hooks:
             await hook(self._runtime)
+        await self._subscribe_replies()
 
     async def _shutdown(self) -> None:
+        for sub in self._reply_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._reply_subs.clear()
         for hook in self._shutdown_hooks:
             await hook()
 
@@ -142,37 +151,50 @@ class ServiceApp:
         """Register a request/reply endpoint: plain JSON body in, JSON reply out.
 
         Replicas share the work through a queue group. Malformed requests get an `ErrorReply`,
-        never silence.
+        never silence. These endpoints sit on the serving hot path, so they are plain nats-py
+        subscriptions made at start-up: FastStream's per-message pipeline (dependency
+        resolution, worker-thread hops) cost ten times the decision itself in
+        `benchmarks/serving_monitor.py`.
         """
 
         def register(handler: Callable[[ReqT], Awaitable[BaseModel]]) -> Callable[[ReqT], Awaitable[BaseModel]]:
-            async def on_request(msg: NatsMessage) -> bytes:
-                body = msg.body
-                try:
-                    if len(body) > MAX_MESSAGE_BYTES:
-                        raise ValueError(f"request of {len(body)} bytes is too large")
-                    request = model.model_validate(orjson.loads(body))
-                except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
-                    return _error("bad_request", str(exc)[:1000])
-                try:
-                    reply = await handler(request)
-                except MlwardenError as exc:
-                    return _error(type(exc).__name__, str(exc))
-                except Exception as exc:
-                    log.exception("%s: %s failed", self.service, subject)
-                    return _error("internal", repr(exc)[:500])
-                return orjson.dumps(reply.model_dump(mode="json"))
-
-            on_request.__name__ = handler.__name__
-            self.broker.subscriber(
-                subject,
-                queue=self.service,
-                title=f"{self.service}:{handler.__name__}",
-                description=handler.__doc__,
-            )(on_request)
+            self._replies.append((subject, model, handler))
             return handler
 
         return register
+
+    async def _answer(self, msg: Msg, model: type[ReqT], handler: Callable[[ReqT], Awaitable[BaseModel]]) -> None:
+        body = msg.data
+        try:
+            if len(body) > MAX_MESSAGE_BYTES:
+                raise ValueError(f"request of {len(body)} bytes is too large")
+            request = model.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
+            await _respond(msg, _error("bad_request", str(exc)[:1000]))
+            return
+        try:
+            reply = await handler(request)
+        except MlwardenError as exc:
+            await _respond(msg, _error(type(exc).__name__, str(exc)))
+            return
+        except Exception as exc:
+            log.exception("%s: %s failed", self.service, msg.subject)
+            await _respond(msg, _error("internal", repr(exc)[:500]))
+            return
+        await _respond(msg, orjson.dumps(reply.model_dump(mode="json")))
+
+    async def _subscribe_replies(self) -> None:
+        nc = self.broker.connection
+        for subject, model, handler in self._replies:
+
+            async def on_request(
+                msg: Msg,
+                model: type[BaseModel] = model,
+                handler: Callable[[Any], Awaitable[BaseModel]] = handler,
+            ) -> None:
+                await self._answer(msg, model, handler)
+
+            self._reply_subs.append(await nc.subscribe(subject, queue=self.service, cb=on_request))
 
     def _durable_for(self, subject: str) -> str:
         for spec in CONSUMERS[self.service]:
@@ -185,6 +207,11 @@ class ServiceApp:
             if spec.durable == durable:
                 return spec.stream
         raise KeyError(durable)
+
+
+async def _respond(msg: Msg, data: bytes) -> None:
+    if msg.reply:
+        await msg.respond(data)
 
 
 def _error(code: str, detail: str) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.serving_monitor.errors import ConfigError, LimitConfigError
 
@@ -33,6 +33,8 @@ class GcraLimit:
 
     rate_per_second: float
     burst: float
+    _interval: float = field(init=False, repr=False, compare=False)
+    _tolerance: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate_per_second) and self.rate_per_second > 0):
@@ -43,6 +45,9 @@ class GcraLimit:
             raise LimitConfigError(
                 "burst must be finite and >= 1", rate_per_second=self.rate_per_second, burst=self.burst
             )
+        # Precomputed once: `check` is on the serving hot path.
+        object.__setattr__(self, "_interval", 1.0 / self.rate_per_second)
+        object.__setattr__(self, "_tolerance", self.burst / self.rate_per_second)
 
     @property
     def emission_interval(self) -> float:
@@ -56,6 +61,9 @@ class RateDecision:
 
     allowed: bool
     retry_after: float | None = None
+
+
+_ALLOWED = RateDecision(allowed=True)
 
 
 class GcraLimiter:
@@ -94,23 +102,23 @@ class GcraLimiter:
 
     def check(self, client: str, now: float, cost: float = 1) -> RateDecision:
         """Admit `cost` units for `client` at time `now` (seconds, any monotone clock) or refuse."""
-        if not (math.isfinite(cost) and cost > 0):
+        if not (0 < cost < math.inf):
             raise ConfigError("cost", cost, "finite and > 0")
-        limit = self.limit_for(client)
-        interval = limit.emission_interval
+        limit = self._overrides.get(client, self.default) if self._overrides else self.default
         if cost > limit.burst:
             # No amount of waiting makes this conforming: say so instead of a false retry time.
             return RateDecision(allowed=False, retry_after=None)
-        # max() also makes a clock that steps backwards harmless: the TAT never moves back.
-        tat = max(self._tat.get(client, now), now)
-        new_tat = tat + cost * interval
-        allow_at = new_tat - limit.burst * interval
+        known = self._tat.get(client)
+        # Taking the later of TAT and now also makes a clock that steps backwards harmless.
+        tat = now if known is None or known < now else known
+        new_tat = tat + cost * limit._interval
+        allow_at = new_tat - limit._tolerance
         if allow_at - now > CLOCK_TOLERANCE_S:
             return RateDecision(allowed=False, retry_after=allow_at - now)
-        if client not in self._tat and len(self._tat) >= self.max_clients:
+        if known is None and len(self._tat) >= self.max_clients:
             self._make_room(now)
         self._tat[client] = new_tat
-        return RateDecision(allowed=True)
+        return _ALLOWED
 
     def _make_room(self, now: float) -> None:
         # (1) A client whose TAT has passed is indistinguishable from a new one, so forgetting it

@@ -156,3 +156,11 @@ def test_registry_refuses_tampered_or_misfiled_schemas(schema: FeatureSchema) ->
     misfiled = {"fraud": SchemaRegistry([schema]).to_dict()["churn"]}
     with pytest.raises(SchemaError):
         SchemaRegistry.from_dict(misfiled)
+
+
+def test_infinity_is_refused_even_for_a_feature_without_bounds() -> None:
+    schema = FeatureSchema(model="m", features=[FeatureSpec(name="free")])
+    assert schema.validate_rows([{"free": float("inf")}])
+    assert schema.validate_rows([{"free": float("-inf")}])
+    assert schema.validate_rows([{"free": float("nan")}])
+    assert not schema.validate_rows([{"free": 1e300}])
