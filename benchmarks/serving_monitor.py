@@ -23,13 +23,13 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import Row, rate, show  # noqa: E402
+from _table import Row, rate, show
 
-from services.serving_monitor.admission import Admission  # noqa: E402
-from services.serving_monitor.auth import ApiKeyStore  # noqa: E402
-from services.serving_monitor.ratelimit import GcraLimiter  # noqa: E402
-from services.serving_monitor.validation import FeatureSchema, FeatureSpec, SchemaRegistry  # noqa: E402
-from shared.events import AdmitRequest  # noqa: E402
+from services.serving_monitor.admission import Admission
+from services.serving_monitor.auth import ApiKeyStore
+from services.serving_monitor.ratelimit import GcraLimiter
+from services.serving_monitor.validation import FeatureSchema, FeatureSpec, SchemaRegistry
+from shared.events import AdmitRequest
 
 
 class SlidingLog:
