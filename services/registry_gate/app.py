@@ -5,13 +5,20 @@ data-guard and artifact-signer in, `mlw.verdict.promotion` out. The decision is 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
-import orjson
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import NoKeysError
+from pydantic import BaseModel
 
-from services.registry_gate.gate import ConflictingEvent, RegistryState, evaluate
+from services.registry_gate.gate import (
+    ConflictingEvent,
+    RecordedApproval,
+    RecordedRequest,
+    RegistryState,
+    evaluate,
+)
 from services.registry_gate.policy import RegistryPolicy, load_policy
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
@@ -31,7 +38,7 @@ from shared.settings import Settings
 from shared.topology import STATE_BUCKET, Subjects
 
 SERVICE = "registry-gate"
-STATE_KEY = "registry-gate.state"
+JOURNAL_PREFIX = "registry-gate."
 log = logging.getLogger("mlwarden.registry-gate")
 
 
@@ -47,10 +54,15 @@ class Gate:
         # The last decision published per request: re-evaluations that change nothing stay quiet.
         self.last: dict[str, PromotionVerdict] = {}
 
-    async def save(self) -> None:
-        """Persist the state before acking the event that changed it."""
+    async def journal(self, kind: str, ident: str, fact: BaseModel) -> None:
+        """Persist one recorded fact before acking the event that carried it.
+
+        The state is a journal of facts, one key each (written once, O(1) per event); start-up
+        replays them through the same `record_*` methods, whose merge rules are order-free.
+        """
         kv = await self.runtime.js.key_value(STATE_BUCKET)
-        await kv.put(STATE_KEY, orjson.dumps(self.state.to_dict()))
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:40]
+        await kv.put(f"{JOURNAL_PREFIX}{kind}.{digest}", fact.model_dump_json().encode())
 
     async def decide(self, request_ids: list[str], cause: str, *, always: bool = False) -> None:
         """Evaluate each request and publish its verdict when it changed (or `always`)."""
@@ -99,12 +111,31 @@ def _same(a: PromotionVerdict, b: PromotionVerdict) -> bool:
 
 
 async def _load_state(runtime: ServiceRuntime) -> RegistryState:
+    """Replay the journal: verdicts first, then requests, then approvals."""
     kv = await runtime.js.key_value(STATE_BUCKET)
+    facts: dict[str, list[bytes]] = {"artifact": [], "dataset": [], "request": [], "approval": []}
     try:
-        entry = await kv.get(STATE_KEY)
-    except KeyNotFoundError:
-        return RegistryState()
-    return RegistryState.from_dict(orjson.loads(entry.value or b"{}"))
+        # (nats-py 2.16's `keys(filters=...)` finds nothing for a wildcard filter: filter here.)
+        keys = [k for k in await kv.keys() if k.startswith(JOURNAL_PREFIX)]
+    except NoKeysError:
+        keys = []
+    for key in keys:
+        entry = await kv.get(key)
+        kind = key[len(JOURNAL_PREFIX) :].split(".", 1)[0]
+        if entry.value and kind in facts:
+            facts[kind].append(entry.value)
+    state = RegistryState()
+    for raw in facts["artifact"]:
+        state.record_artifact_verdict(ArtifactVerdict.model_validate_json(raw))
+    for raw in facts["dataset"]:
+        state.record_dataset_verdict(DatasetVerdict.model_validate_json(raw))
+    for raw in facts["request"]:
+        req = RecordedRequest.model_validate_json(raw)
+        state.record_request(req.request_id, req.request, req.signer)
+    for raw in facts["approval"]:
+        appr = RecordedApproval.model_validate_json(raw)
+        state.record_approval(appr.event_id, appr.approval, appr.signer)
+    return state
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -135,7 +166,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             except ConflictingEvent as exc:
                 await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
                 return
-            await g.save()
+            await g.journal(
+                "request", event.id, RecordedRequest(request_id=event.id, signer=signer, request=event.data)
+            )
             await g.decide(ids, event.id, always=True)
 
     async def on_approval(event: Envelope[ApprovalGiven]) -> None:
@@ -157,7 +190,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             except ConflictingEvent as exc:
                 await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
                 return
-            await g.save()
+            await g.journal(
+                "approval", event.id, RecordedApproval(event_id=event.id, signer=signer, approval=event.data)
+            )
             await g.decide(ids, event.id, always=True)
 
     async def on_artifact_verdict(event: Envelope[ArtifactVerdict]) -> None:
@@ -169,7 +204,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             return  # alerted by verify_verdict; a forged verdict changes nothing
         async with g.lock:
             ids = g.state.record_artifact_verdict(event.data)
-            await g.save()
+            await g.journal("artifact", event.id, event.data)
             await g.decide(ids, event.id)
 
     async def on_dataset_verdict(event: Envelope[DatasetVerdict]) -> None:
@@ -181,20 +216,21 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             return
         async with g.lock:
             ids = g.state.record_dataset_verdict(event.data)
-            await g.save()
+            await g.journal("dataset", event.id, event.data)
             await g.decide(ids, event.id)
 
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
         Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
     }
-    # One at a time, in stream order: an approval is never judged before its request.
-    svc.consume_routes("mlw.registry.>", routes_events, batch=1, doc=on_promotion.__doc__)
+    # The gate's state is order-free (an approval that arrives before its request is kept), so a
+    # fetched batch may run concurrently; the gate's lock serialises the decisions themselves.
+    svc.consume_routes("mlw.registry.>", routes_events, batch=16, doc=on_promotion.__doc__)
     routes_verdicts: dict[str, tuple[type[Any], Any]] = {
         Subjects.VERDICT_ARTIFACT: (ArtifactVerdict, on_artifact_verdict),
         Subjects.VERDICT_DATASET: (DatasetVerdict, on_dataset_verdict),
     }
-    svc.consume_routes("mlw.verdict.>", routes_verdicts, batch=1, doc=on_artifact_verdict.__doc__)
+    svc.consume_routes("mlw.verdict.>", routes_verdicts, batch=16, doc=on_artifact_verdict.__doc__)
 
     @svc.reply(Subjects.REGISTRY_STATUS, RegistryStatusRequest)
     async def status(request: RegistryStatusRequest) -> RegistryStatus:

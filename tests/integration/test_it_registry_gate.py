@@ -108,3 +108,22 @@ async def test_request_signed_by_someone_else_is_rejected(bus: Any) -> None:
         verdict = await watcher.wait(_promotion_for(request.id), 10)
         assert verdict is not None and verdict.data.decision == "rejected"
         assert await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "forged_request", 10)
+
+
+async def test_state_survives_a_restart(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+    async with client.watch() as watcher:
+        await _publish_verdicts(running)
+        request = await client.request_promotion(
+            alice, model="churn", version="1", stage="production", root_digest=DIGEST
+        )
+        await client.approve(bob, request_id=request.id, model="churn", version="1", stage="production")
+        assert await watcher.wait(lambda e: _promotion_for(request.id)(e) and e.data.approvers == ["bob"], 10)
+        await running.stop("registry-gate")
+        await running.start("registry-gate")
+        await client.approve(carol, request_id=request.id, model="churn", version="1", stage="production")
+        done = await watcher.wait(lambda e: _promotion_for(request.id)(e) and e.data.decision == "promoted", 10)
+    assert done is not None
+    assert sorted(done.data.approvers) == ["bob", "carol"]
