@@ -237,6 +237,7 @@ class DeadLetter(Frozen):
     payload_sha256: Sha256Hex
     deliveries: int = Field(default=1, ge=1)
     stream_seq: int | None = None
+    count: int = Field(default=1, ge=1, description="rejections of this kind coalesced into this letter")
 
 
 # --- serving traffic ---------------------------------------------------------------------
@@ -363,3 +364,80 @@ class SchemaRegistration(Frozen):
 
     model: Name
     features: list[dict[str, Any]] = Field(description="{name, min, max, required} per feature")
+
+
+# --- audit-log proofs and checkpoints (issue 3; format in docs/audit-proofs.md) ----------
+
+
+class AuditCheckpoint(Frozen):
+    """audit-log's signed statement that its first `tree_size` entries have RFC 9162 root `root_hash`."""
+
+    origin: str = Field(min_length=1, max_length=256, description="which log: `mlwarden/audit-log` by default")
+    tree_size: int = Field(ge=0, description="number of entries covered (leaf indices 0 .. tree_size-1)")
+    root_hash: Sha256Hex = Field(description="RFC 9162 Merkle tree head of those entries, hex")
+    timestamp_ms: int = Field(ge=0, description="when it was signed, unix milliseconds")
+    key_id: str = Field(min_length=1, max_length=128, description="signer id in the trust store (audit-log)")
+    signature: str = Field(description="base64 Ed25519 signature over the checkpoint note (docs/audit-proofs.md)")
+
+
+class AuditProofRequest(Frozen):
+    """Body of `mlw.audit.proof`: an inclusion proof for one entry, by event id or leaf index."""
+
+    event_id: str | None = Field(default=None, max_length=256)
+    leaf_index: int | None = Field(default=None, ge=0)
+
+
+class AuditInclusionProof(Frozen):
+    """Reply to `mlw.audit.proof`: everything a third party needs to check one entry offline."""
+
+    format: Literal["mlwarden-audit-inclusion/v1"] = "mlwarden-audit-inclusion/v1"
+    event_id: str
+    leaf_index: int = Field(ge=0, description="seq - 1")
+    tree_size: int = Field(ge=1, description="the checkpoint's tree size")
+    leaf_input: str = Field(description="base64 of the exact leaf bytes (canonical JSON of the entry)")
+    inclusion_path: list[Sha256Hex] = Field(description="RFC 9162 PATH(leaf_index, D[tree_size]), leaf upwards")
+    checkpoint: AuditCheckpoint
+
+
+class AuditCheckpointRequest(Frozen):
+    """Body of `mlw.audit.checkpoint`: the latest checkpoint, optionally proven consistent with an older size."""
+
+    from_size: int | None = Field(default=None, ge=0, description="also return PROOF(from_size, latest)")
+    fresh: bool = Field(default=False, description="sign a new checkpoint covering every stored entry first")
+
+
+class AuditCheckpointReply(Frozen):
+    """Reply to `mlw.audit.checkpoint`."""
+
+    checkpoint: AuditCheckpoint
+    consistency_path: list[Sha256Hex] = Field(default_factory=list, description="RFC 9162 consistency proof")
+
+
+# --- dataset access (data-guard) ----------------------------------------------------------
+
+
+class DataAccessRequested(Frozen):
+    """`mlw.dataset.access`: a principal asks to read a dataset version, for a purpose."""
+
+    principal: str = Field(min_length=1, max_length=128, description="who wants to read")
+    dataset: Name = Field(description="dataset name")
+    version: str = Field(min_length=1, max_length=64, description="dataset version")
+    purpose: str = Field(min_length=1, max_length=500, description="why, in a few words (audited)")
+    approval_ids: list[str] = Field(
+        default_factory=list, max_length=16, description="ids of approvals granted for this read"
+    )
+    mfa: bool = Field(default=False, description="the identity provider's claim that MFA was passed")
+    bytes_requested: int = Field(default=0, ge=0, description="read volume, for exfiltration monitoring")
+
+
+class AccessVerdict(Frozen):
+    """`mlw.verdict.access`: data-guard's decision on one access request."""
+
+    principal: str
+    dataset: Name
+    version: str
+    purpose: str
+    allowed: bool
+    reasons: list[str] = Field(default_factory=list, description="every reason, also when allowed")
+    sensitivity: Sensitivity | None = Field(default=None, description="level of the dataset, when known")
+    in_reply_to: str = Field(description="id of the access request event")

@@ -10,7 +10,9 @@ nats-py 2.16.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -23,11 +25,11 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import ServiceRuntime, connect_options, start_runtime
-from shared.envelope import MAX_MESSAGE_BYTES, Envelope
+from shared.envelope import MAX_MESSAGE_BYTES, Envelope, preview_b64
 from shared.errors import MlwardenError
-from shared.events import ErrorReply
+from shared.events import DeadLetter, ErrorReply
 from shared.settings import Settings
-from shared.topology import CONSUMERS, ensure_topology
+from shared.topology import CONSUMERS, Subjects, ensure_topology
 
 DataT = TypeVar("DataT", bound=BaseModel)
 ReqT = TypeVar("ReqT", bound=BaseModel)
@@ -50,6 +52,8 @@ class ServiceApp:
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._replies: list[tuple[str, type[Any], Callable[[Any], Awaitable[BaseModel]]]] = []
         self._reply_subs: list[Any] = []
+        self._rejections = _Rejections()
+        self._flusher: asyncio.Task[None] | None = None
         self.app.on_startup(self._startup)
         self.app.on_shutdown(self._shutdown)
 
@@ -80,8 +84,28 @@ class ServiceApp:
         for hook in self._startup_hooks:
             await hook(self._runtime)
         await self._subscribe_replies()
+        if self._replies:
+            self._flusher = asyncio.create_task(self._flush_rejections(), name=f"{self.service}:rejections")
+
+    async def _flush_rejections(self, every_s: float = 1.0) -> None:
+        """Put refused requests in the audit trail as dead letters, coalesced per subject and
+        reason each second, so a flood of junk costs a bounded number of audit rows."""
+        while True:
+            await asyncio.sleep(every_s)
+            for letter in self._rejections.drain(self.service):
+                try:
+                    await self.runtime.emit(Subjects.deadletter(self.service), letter)
+                except Exception as exc:  # noqa: BLE001 - keep answering requests regardless
+                    log.warning("%s: could not record a rejection: %r", self.service, exc)
 
     async def _shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for letter in self._rejections.drain(self.service):
+            with contextlib.suppress(Exception):
+                await self.runtime.emit(Subjects.deadletter(self.service), letter)
         for sub in self._reply_subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -170,7 +194,9 @@ class ServiceApp:
                 raise ValueError(f"request of {len(body)} bytes is too large")
             request = model.model_validate(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
-            await _respond(msg, _error("bad_request", str(exc)[:1000]))
+            reason = str(exc)[:1000]
+            self._rejections.note(msg.subject, body, reason)
+            await _respond(msg, _error("bad_request", reason))
             return
         try:
             reply = await handler(request)
@@ -207,6 +233,35 @@ class ServiceApp:
             if spec.durable == durable:
                 return spec.stream
         raise KeyError(durable)
+
+
+class _Rejections:
+    """Refused requests waiting to be recorded: the first sample and a count per kind."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.pending: dict[tuple[str, str], tuple[bytes, int]] = {}
+
+    def note(self, subject: str, body: bytes, reason: str) -> None:
+        key = (subject, reason.split(":", 1)[0][:200])
+        sample, count = self.pending.get(key, (body, 0))
+        if key in self.pending or len(self.pending) < self.limit:
+            self.pending[key] = (sample, count + 1)
+
+    def drain(self, service: str) -> list[DeadLetter]:
+        pending, self.pending = self.pending, {}
+        return [
+            DeadLetter(
+                service=service,
+                original_subject=subject,
+                reason=f"request refused: {reason}",
+                payload_b64=preview_b64(sample),
+                payload_size=len(sample),
+                payload_sha256=hashlib.sha256(sample).hexdigest(),
+                count=count,
+            )
+            for (subject, reason), (sample, count) in pending.items()
+        ]
 
 
 async def _respond(msg: Msg, data: bytes) -> None:

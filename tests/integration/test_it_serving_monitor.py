@@ -69,12 +69,22 @@ async def test_invalid_inputs_are_denied(serving: Any, row: dict[str, float | No
     assert not reply.allowed and reply.reason == "invalid_inputs" and reply.problems
 
 
-async def test_malformed_admit_request_gets_an_error_reply(serving: Any) -> None:
-    running, _ = serving
-    raw = await running.client.request(Subjects.SERVING_ADMIT, b'{"api_key": 1, "inputs": "x"}')
-    assert b'"error":"bad_request"' in raw
+async def test_malformed_admit_request_gets_an_error_reply_and_is_audited(serving: Any) -> None:
+    running, key = serving
+    for _ in range(20):  # a flood of junk is coalesced, not one audit row each
+        raw = await running.client.request(Subjects.SERVING_ADMIT, b'{"api_key": 1, "inputs": "x"}')
+        assert b'"error":"bad_request"' in raw
     raw = await running.client.request(Subjects.SERVING_ADMIT, b"\xff\x00 not json")
     assert b'"error":"bad_request"' in raw
+    # The service keeps serving.
+    assert (await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))).allowed
+    for _ in range(50):
+        page = await running.client.audit_query(AuditQuery(type="mlw.deadletter.serving-monitor"))
+        if sum(e.event["data"]["count"] for e in page.entries) >= 21:
+            break
+        await asyncio.sleep(0.1)
+    assert sum(e.event["data"]["count"] for e in page.entries) == 21
+    assert len(page.entries) <= 3
 
 
 async def test_abusive_prediction_logs_raise_an_alert(serving: Any) -> None:
