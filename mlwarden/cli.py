@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +31,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port)
+
+    def stop_requested(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Ctrl-C and SIGTERM (systemd, containers) both stop everything cleanly, also when SIGINT
+    # was ignored by whatever started us in the background.
+    signal.signal(signal.SIGINT, stop_requested)
+    signal.signal(signal.SIGTERM, stop_requested)
     system.start()
     out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
     for name, proc in system.processes.items():
