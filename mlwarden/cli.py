@@ -183,6 +183,14 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    """Print the AsyncAPI 3.0 document of the bus (generated from the topology and schemas)."""
+    from shared.asyncapi import build_asyncapi
+
+    _print_json(build_asyncapi())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(prog="mlwarden", description="Secure an ML pipeline from data to deployment.")
@@ -271,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     add("schemas", cmd_schemas)
+    add("asyncapi", cmd_asyncapi)
     return parser
 
 
