@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from nats.js.errors import NoKeysError
@@ -63,6 +65,18 @@ class Gate:
         kv = await self.runtime.js.key_value(STATE_BUCKET)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:40]
         await kv.put(f"{JOURNAL_PREFIX}{kind}.{digest}", fact.model_dump_json().encode())
+
+    async def apply(
+        self, event_id: str, kind: str, record: Callable[[], list[str]], fact: BaseModel, *, always: bool
+    ) -> None:
+        """Record a verified fact, journal it, and publish what it changes (under the lock)."""
+        try:
+            ids = record()
+        except ConflictingEvent as exc:
+            await self.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event_id)
+            return
+        await self.journal(kind, event_id, fact)
+        await self.decide(ids, event_id, always=always)
 
     async def decide(self, request_ids: list[str], cause: str, *, always: bool = False) -> None:
         """Evaluate each request and publish its verdict when it changed (or `always`)."""
@@ -161,15 +175,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             except SignatureError as exc:
                 await g.reject_unsigned(event, exc.reason)
                 return
-            try:
-                ids = g.state.record_request(event.id, event.data, signer)
-            except ConflictingEvent as exc:
-                await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
-                return
-            await g.journal(
-                "request", event.id, RecordedRequest(request_id=event.id, signer=signer, request=event.data)
-            )
-            await g.decide(ids, event.id, always=True)
+            fact = RecordedRequest(request_id=event.id, signer=signer, request=event.data)
+            record = partial(g.state.record_request, event.id, event.data, signer)
+            await g.apply(event.id, "request", record, fact, always=True)
 
     async def on_approval(event: Envelope[ApprovalGiven]) -> None:
         """An approval, signed by its approver: counts towards the stage's approvals."""
@@ -185,15 +193,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
                     in_reply_to=event.id,
                 )
                 return
-            try:
-                ids = g.state.record_approval(event.id, event.data, signer)
-            except ConflictingEvent as exc:
-                await g.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
-                return
-            await g.journal(
-                "approval", event.id, RecordedApproval(event_id=event.id, signer=signer, approval=event.data)
-            )
-            await g.decide(ids, event.id, always=True)
+            fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data)
+            record = partial(g.state.record_approval, event.id, event.data, signer)
+            await g.apply(event.id, "approval", record, fact, always=True)
 
     async def on_artifact_verdict(event: Envelope[ArtifactVerdict]) -> None:
         """artifact-signer's verdict: acted upon only when its signature verifies."""
@@ -203,9 +205,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         except SignatureError:
             return  # alerted by verify_verdict; a forged verdict changes nothing
         async with g.lock:
-            ids = g.state.record_artifact_verdict(event.data)
-            await g.journal("artifact", event.id, event.data)
-            await g.decide(ids, event.id)
+            record = partial(g.state.record_artifact_verdict, event.data)
+            await g.apply(event.id, "artifact", record, event.data, always=False)
 
     async def on_dataset_verdict(event: Envelope[DatasetVerdict]) -> None:
         """data-guard's verdict: acted upon only when its signature verifies."""
@@ -215,9 +216,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         except SignatureError:
             return
         async with g.lock:
-            ids = g.state.record_dataset_verdict(event.data)
-            await g.journal("dataset", event.id, event.data)
-            await g.decide(ids, event.id)
+            record = partial(g.state.record_dataset_verdict, event.data)
+            await g.apply(event.id, "dataset", record, event.data, always=False)
 
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
