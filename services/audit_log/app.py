@@ -1,5 +1,6 @@
 """audit-log's wiring: read every stream through durable consumers, group-commit each fetched
-batch to SQL, ack only after the commit, and answer auditors' queries.
+batch to SQL, ack only after the commit, sign checkpoints, and answer auditors' queries,
+proof and checkpoint requests.
 
 Ingestion is the one place that uses nats-py's batched fetch directly rather than a FastStream
 per-message handler: a whole fetched batch must go into one transaction before any message of it
@@ -12,19 +13,41 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
+from services.audit_log.checkpoint import (
+    CheckpointError,
+    CheckpointMirror,
+    CheckpointPolicy,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
+from services.audit_log.settings import AuditSettings, mirror_path
 from services.audit_log.store import AuditStore, IncomingEvent
 from shared.bus import ServiceRuntime
-from shared.errors import InvalidMessage
-from shared.events import AuditPage, AuditQuery
+from shared.envelope import decode
+from shared.errors import InputError, InvalidMessage
+from shared.events import (
+    AuditCheckpoint,
+    AuditCheckpointReply,
+    AuditCheckpointRequest,
+    AuditInclusionProof,
+    AuditPage,
+    AuditProofRequest,
+    AuditQuery,
+    Severity,
+)
 from shared.service import ServiceApp
 from shared.settings import Settings
-from shared.topology import CONSUMERS, Subjects
+from shared.signing import SigningKey
+from shared.topology import CHECKPOINTS, CONSUMERS, Subjects
 
 SERVICE = "audit-log"
 log = logging.getLogger("mlwarden.audit-log")
@@ -33,10 +56,19 @@ log = logging.getLogger("mlwarden.audit-log")
 class Ingestor:
     """Moves messages from the three durable consumers into the store, one transaction a batch."""
 
-    def __init__(self, store: AuditStore, runtime: ServiceRuntime, batch: int) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        runtime: ServiceRuntime,
+        batch: int,
+        *,
+        on_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.runtime = runtime
         self.batch = batch
+        #: Called after a batch that stored something was committed and acked (checkpointing).
+        self.on_commit = on_commit
         self.stored = 0
         self.duplicates = 0
         # One writer at a time: the hash chain links each row to the one before it.
@@ -67,24 +99,48 @@ class Ingestor:
         self._subs.clear()
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        while self._running:
-            try:
-                msgs = await sub.fetch(self.batch, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep consuming through reconnects
-                log.warning("audit-log: fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await self.ingest(msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("audit-log: batch of %d not stored: %r", len(msgs), exc)
-                await asyncio.sleep(0.5)
+        # Pipelined: batch k is committed (in a thread, off the event loop) while batch k + 1 is
+        # fetched; k + 1 is written only after k is committed and acked, so commits stay in
+        # stream order and every ack still follows its commit.
+        pending: asyncio.Task[None] | None = None
+        try:
+            while self._running:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    await self._settle(pending)
+                    pending = None
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - keep consuming through reconnects
+                    log.warning("audit-log: fetch failed: %r", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                # Adaptive group commit: while the previous batch is still being committed, keep
+                # fetching into this one (a fetch returns what is there, often a few messages).
+                while len(msgs) < self.batch and pending is not None and not pending.done():
+                    try:
+                        msgs += await sub.fetch(self.batch - len(msgs), timeout=0.05)
+                    except (TimeoutError, NatsTimeoutError):
+                        break
+                await self._settle(pending)
+                pending = asyncio.create_task(self.ingest(msgs))
+        finally:
+            if pending is not None:
+                # Let a commit in flight finish and be acked; anything unacked is redelivered.
+                await asyncio.shield(self._settle(pending))
+
+    async def _settle(self, pending: asyncio.Task[None] | None) -> None:
+        if pending is None:
+            return
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not acked: JetStream redelivers the batch
+            log.exception("audit-log: batch not stored: %r", exc)
+            await asyncio.sleep(0.5)
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
@@ -105,28 +161,208 @@ class Ingestor:
             await self.runtime.dead_letter(msg, reason)
         for msg in msgs:
             await msg.ack()
+        if result.inserted and self.on_commit is not None:
+            await self.on_commit()
 
 
-def create_app(settings: Settings | None = None, *, store: AuditStore | None = None) -> ServiceApp:
-    """Build audit-log: ingestion from every stream plus the `mlw.audit.query` endpoint."""
+class Checkpointer:
+    """Signs a checkpoint when the policy says so and publishes it to the stream and the mirror.
+
+    It never signs a tree that is not an extension of the last checkpoint it knows (from the
+    stream or the mirror): if the database lost or changed entries, it raises an alert instead
+    of vouching for the rewritten history with audit-log's key.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        key: SigningKey,
+        policy: CheckpointPolicy,
+        mirror: CheckpointMirror,
+        publish: Callable[[AuditCheckpoint], Awaitable[None]],
+        *,
+        origin: str,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.policy = policy
+        self.mirror = mirror
+        self.publish = publish
+        self.origin = origin
+        self.latest: AuditCheckpoint | None = None
+        self.refused: str | None = None
+        self._lock = asyncio.Lock()
+
+    def resume(self, candidates: list[AuditCheckpoint | None]) -> None:
+        """Continue after the newest checkpoint this key signed (stream or mirror)."""
+        public = self.key.private.public_key()
+        for cp in candidates:
+            if cp is None:
+                continue
+            try:
+                verify_checkpoint(cp, public)
+            except CheckpointError:
+                log.warning("audit-log: ignoring a checkpoint not signed by this key (size %d)", cp.tree_size)
+                continue
+            if self.latest is None or cp.tree_size > self.latest.tree_size:
+                self.latest = cp
+
+    async def maybe_issue(self, *, force: bool = False) -> AuditCheckpoint | None:
+        """Sign and publish a checkpoint if one is due (or `force`); the newest checkpoint."""
+        async with self._lock:
+            size = await asyncio.to_thread(self.store.tree_size)
+            now_ms = int(time.time() * 1000)
+            latest = self.latest
+            if latest is not None and size == latest.tree_size:
+                return latest
+            shrank = latest is not None and size < latest.tree_size
+            if not (force or shrank or self.policy.due(size, latest, now_ms)):
+                return latest
+            checkpoint = await asyncio.to_thread(self._sign, size, now_ms)
+            await asyncio.to_thread(self.mirror.append, checkpoint)
+            self.latest = checkpoint
+        # Published after the mirror write: a bus outage loses nothing the verifier needs,
+        # and a republished checkpoint has the same id (JetStream keeps one copy).
+        await self.publish(checkpoint)
+        return checkpoint
+
+    def _sign(self, size: int, now_ms: int) -> AuditCheckpoint:
+        latest = self.latest
+        if latest is not None:
+            # Never sign a history that does not extend the last signed one.
+            if size < latest.tree_size:
+                raise CheckpointError(
+                    f"the trail holds {size} entries but {latest.tree_size} were signed: entries were removed",
+                    tree_size=size,
+                )
+            if self.store.root(latest.tree_size).hex() != latest.root_hash:
+                raise CheckpointError(
+                    f"the first {latest.tree_size} entries no longer match their signed checkpoint",
+                    tree_size=latest.tree_size,
+                )
+        return sign_checkpoint(self.key, size, self.store.root(size), timestamp_ms=now_ms, origin=self.origin)
+
+
+async def latest_published_checkpoint(js: JetStreamContext) -> AuditCheckpoint | None:
+    """The last checkpoint in the `MLW_CHECKPOINTS` stream, if any."""
+    try:
+        raw = await js.get_last_msg(CHECKPOINTS.name, Subjects.AUDIT_CHECKPOINTS)
+    except NotFoundError:
+        return None
+    if raw.data is None:
+        return None
+    try:
+        return decode(raw.data, AuditCheckpoint).data
+    except InvalidMessage as exc:
+        log.warning("audit-log: last published checkpoint is unreadable: %s", exc.reason)
+        return None
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: AuditStore | None = None,
+    audit_settings: AuditSettings | None = None,
+) -> ServiceApp:
+    """Build audit-log: ingestion from every stream, checkpoints, and the `mlw.audit.*` endpoints."""
     settings = settings or Settings()
+    audit = audit_settings or AuditSettings()
     svc = ServiceApp(SERVICE, settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     the_store = store or AuditStore(settings.audit_url)
     holder = svc.state
     holder["store"] = the_store
+    mirror = CheckpointMirror(mirror_path(settings.data_dir))
+    tasks: list[asyncio.Task[None]] = []
 
     @svc.on_start
     async def start_ingestion(runtime: ServiceRuntime) -> None:
         await asyncio.to_thread(the_store.create)
-        ingestor = Ingestor(the_store, runtime, batch=max(settings.fetch_batch, 256))
+
+        async def publish(checkpoint: AuditCheckpoint) -> None:
+            about = f"checkpoint:{checkpoint.origin}:{checkpoint.tree_size}:{checkpoint.root_hash}"
+            await runtime.emit(Subjects.AUDIT_CHECKPOINTS, checkpoint, in_reply_to=about, kind="checkpoint")
+
+        checkpointer = Checkpointer(the_store, runtime.key, audit.policy, mirror, publish, origin=audit.origin)
+        published = await latest_published_checkpoint(runtime.js)
+        checkpointer.resume([await asyncio.to_thread(mirror.latest), published])
+        holder["checkpointer"] = checkpointer
+
+        async def checkpoint_now() -> None:
+            try:
+                await checkpointer.maybe_issue()
+            except CheckpointError as exc:
+                # Alert once per distinct problem; the ingestion goes on (the entries are kept).
+                if checkpointer.refused != exc.reason:
+                    checkpointer.refused = exc.reason
+                    log.error("audit-log: refusing to sign a checkpoint: %s", exc.reason)
+                    await runtime.alert("checkpoint_refused", Severity.FAIL, exc.reason)
+            except Exception as exc:  # noqa: BLE001 - the next tick retries (bus down, database locked)
+                log.warning("audit-log: checkpoint failed: %r", exc)
+
+        async def timer() -> None:
+            # Time-based checkpoints: new entries wait at most `checkpoint_interval_s` for one.
+            while True:
+                await asyncio.sleep(min(1.0, audit.checkpoint_interval_s / 2))
+                await checkpoint_now()
+
+        # Up to 1024 messages a transaction: the commit, not the fetch, is the cost per message.
+        ingestor = Ingestor(the_store, runtime, batch=max(settings.fetch_batch, 1024), on_commit=checkpoint_now)
         holder["ingestor"] = ingestor
         await ingestor.start(runtime.js)
+        # At once, not at the first entry: a database that lost signed entries is reported now.
+        await checkpoint_now()
+        tasks.append(asyncio.create_task(timer(), name="audit:checkpoints"))
 
     @svc.on_stop
     async def stop_ingestion() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
         if "ingestor" in holder:
             await holder["ingestor"].stop()
+
+    def checkpointer() -> Checkpointer:
+        found: Checkpointer | None = holder.get("checkpointer")
+        if found is None:
+            raise InputError("audit-log is starting; retry")
+        return found
+
+    @svc.reply(Subjects.AUDIT_PROOF, AuditProofRequest)
+    async def prove(request: AuditProofRequest) -> AuditInclusionProof:
+        """Prove that one entry (by event id or leaf index) is in the signed trail (RFC 9162 inclusion)."""
+        cps = checkpointer()
+        entry = None
+        if request.event_id is not None:
+            entry = await asyncio.to_thread(the_store.find, request.event_id)
+            if entry is None:
+                raise EntryNotFoundError("no such entry in the audit trail", event_id=request.event_id)
+        index = entry.leaf_index if entry is not None else request.leaf_index
+        latest = cps.latest
+        if index is not None and (latest is None or index >= latest.tree_size):
+            # Not covered yet: sign now rather than make the auditor wait for the timer.
+            latest = await cps.maybe_issue(force=True)
+        if latest is None:
+            raise EntryNotFoundError("the trail is empty", leaf_index=request.leaf_index)
+        return await asyncio.to_thread(
+            build_inclusion_proof, the_store, latest, event_id=request.event_id, leaf_index=request.leaf_index
+        )
+
+    @svc.reply(Subjects.AUDIT_CHECKPOINT, AuditCheckpointRequest)
+    async def latest_checkpoint(request: AuditCheckpointRequest) -> AuditCheckpointReply:
+        """The newest signed checkpoint, and optionally its RFC 9162 consistency proof from an older size."""
+        cps = checkpointer()
+        latest = cps.latest
+        if request.fresh or latest is None:
+            latest = await cps.maybe_issue(force=True)
+        assert latest is not None
+        path: list[bytes] = []
+        if request.from_size is not None:
+            if request.from_size > latest.tree_size:
+                raise InputError(f"from_size {request.from_size} is beyond the checkpoint ({latest.tree_size})")
+            path = await asyncio.to_thread(the_store.consistency_proof, request.from_size, latest.tree_size)
+        return AuditCheckpointReply(checkpoint=latest, consistency_path=[h.hex() for h in path])
 
     @svc.reply(Subjects.AUDIT_QUERY, AuditQuery)
     async def query(request: AuditQuery) -> AuditPage:

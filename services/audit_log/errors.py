@@ -37,3 +37,13 @@ class CorruptEntryError(MlwardenError, ValueError):
         super().__init__(f"audit entry seq {seq}: {reason}")
         self.reason = reason
         self.seq = seq
+
+
+class TreeError(MlwardenError, ValueError):
+    """The stored Merkle tree does not cover or does not match the entries."""
+
+    def __init__(self, reason: str, *, seq: int) -> None:
+        super().__init__(f"audit tree: {reason}")
+        self.reason = reason
+        #: The first entry the problem concerns.
+        self.seq = seq

@@ -1,7 +1,11 @@
-"""Auditor queries over the trail: ANDed filters, newest first, cursor pagination on `seq`.
+"""Auditor queries over the trail: ANDed filters, newest first, cursor pagination.
 
-Every filter is an equality on an indexed column plus an optional `time` range, so the
-`(column, time)` indexes of `services.audit_log.store` serve a time range plus one filter.
+"Newest" is by event time, ties broken by seq: the order of the `(column, time, seq)` indexes
+of `services.audit_log.store`, so a time range plus one filter is one backward index range
+scan that stops after a page, however many entries match (<= 10 ms at 1,000,000 entries, see
+benchmarks/audit_log.py). Ordering by seq instead would make the database collect and sort
+every entry of the range first. The cursor is the seq of the last entry returned; the next
+page continues strictly after that entry's (time, seq).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import math
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_
 
 from services.audit_log.errors import CorruptEntryError
 from services.audit_log.store import AuditStore, StoredEntry
@@ -47,16 +51,33 @@ def run_query(store: AuditStore, query: AuditQuery) -> AuditPage:
     }
     where.extend(t.c[name] == value for name, value in equalities.items() if value is not None)
     if query.subject is not None and _is_prefix(query.subject):
-        base = query.subject[:-2]
-        pattern = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
-        where.append(or_(t.c.subject == base, t.c.subject.like(pattern, escape="\\")))
+        where.append(subject_prefix(t.c.subject, query.subject[:-2]))
     if query.cursor is not None:
-        where.append(t.c.seq < query.cursor)
+        where.append(_before(store, query.cursor))
     # One row more than asked tells whether another page exists without a COUNT.
-    rows = store.select_entries(*where, newest_first=True, limit=query.limit + 1)
+    rows = store.select_entries(*where, newest_first=True, limit=query.limit + 1, by_time=True)
     page = rows[: query.limit]
     next_cursor = page[-1].seq if len(rows) > query.limit else None
     return AuditPage(entries=[to_audit_entry(row) for row in page], next_cursor=next_cursor)
+
+
+def subject_prefix(column: Any, base: str) -> ColumnElement[bool]:
+    """`base` itself or anything below it (`base:...`), as an index range rather than LIKE.
+
+    ';' is the character after ':', so `base:` <= s < `base;` is exactly "starts with base:".
+    """
+    return or_(column == base, and_(column >= base + ":", column < base + ";"))
+
+
+def _before(store: AuditStore, cursor: int) -> ColumnElement[bool]:
+    """Entries after the cursor entry in newest-first order: (time, seq) < (its time, cursor)."""
+    t = store.table
+    with store.engine.connect() as conn:
+        at = conn.execute(select(t.c.time).where(t.c.seq == cursor)).scalar_one_or_none()
+    if at is None:
+        # A cursor always names a stored entry; an unknown one falls back to seq order.
+        return t.c.seq < cursor
+    return tuple_(t.c.time, t.c.seq) < tuple_(at, cursor)
 
 
 def _is_prefix(subject: str | None) -> bool:

@@ -33,6 +33,14 @@ class DbTarget:
     url: str
     schema: str | None
 
+    @property
+    def cli_url(self) -> str:
+        """A URL that reaches this store without a schema argument (for `mlwarden audit --db`)."""
+        if self.schema is None:
+            return self.url
+        # libpq `options`: the per-test schema becomes the search path.
+        return f"{self.url}?options=-csearch_path%3D{self.schema}"
+
     def open(self) -> AuditStore:
         """A new store handle on this target (tables created)."""
         store = AuditStore(self.url, schema=self.schema)
@@ -81,6 +89,27 @@ def store(db_target: DbTarget) -> Iterator[AuditStore]:
     opened = db_target.open()
     yield opened
     opened.close()
+
+
+DropGuards = Callable[[AuditStore], None]
+
+
+@pytest.fixture
+def drop_guards(db_target: DbTarget) -> DropGuards:
+    """What an attacker with DDL rights does first: drop the append-only triggers."""
+
+    def drop(store: AuditStore) -> None:
+        with store.engine.begin() as conn:
+            for table in ("audit_entries", "audit_tree"):
+                if db_target.backend == "sqlite":
+                    for op in ("update", "delete"):
+                        conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{op}"))
+                else:
+                    qualified = f'"{db_target.schema}".{table}'
+                    conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {qualified}"))
+                    conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {qualified}"))
+
+    return drop
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from shared.errors import InputError
 from shared.events import AuditQuery
 
 EventFactory = Callable[..., bytes]
+DropGuards = Callable[[AuditStore], None]
 T = 1_700_000_000.0
 
 # (id, type, source, subject, time offset, data)
@@ -165,7 +166,8 @@ def test_non_finite_time_bound_is_refused(seeded: AuditStore, bound: str) -> Non
         run_query(seeded, AuditQuery.model_validate({bound: float("nan")}))
 
 
-def test_unreadable_body_is_reported_not_crashed_on(seeded: AuditStore) -> None:
+def test_unreadable_body_is_reported_not_crashed_on(seeded: AuditStore, drop_guards: DropGuards) -> None:
+    drop_guards(seeded)
     with seeded.engine.begin() as conn:
         conn.execute(seeded.table.update().where(seeded.table.c.seq == 8).values(body="{oops"))
     with pytest.raises(CorruptEntryError) as info:

@@ -24,7 +24,7 @@ CHUNK = 4
 
 
 @pytest.fixture
-def filled(store: AuditStore, event_bytes: EventFactory) -> AuditStore:
+def filled(store: AuditStore, event_bytes: EventFactory, drop_guards: Callable[[AuditStore], None]) -> AuditStore:
     items = [
         IncomingEvent.from_bytes(
             event_bytes(event_id=f"e{i}", time=1_700_000_000.0 + i, data={"uploader": f"u{i}"}),
@@ -34,6 +34,8 @@ def filled(store: AuditStore, event_bytes: EventFactory) -> AuditStore:
     ]
     store.append_batch(items[:5])
     store.append_batch(items[5:])
+    # These attacks are on the chain alone: the attacker has dropped the triggers first.
+    drop_guards(store)
     return store
 
 

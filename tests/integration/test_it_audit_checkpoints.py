@@ -1,0 +1,127 @@
+"""audit-log on a real bus: checkpoints in MLW_CHECKPOINTS, proofs over request/reply, and
+`mlwarden audit verify` reading the stream, before and after an attack on the database."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import delete, text
+
+from mlwarden.cli import main
+from services.audit_log import merkle
+from services.audit_log.app import latest_published_checkpoint
+from services.audit_log.proof import check_inclusion_proof
+from services.audit_log.settings import mirror_path
+from services.audit_log.store import AuditStore, IncomingEvent
+from shared.bus import load_trust
+from shared.events import AuditCheckpointReply, AuditInclusionProof, DatasetRef
+from shared.service import reply_or_error
+from shared.signing import load_public_key
+from shared.topology import TRUST_BUCKET, Subjects
+
+N = 12
+
+
+@pytest.fixture
+async def audit(bus: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("MLW_AUDIT_CHECKPOINT_EVERY", "5")
+    monkeypatch.setenv("MLW_AUDIT_CHECKPOINT_INTERVAL_S", "0.5")
+    running = await bus("audit-log")
+    sent = [
+        await running.client.publish(
+            "mlw.dataset.uploaded", DatasetRef(dataset=f"d{i}", version="1", sha256="a" * 64), about=f"dataset:d{i}:1"
+        )
+        for i in range(N)
+    ]
+    store: AuditStore = running.apps["audit-log"].state["store"]
+    for _ in range(100):
+        cp = await latest_published_checkpoint(running.client.js)
+        if cp is not None and cp.tree_size == N:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("no checkpoint covering every entry was published")
+    assert store.count() == N
+    return running, sent, store
+
+
+async def test_checkpoints_are_published_signed_and_consistent(audit: Any) -> None:
+    running, _, store = audit
+    trust = await load_trust(running.client.js)
+    assert "audit-log" in trust
+    # Every entry is covered; the stream and the mirror agree on the newest one.
+    raw = await running.client.request(Subjects.AUDIT_CHECKPOINT, orjson.dumps({"from_size": 5}))
+    reply = reply_or_error(raw, AuditCheckpointReply)
+    assert isinstance(reply, AuditCheckpointReply)
+    cp = reply.checkpoint
+    assert cp.tree_size == N and cp.root_hash == store.root(N).hex()
+    mirror = orjson.loads(mirror_path(running.settings.data_dir).read_text().splitlines()[-1])
+    assert mirror["tree_size"] == N
+    older = store.root(5)
+    merkle.verify_consistency(
+        5, N, older, bytes.fromhex(cp.root_hash), [bytes.fromhex(h) for h in reply.consistency_path]
+    )
+
+
+async def test_proof_over_the_bus_checks_offline(audit: Any) -> None:
+    running, sent, _ = audit
+    raw = await running.client.request(Subjects.AUDIT_PROOF, orjson.dumps({"event_id": sent[7].id}))
+    proof = reply_or_error(raw, AuditInclusionProof)
+    assert isinstance(proof, AuditInclusionProof)
+    # The auditor's copy of the public key: the trust store entry.
+    kv = await running.client.js.key_value(TRUST_BUCKET)
+    entry = await kv.get("audit-log")
+    assert entry.value is not None
+    public = load_public_key(entry.value.decode())
+    checked = check_inclusion_proof(proof, public)
+    assert checked.event["id"] == sent[7].id
+    raw = await running.client.request(Subjects.AUDIT_PROOF, orjson.dumps({"event_id": "missing"}))
+    assert b'"error"' in raw
+
+
+async def test_verify_reads_the_stream_and_catches_a_rewritten_history(
+    audit: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running, _, store = audit
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        main, ["audit", "verify", "--data-dir", str(running.settings.data_dir), "--nats", running.settings.nats_url]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.out
+    assert "NATS stream MLW_CHECKPOINTS" in captured.err
+    await running.stop("audit-log")
+    # The attacker controls the database and the data folder, not the stream: they drop the
+    # triggers, remove the newest entries with chain and tree recomputed, and delete the mirror.
+    items = [
+        IncomingEvent(**{f.name: getattr(e, f.name) for f in dataclasses.fields(IncomingEvent)})
+        for e in store.iter_entries()
+    ][:-3]
+    with store.engine.begin() as conn:
+        for table in ("audit_entries", "audit_tree"):
+            for op in ("update", "delete"):
+                conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{op}"))
+        conn.execute(delete(store.table))
+        conn.execute(delete(store.tree_table))
+    store.append_batch(items)
+    mirror_path(running.settings.data_dir).unlink()
+    code = await asyncio.to_thread(
+        main, ["audit", "verify", "--data-dir", str(running.settings.data_dir), "--nats", running.settings.nats_url]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "TAMPERED" in captured.out and "removed" in captured.out
+    # Restarted on the truncated database, audit-log refuses to sign the shorter history.
+    async with running.client.watch(("mlw.alert.>",)) as watcher:
+        await running.start("audit-log")
+        await running.client.publish(
+            "mlw.dataset.uploaded", DatasetRef(dataset="late", version="1", sha256="b" * 64), about="dataset:late:1"
+        )
+        alert = await watcher.wait(lambda e: e.data.kind == "checkpoint_refused", 10)
+    assert alert is not None
+    newest = await latest_published_checkpoint(running.client.js)
+    assert newest is not None and newest.tree_size == N
