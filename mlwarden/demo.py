@@ -9,6 +9,7 @@ import io
 import os
 import pickle
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -373,17 +374,39 @@ class Demo:
             f"{len(page.entries)} entries from {', '.join(services)}",
             {"artifact-signer", "registry-gate", "serving-monitor"} <= set(services),
         )
-        from services.audit_log.store import AuditStore
-        from services.audit_log.verify import verify_chain
+        # The auditor's own command, as a separate process: chain, Merkle tree, signed checkpoints.
+        intact = await self._audit_verify(None)
+        self.record("audit-log", "mlwarden audit verify", "intact", _trail(intact), bool(intact.get("ok")))
+        # An insider edits a copy of the trail (triggers dropped first), then verifies it again.
+        db = self.settings.data_dir.resolve() / "audit.db"
+        if self.settings.audit_db_url is None and db.exists():
+            copy = self.settings.data_dir.resolve() / "demo" / self.run / "tampered-audit.db"
+            await asyncio.to_thread(_tamper_copy, db, copy)
+            tampered = await self._audit_verify(f"sqlite:///{copy}")
+            self.record(
+                "audit-log",
+                "a verdict rewritten in the database",
+                "verify fails",
+                _trail(tampered),
+                tampered.get("ok") is False and tampered.get("first_bad_seq") is not None,
+            )
 
-        report = await asyncio.to_thread(verify_chain, AuditStore(self.settings.audit_url))
-        self.record(
-            "audit-log",
-            "audit verify (hash chain)",
-            "intact",
-            f"{'intact' if report.ok else 'TAMPERED'}, {report.entries} entries",
-            report.ok,
+    async def _audit_verify(self, db_url: str | None) -> dict[str, Any]:
+        env = {**os.environ, "MLW_NATS_URL": self.settings.nats_url, "MLW_DATA_DIR": str(self.settings.data_dir)}
+        if db_url or self.settings.audit_db_url:
+            env["MLW_AUDIT_DB_URL"] = db_url or str(self.settings.audit_db_url)
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "mlwarden", "audit", "verify", "--format", "json"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
+        out, _ = await proc.communicate()
+        try:
+            report: dict[str, Any] = orjson.loads(out)
+        except orjson.JSONDecodeError:
+            report = {"ok": None, "reason": out.decode(errors="replace")[:200]}
+        return report
 
     async def main(self) -> int:
         """Run every step; print the summary table."""
@@ -447,6 +470,32 @@ def _promo(v: Envelope[Any] | None) -> str:
         return "no verdict"
     reasons = [r for r in v.data.reasons][:2]
     return f"{v.data.decision}: {'; '.join(reasons)[:110]}"
+
+
+def _trail(report: dict[str, Any]) -> str:
+    if report.get("ok"):
+        return f"intact: {report.get('entries')} entries, {report.get('checkpoints')} signed checkpoints"
+    return f"TAMPERED at entry {report.get('first_bad_seq')}: {str(report.get('reason'))[:80]}"
+
+
+def _tamper_copy(db: Path, copy: Path) -> None:
+    """Copy the trail and flip one verdict in the copy, as an insider with SQL access would."""
+    import sqlite3
+
+    source = sqlite3.connect(db)
+    target = sqlite3.connect(copy)
+    with target:
+        source.backup(target)
+    source.close()
+    triggers = [row[0] for row in target.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+    for name in triggers:
+        target.execute(f'DROP TRIGGER "{name}"')
+    target.execute(
+        "UPDATE audit_entries SET body = replace(body, '\"rejected\"', '\"promoted\"') "
+        "WHERE seq = (SELECT min(seq) FROM audit_entries WHERE decision = 'rejected')"
+    )
+    target.commit()
+    target.close()
 
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray, names: list[str]) -> Path:
