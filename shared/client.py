@@ -14,6 +14,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
 from shared.bus import connect, publish_event
+from shared.crypto import encrypt_object
 from shared.envelope import Envelope, decode, decode_any, new_event
 from shared.errors import InputError
 from shared.events import (
@@ -90,15 +91,25 @@ class Client:
         readers: list[str] | None = None,
         reference: DatasetRef | None = None,
         fmt: str | None = None,
+        master_key: bytes | None = None,
     ) -> Envelope[Any]:
-        """Put a dataset file into the `mlw-datasets` object store and announce it."""
+        """Put a dataset file into the `mlw-datasets` object store and announce it.
+
+        Confidential and restricted data are stored AES-GCM envelope-encrypted under `master_key`
+        (`shared.crypto.load_or_create_master_key(settings.keys_dir)`); the announced sha256 is
+        the plaintext's. Without a key they are stored as given, and data-guard fails them.
+        """
         fmt = fmt or FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise InputError(f"cannot tell the format of {path}; pass fmt=csv|parquet|npz")
         data = path.read_bytes()
         key = f"{dataset}/{version}"
+        location = ObjectRef(kind="object", bucket=DATASETS_BUCKET, key=key)
+        stored = data
+        if master_key is not None and sensitivity in (Sensitivity.CONFIDENTIAL, Sensitivity.RESTRICTED):
+            stored = encrypt_object(data, master_key, name=location.describe())
         store = await self.js.object_store(DATASETS_BUCKET)
-        await store.put(key, data)
+        await store.put(key, stored)
         ref_location = None
         if reference is not None:
             ref_location = ObjectRef(
@@ -107,7 +118,7 @@ class Client:
         event = DatasetUploaded(
             dataset=dataset,
             version=version,
-            location=ObjectRef(kind="object", bucket=DATASETS_BUCKET, key=key),
+            location=location,
             sha256=hashlib.sha256(data).hexdigest(),
             format=fmt,  # type: ignore[arg-type]
             label_column=label,

@@ -134,6 +134,9 @@ class ModelBuilt(Frozen):
     datasets: list[DatasetRef] = Field(default_factory=list, description="training datasets")
     builder: str = Field(min_length=1, max_length=128, description="who or what built it")
     source_commit: str | None = Field(default=None, max_length=64, description="VCS commit")
+    builder_isolation: str | None = Field(
+        default=None, max_length=128, description="how the builder was isolated (e.g. ephemeral-vm), for provenance"
+    )
 
 
 class PromotionRequested(Frozen):
@@ -189,6 +192,12 @@ class ArtifactVerdict(Frozen):
     datasets: list[DatasetRef] = Field(default_factory=list)
     builder: str = ""
     in_reply_to: str
+    provenance_key: str | None = Field(
+        default=None, description="object in mlw-artifacts: signed SLSA provenance statement (same root digest)"
+    )
+    checks_key: str | None = Field(
+        default=None, description="object in mlw-artifacts: signed scan and dependency results (same root digest)"
+    )
 
 
 class PromotionVerdict(Frozen):

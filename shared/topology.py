@@ -22,10 +22,12 @@ from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import BaseModel
 
 from shared.events import (
+    AccessVerdict,
     AdmissionVerdict,
     Alert,
     ApprovalGiven,
     ArtifactVerdict,
+    DataAccessRequested,
     DatasetUploaded,
     DatasetVerdict,
     DeadLetter,
@@ -257,4 +259,6 @@ _MODELS: dict[str, type[BaseModel]] = {
     Subjects.VERDICT_ARTIFACT: ArtifactVerdict,
     Subjects.VERDICT_PROMOTION: PromotionVerdict,
     Subjects.VERDICT_ADMISSION: AdmissionVerdict,
+    Subjects.DATASET_ACCESS: DataAccessRequested,
+    Subjects.VERDICT_ACCESS: AccessVerdict,
 }

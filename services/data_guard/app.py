@@ -1,29 +1,49 @@
-"""data-guard's wiring: a dataset upload in, a signed `mlw.verdict.dataset` out.
+"""data-guard's wiring: dataset uploads and access requests in, signed verdicts out.
 
-The handler reads the bytes the event names, re-hashes them, applies the access policy and runs
-`detect.analyze` (in a worker thread: it is numpy/scikit-learn work). Anything it cannot check
-becomes a `fail` verdict that names the problem, never a crash.
+`mlw.dataset.uploaded`: read the bytes the event names, decrypt them in memory when they are
+envelope-encrypted (required for confidential and restricted data), re-hash, apply the upload
+policy and run `detect.analyze` (in a worker thread: numpy/scikit-learn work). Anything it cannot
+check becomes a `fail` verdict that names the problem, never a crash. The judged version is
+recorded (in memory and in the state bucket) for later access requests.
+
+`mlw.dataset.access`: decide the read with `access.decide_access`, publish a signed
+`mlw.verdict.access` (audited like every verdict), and alert when the principal's read volume is
+anomalous against its own history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
+from nats.js.errors import KeyNotFoundError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.data_guard.access import DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.detect import DatasetReport, DetectorSettings, analyze
 from services.data_guard.loader import DatasetError, Table, load_table, sha256_hex
 from services.data_guard.policy import DEFAULT_POLICY, AccessPolicy, check_upload
 from shared.bus import ServiceRuntime
+from shared.crypto import DecryptionError, decrypt_object, is_encrypted, load_or_create_master_key
 from shared.envelope import Envelope
-from shared.events import DatasetUploaded, DatasetVerdict, Decision, Finding, Severity
+from shared.events import (
+    AccessVerdict,
+    DataAccessRequested,
+    DatasetUploaded,
+    DatasetVerdict,
+    Decision,
+    Finding,
+    Sensitivity,
+    Severity,
+)
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.storage import UnreadableReference, read_bytes
-from shared.topology import Subjects
+from shared.topology import STATE_BUCKET, Subjects
 
 SERVICE = "data-guard"
 log = logging.getLogger("mlwarden.data-guard")
@@ -37,6 +57,9 @@ class GuardSettings(BaseSettings):
     policy_file: Path | None = None
     max_rows: int = 5_000_000
 
+
+#: Levels whose bytes must be stored envelope-encrypted (DESIGN.md principle 5).
+ENCRYPTED_LEVELS = frozenset({Sensitivity.CONFIDENTIAL, Sensitivity.RESTRICTED})
 
 _RANK = {Decision.PASS: 0, Decision.WARN: 1, Decision.FAIL: 2, Decision.ERROR: 3}
 _SEVERITY_DECISION = {Severity.INFO: Decision.PASS, Severity.WARN: Decision.WARN, Severity.FAIL: Decision.FAIL}
@@ -57,14 +80,21 @@ class Guard:
         self.cfg = cfg
         self.policy = policy
         self.detectors = DetectorSettings()
+        self.master_key = load_or_create_master_key(settings.keys_dir)
+        self.records: dict[tuple[str, str], DatasetRecord] = {}
+        self.volumes = ReadVolumeMonitor()
 
-    async def _load(self, upload: DatasetUploaded, *, reference: bool) -> tuple[Table, str]:
+    async def _load(self, upload: DatasetUploaded, *, reference: bool) -> tuple[Table, str, bool]:
         ref = upload.reference if reference else upload.location
         expected = upload.reference_sha256 if reference else upload.sha256
         assert ref is not None
         data = await read_bytes(
             self.runtime.js, ref, max_bytes=self.settings.max_dataset_bytes, roots=self.settings.readable_roots
         )
+        encrypted = is_encrypted(data)
+        if encrypted:
+            # Decrypted in memory only; a flipped bit anywhere fails the GCM tag -> fail verdict.
+            data = decrypt_object(data, self.master_key, name=ref.describe())
         digest = sha256_hex(data)
         if expected is not None and digest != expected:
             what = "reference" if reference else "dataset"
@@ -77,7 +107,7 @@ class Guard:
             max_bytes=self.settings.max_dataset_bytes,
             max_rows=self.cfg.max_rows,
         )
-        return table, digest
+        return table, digest, encrypted
 
     async def judge(self, event: Envelope[DatasetUploaded]) -> DatasetVerdict:
         """The verdict on one upload."""
@@ -85,13 +115,26 @@ class Guard:
         policy_findings = check_upload(upload, self.policy)
         digest = ""
         try:
-            table, digest = await self._load(upload, reference=False)
+            table, digest, encrypted = await self._load(upload, reference=False)
             reference = (await self._load(upload, reference=True))[0] if upload.reference else None
             report: DatasetReport = await asyncio.to_thread(analyze, table, reference, self.detectors)
-        except (DatasetError, UnreadableReference) as exc:
-            code = getattr(exc, "code", "unreadable")
+        except (DatasetError, UnreadableReference, DecryptionError) as exc:
+            code = "decrypt_failed" if isinstance(exc, DecryptionError) else getattr(exc, "code", "unreadable")
             problem = Finding(check=f"input.{code}", severity=Severity.FAIL, message=str(exc))
             return self._verdict(event, digest, Decision.FAIL, [problem, *policy_findings], rows=0, flagged=0)
+        if upload.sensitivity in ENCRYPTED_LEVELS:
+            policy_findings.append(
+                Finding(
+                    check="encryption.at_rest",
+                    severity=Severity.INFO if encrypted else Severity.FAIL,
+                    message=f"{upload.sensitivity.value} data is "
+                    + (
+                        "stored AES-GCM envelope-encrypted"
+                        if encrypted
+                        else "stored in plain text; it must be encrypted"
+                    ),
+                )
+            )
         findings = [*policy_findings, *report.findings]
         decision = combine(report.decision, policy_findings)
         return self._verdict(event, digest, decision, findings, rows=report.rows, flagged=len(report.flagged_rows))
@@ -119,6 +162,98 @@ class Guard:
             in_reply_to=event.id,
         )
 
+    async def remember(self, upload: DatasetUploaded, verdict: DatasetVerdict, size: int = 0) -> None:
+        """Record a judged version for access requests (memory + the state bucket, for restarts)."""
+        record = DatasetRecord(
+            dataset=upload.dataset,
+            version=upload.version,
+            sensitivity=upload.sensitivity,
+            allowed_readers=tuple(upload.allowed_readers),
+            uploader=upload.uploader,
+            decision=verdict.decision,
+            sha256=verdict.sha256,
+            size=size,
+        )
+        self.records[(upload.dataset, upload.version)] = record
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        await kv.put(_record_key(upload.dataset, upload.version), _record_json(record))
+
+    async def record(self, dataset: str, version: str) -> DatasetRecord | None:
+        """A judged version, from memory or the state bucket (None when never judged)."""
+        found = self.records.get((dataset, version))
+        if found is not None:
+            return found
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        try:
+            entry = await kv.get(_record_key(dataset, version))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        raw = orjson.loads(entry.value)
+        found = DatasetRecord(
+            dataset=raw["dataset"],
+            version=raw["version"],
+            sensitivity=Sensitivity(raw["sensitivity"]),
+            allowed_readers=tuple(raw["allowed_readers"]),
+            uploader=raw["uploader"],
+            decision=Decision(raw["decision"]),
+            sha256=raw["sha256"],
+            size=int(raw.get("size", 0)),
+        )
+        self.records[(dataset, version)] = found
+        return found
+
+    async def decide(self, event: Envelope[DataAccessRequested]) -> AccessVerdict:
+        """The verdict on one access request; alerts on an anomalous read volume."""
+        request = event.data
+        record = await self.record(request.dataset, request.version)
+        outcome = decide_access(request, record, self.policy)
+        size = request.bytes_requested or (record.size if record else 0)
+        anomaly = self.volumes.observe(request.principal, size)
+        if anomaly is not None:
+            await self.runtime.alert(
+                "exfiltration.read_volume",
+                Severity.WARN,
+                f"{anomaly.principal} asked to read {anomaly.bytes} bytes, far above their usual "
+                f"{anomaly.typical_bytes:.0f} (z {anomaly.z:.1f} over {anomaly.reads} reads)",
+                in_reply_to=event.id,
+                principal=anomaly.principal,
+                bytes=anomaly.bytes,
+                z=round(anomaly.z, 3),
+                dataset=request.dataset,
+            )
+        return AccessVerdict(
+            principal=request.principal,
+            dataset=request.dataset,
+            version=request.version,
+            purpose=request.purpose,
+            allowed=outcome.allowed,
+            reasons=list(outcome.reasons),
+            sensitivity=record.sensitivity if record else None,
+            in_reply_to=event.id,
+        )
+
+
+def _record_key(dataset: str, version: str) -> str:
+    # KV keys allow few characters; versions allow any: key by a digest of both.
+    return "data-guard.dataset." + hashlib.sha256(f"{dataset}\0{version}".encode()).hexdigest()[:40]
+
+
+def _record_json(record: DatasetRecord) -> bytes:
+    return orjson.dumps(
+        {
+            "dataset": record.dataset,
+            "version": record.version,
+            "sensitivity": record.sensitivity.value,
+            "allowed_readers": list(record.allowed_readers),
+            "uploader": record.uploader,
+            "decision": record.decision.value,
+            "sha256": record.sha256,
+            "size": record.size,
+        }
+    )
+
 
 def create_app(settings: Settings | None = None, cfg: GuardSettings | None = None) -> ServiceApp:
     """Build data-guard."""
@@ -135,6 +270,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
         """Check an uploaded dataset for poisoning and policy breaches; publish the verdict."""
         guard: Guard = svc.state["guard"]
         verdict = await guard.judge(event)
+        await guard.remember(event.data, verdict)
         await guard.runtime.emit(
             Subjects.VERDICT_DATASET,
             verdict,
@@ -142,7 +278,21 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
             about=f"dataset:{verdict.dataset}:{verdict.version}",
         )
 
-    routes: dict[str, tuple[type[Any], Any]] = {Subjects.DATASET_UPLOADED: (DatasetUploaded, on_dataset_uploaded)}
+    async def on_access_requested(event: Envelope[DataAccessRequested]) -> None:
+        """Decide a dataset read by the sensitivity policy; publish the signed access verdict."""
+        guard: Guard = svc.state["guard"]
+        verdict = await guard.decide(event)
+        await guard.runtime.emit(
+            Subjects.VERDICT_ACCESS,
+            verdict,
+            in_reply_to=event.id,
+            about=f"dataset:{verdict.dataset}:{verdict.version}",
+        )
+
+    routes: dict[str, tuple[type[Any], Any]] = {
+        Subjects.DATASET_UPLOADED: (DatasetUploaded, on_dataset_uploaded),
+        Subjects.DATASET_ACCESS: (DataAccessRequested, on_access_requested),
+    }
     # Few at a time: each message is CPU work in a thread, two cores.
     svc.consume_routes("mlw.dataset.>", routes, batch=2, doc=on_dataset_uploaded.__doc__)
     return svc

@@ -5,16 +5,27 @@ scale = 1.4826 * MAD (Hampel's consistent estimator of sigma under normality; Ro
 "Alternatives to the median absolute deviation", JASA 1993). The threshold is calibrated on the
 reference's own scores to a stated false-flag rate when a reference exists, else a fixed z.
 
-Scorers follow the small `RowScorer` protocol (fit on trusted rows, score any rows), so a
-multivariate detector (regularised Mahalanobis, issue 4) plugs into `detect_outliers` unchanged.
+Joint outliers, each value plausible on its own but not together, need multivariate scorers:
+`MahalanobisScorer` (a Ledoit-Wolf shrunk covariance of the robustly standardised reference,
+trimmed and reweighted when the judged data must fit itself) and
+`NeighbourScorer` (mean distance to the nearest rows of a reference sample, for multimodal data
+where one ellipsoid fits badly). Scorers follow the `RowScorer` protocol (fit on trusted rows,
+score any rows); `detect_outliers` fits one on part of the reference and calibrates its threshold
+on the held-out rest (see `calibration`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from scipy import stats as sps
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from services.data_guard.calibration import Threshold, calibrate, holdout_splits, sample_rows, tail_quantile
 
 # 1 / Phi^-1(3/4): makes the MAD a consistent estimator of the standard deviation for normal data.
 MAD_TO_SIGMA = 1.482602218505602
@@ -117,12 +128,147 @@ class RobustZScorer:
         return np.asarray(z.argmax(axis=1))
 
 
+# Standardised cells are clipped: beyond this a value is an outlier anyway, and a 1e300 cell must
+# not overflow the squared distances.
+_Z_CLIP = 50.0
+_CHUNK = 65_536
+
+
+def robust_standardise(X: np.ndarray, stats: RobustStats, clip: float = _Z_CLIP) -> np.ndarray:
+    """Robust z-scores (float64), clipped to +-clip, non-finite cells set to 0 (the centre)."""
+    z = stats.transform(X)
+    z[~np.isfinite(z)] = 0.0
+    np.clip(z, -clip, clip, out=z)
+    return np.asarray(z)
+
+
+def symmetric_stats(X: np.ndarray) -> RobustStats:
+    """Median and one symmetric scale per feature, IQR / 1.349 (sigma for normal data).
+
+    Distances need the same unit on both sides of the centre: the side-wise MAD of `RobustStats`
+    squeezes one mode of a bimodal feature and would hide the gap between modes.
+    """
+    d = X.shape[1]
+    center, scale = np.zeros(d), np.ones(d)
+    for j in range(d):
+        col = X[:, j][np.isfinite(X[:, j])]
+        if col.size == 0:
+            continue
+        q1, med, q3 = np.quantile(col, [0.25, 0.5, 0.75])
+        iqr = float(q3 - q1) / 1.349
+        center[j] = med
+        scale[j] = iqr if iqr > 0 else (float(np.std(col)) or 1.0)
+    return RobustStats(center=center, lower=scale, upper=scale.copy())
+
+
+class MahalanobisScorer:
+    """Mahalanobis distance under a regularised covariance of the robustly standardised data.
+
+    Ledoit-Wolf shrinkage (Ledoit & Wolf, J. Multivariate Anal. 2004) keeps the precision matrix
+    well conditioned with few rows or collinear features; `robust=True` trims and reweights
+    before the final fit, for fitting on data that may itself hold the outliers.
+    """
+
+    name = "mahalanobis"
+
+    def __init__(self, *, robust: bool = False, max_rows: int = 50_000, seed: int = 0) -> None:
+        self.robust = robust
+        self.max_rows = max_rows
+        self.seed = seed
+        self.stats: RobustStats | None = None
+        self.location: np.ndarray | None = None
+        self.precision: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray) -> MahalanobisScorer:
+        """Standardise robustly, then estimate location and shrunk (or MCD) covariance."""
+        fitted = MahalanobisScorer(robust=self.robust, max_rows=self.max_rows, seed=self.seed)
+        rng = np.random.default_rng(self.seed)
+        rows = sample_rows(X.shape[0], self.max_rows, rng)
+        fitted.stats = RobustStats.fit(X[rows])
+        Z = robust_standardise(X[rows], fitted.stats)
+        if self.robust:
+            # Reweighted shrinkage: fit, drop the rows beyond the chi-square 97.5 % point, refit.
+            # The trimmed rows cannot pull the ellipsoid towards themselves, as in the reweighting
+            # step of the MCD (Rousseeuw & Van Driessen 1999), at the cost of two cheap fits.
+            keep = np.abs(Z).max(axis=1) <= 5.0
+            if keep.sum() <= Z.shape[1] + 1:
+                keep[:] = True
+            lw = LedoitWolf().fit(Z[keep])
+            centred = Z - lw.location_
+            d2 = np.einsum("ij,ij->i", centred @ np.linalg.pinv(lw.covariance_), centred)
+            inliers = d2 <= float(sps.chi2.ppf(0.975, Z.shape[1]))
+            if inliers.sum() > Z.shape[1] + 1:
+                lw = LedoitWolf().fit(Z[inliers])
+            location, cov = lw.location_, lw.covariance_
+        else:
+            lw = LedoitWolf().fit(Z)
+            location, cov = lw.location_, lw.covariance_
+        fitted.location = location
+        fitted.precision = np.linalg.pinv(cov)
+        return fitted
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row (NaN cells sit at the centre), in chunks."""
+        if self.stats is None or self.location is None or self.precision is None:
+            raise RuntimeError("MahalanobisScorer.score called before fit")
+        out = np.empty(X.shape[0])
+        for start in range(0, X.shape[0], _CHUNK):
+            Z = robust_standardise(X[start : start + _CHUNK], self.stats) - self.location
+            d2 = np.einsum("ij,ij->i", Z @ self.precision, Z)
+            out[start : start + _CHUNK] = np.sqrt(np.maximum(d2, 0.0))
+        return out
+
+
+class NeighbourScorer:
+    """Mean distance to the k nearest rows of a (sampled) reference, in robust z units.
+
+    A density score that follows several clusters, where one covariance ellipsoid would cover the
+    empty space between them (k-NN outlier score: Ramaswamy et al., SIGMOD 2000). The index is a
+    seeded sample of `max_index` rows so that scoring stays linear in the judged rows.
+    """
+
+    name = "neighbours"
+
+    def __init__(self, *, k: int = 5, max_index: int = 2_000, seed: int = 0) -> None:
+        self.k = k
+        self.max_index = max_index
+        self.seed = seed
+        self.stats: RobustStats | None = None
+        self.index: NearestNeighbors | None = None
+        self.index_rows = 0
+
+    def fit(self, X: np.ndarray) -> NeighbourScorer:
+        """Standardise robustly and index a sample of rows."""
+        fitted = NeighbourScorer(k=self.k, max_index=self.max_index, seed=self.seed)
+        fitted.stats = symmetric_stats(X)
+        rows = sample_rows(X.shape[0], self.max_index, np.random.default_rng(self.seed))
+        Z = robust_standardise(X[rows], fitted.stats, clip=10.0)
+        fitted.index_rows = int(Z.shape[0])
+        fitted.index = NearestNeighbors(n_neighbors=min(self.k + 1, fitted.index_rows)).fit(Z)
+        return fitted
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Mean distance to the k nearest indexed rows; an exact self-match is skipped."""
+        if self.stats is None or self.index is None:
+            raise RuntimeError("NeighbourScorer.score called before fit")
+        out = np.empty(X.shape[0])
+        k = min(self.k, self.index_rows - 1) if self.index_rows > 1 else 1
+        for start in range(0, X.shape[0], _CHUNK):
+            Z = robust_standardise(X[start : start + _CHUNK], self.stats, clip=10.0)
+            dist, _ = self.index.kneighbors(Z)
+            # A row that is itself in the index finds itself at distance 0: drop that one
+            # neighbour (else the farthest), so indexed and other rows get comparable scores.
+            keep = np.where(dist[:, :1] == 0.0, dist[:, 1 : k + 1], dist[:, :k]) if dist.shape[1] > k else dist
+            out[start : start + _CHUNK] = keep.mean(axis=1)
+        return out
+
+
 @dataclass(frozen=True)
 class OutlierReport:
-    """Rows whose score passed the threshold, and how that threshold was set."""
+    """Rows whose score passed the calibrated threshold, and how that threshold was set."""
 
     method: str
-    """scorer name, e.g. 'robust_z'."""
+    """scorer name: 'robust_z', 'mahalanobis' or 'neighbours'."""
     rows: np.ndarray
     """sorted 0-based indices of flagged rows (int64)."""
     scores: np.ndarray
@@ -130,9 +276,11 @@ class OutlierReport:
     threshold: float
     """score above which a row is flagged."""
     expected_rate: float
-    """fraction of clean rows expected above the threshold (measured on the reference, else assumed)."""
+    """fraction of clean rows expected above the threshold (calibrated, or assumed)."""
     fitted_on_reference: bool
     """True when the scorer was fitted and calibrated on a trusted reference."""
+    calibration: str = "assumed"
+    """how the threshold was set: 'empirical', 'tail' or 'assumed'."""
 
     @property
     def rate(self) -> float:
@@ -140,43 +288,65 @@ class OutlierReport:
         return float(self.rows.size / self.scores.size) if self.scores.size else 0.0
 
 
+def default_floor(scorer: RowScorer, dims: int) -> float:
+    """Lowest sensible threshold per scorer, so a tiny, tight reference cannot flag everything."""
+    if scorer.name == "robust_z":
+        return 3.5
+    if scorer.name == "mahalanobis":
+        # sqrt of the chi-square 99.9 % point: what a Gaussian's clean rows rarely exceed.
+        return math.sqrt(float(sps.chi2.ppf(0.999, max(dims, 1))))
+    return 0.0
+
+
 def detect_outliers(
     X: np.ndarray,
     reference: np.ndarray | None = None,
     *,
     scorer: RowScorer | None = None,
-    min_threshold: float = 3.5,
-    calibration_rate: float = 0.002,
-    no_reference_threshold: float = 8.0,
-    no_reference_rate: float = 0.01,
+    rate: float = 0.001,
+    floor: float | None = None,
+    no_reference_rate: float = 0.005,
+    max_fit: int = 50_000,
+    max_holdout: int = 50_000,
+    seed: int = 0,
 ) -> OutlierReport:
     """Flag rows of X whose outlier score is unusually high.
 
-    With a reference: fit on it, set the threshold at the (1 - calibration_rate) quantile of the
-    reference's own scores (never below `min_threshold`), and measure the clean flag rate there.
-    Without one: fit on X itself (the median and MAD resist up to half the rows being poisoned)
-    and use the fixed `no_reference_threshold`, assuming `no_reference_rate` of clean rows pass it.
+    With a reference: fit on part of it, score the held-out rest, threshold at the clean rows'
+    (1 - rate) quantile (`calibration.calibrate`), expected rate = `rate`. Without one: fit on X
+    itself (robust estimators) and extrapolate the threshold from the bulk of X's own
+    out-of-sample scores (`calibration.tail_quantile`); the clean rate is then assumed
+    (`no_reference_rate`), and the report says so.
     """
     base = scorer if scorer is not None else RobustZScorer()
-    if reference is not None and reference.shape[0] > 0:
-        fitted = base.fit(reference)
-        ref_scores = fitted.score(reference)
-        threshold = max(min_threshold, float(np.quantile(ref_scores, 1.0 - calibration_rate)))
-        # The measured rate, floored: a small reference cannot show a rate below 1/n.
-        expected = max(calibration_rate, float(np.mean(ref_scores > threshold)))
-        on_reference = True
+    lowest = default_floor(base, X.shape[1]) if floor is None else floor
+    rng = np.random.default_rng(seed)
+    trusted = reference if reference is not None and reference.shape[0] > 0 else None
+    source = trusted if trusted is not None else X
+    held_scores: list[np.ndarray] = []
+    fitted: RowScorer | None = None
+    splits = list(holdout_splits(source.shape[0], rng, max_fit=max_fit, max_holdout=max_holdout))
+    for fit_rows, held_rows in splits:
+        model = base.fit(source[fit_rows])
+        held_scores.append(model.score(source[held_rows]))
+        fitted = model
+    if len(splits) > 1 or fitted is None:
+        # cross-fitting (small data): the model for the judged rows sees every trusted row
+        fitted = base.fit(source)
+    oof = np.concatenate(held_scores) if held_scores else np.zeros(0)
+    if trusted is not None:
+        threshold = calibrate(oof, rate, floor=lowest)
     else:
-        fitted = base.fit(X)
-        threshold = no_reference_threshold
-        expected = no_reference_rate
-        on_reference = False
+        value = max(lowest, tail_quantile(oof, rate)) if oof.size else lowest
+        threshold = Threshold(value, no_reference_rate, 0, "assumed")
     scores = fitted.score(X)
-    rows = np.flatnonzero(scores > threshold).astype(np.int64)
+    rows = np.flatnonzero(scores > threshold.value).astype(np.int64)
     return OutlierReport(
         method=base.name,
         rows=rows,
         scores=scores,
-        threshold=threshold,
-        expected_rate=expected,
-        fitted_on_reference=on_reference,
+        threshold=threshold.value,
+        expected_rate=threshold.rate,
+        fitted_on_reference=trusted is not None,
+        calibration=threshold.method,
     )

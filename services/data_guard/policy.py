@@ -54,6 +54,13 @@ class AccessPolicy(BaseModel):
         default=frozenset({Sensitivity.CONFIDENTIAL, Sensitivity.RESTRICTED}),
         description="levels whose uploads must name their readers",
     )
+    approval_required: frozenset[Sensitivity] = Field(
+        default=frozenset({Sensitivity.CONFIDENTIAL, Sensitivity.RESTRICTED}),
+        description="levels whose reads need at least one approval",
+    )
+    mfa_required: frozenset[Sensitivity] = Field(
+        default=frozenset({Sensitivity.RESTRICTED}), description="levels whose reads need an MFA claim"
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> AccessPolicy:

@@ -72,7 +72,7 @@ def test_ten_percent_flipped_labels_fail_with_reference(name: str) -> None:
     noisy, flipped = _flip(upload.y, 0.10, seed=7)
     report = analyze(_table(upload.X, noisy), reference)
     assert report.decision == Decision.FAIL
-    assert _severity(report, "label_noise.knn") == Severity.FAIL
+    assert _severity(report, "label_noise.confident_learning") == Severity.FAIL
     caught = np.intersect1d(report.flagged_rows, flipped).size
     assert caught >= 0.6 * flipped.size  # most flipped rows
 
@@ -119,8 +119,11 @@ def test_conflicting_duplicates_fail() -> None:
     report = analyze(_table(X2, y2))
     assert _severity(report, "duplicates.conflicting_labels") == Severity.FAIL
     assert report.decision == Decision.FAIL
-    assert set(range(150, 165)) <= set(report.flagged_rows)
-    assert set(copies.tolist()) <= set(report.flagged_rows)
+    # each conflicting pair is flagged on the side the out-of-sample model finds less plausible
+    flagged = set(report.flagged_rows)
+    for original, copy in zip(copies.tolist(), range(150, 165), strict=True):
+        assert original in flagged or copy in flagged
+    assert len(flagged & set(range(150, 165))) >= 12
 
 
 def test_schema_mismatch_fails_and_falls_back() -> None:
@@ -187,5 +190,5 @@ def test_hundred_thousand_rows_in_a_few_seconds() -> None:
     elapsed = time.perf_counter() - start
     assert report.decision != Decision.FAIL
     assert elapsed < 10.0
-    noise = next(f for f in report.findings if f.check == "label_noise.knn")
-    assert noise.evidence["sampled"] is True
+    noise = next(f for f in report.findings if f.check == "label_noise.confident_learning")
+    assert noise.evidence["fit_rows"] == settings.label_max_fit_rows or noise.evidence["fit_rows"] <= 20_000
