@@ -24,6 +24,7 @@ from rich.table import Table
 from mlwarden.bootstrap import actor_key, bootstrap
 from mlwarden.supervisor import System
 from shared.client import Client, Watcher
+from shared.crypto import load_or_create_master_key
 from shared.envelope import Envelope, new_event
 from shared.events import (
     AdmitRequest,
@@ -126,6 +127,7 @@ class Demo:
             label="label",
             uploader="carol",
             sensitivity=Sensitivity.RESTRICTED,
+            master_key=load_or_create_master_key(self.settings.keys_dir),
         )
         clean_verdict = v = await self.verdict(_answers(clean))
         self.record(

@@ -20,6 +20,9 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
     """Publish what `mlwarden publish KIND ...` describes."""
     async with Client.connect(settings, source="mlwarden/cli") as client:
         if args.kind == "dataset":
+            from shared.crypto import load_or_create_master_key
+
+            # Confidential and restricted data leave this machine encrypted (AES-GCM envelope).
             return await client.upload_dataset(
                 args.path,
                 dataset=args.name,
@@ -28,6 +31,7 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
                 uploader=args.uploader,
                 sensitivity=Sensitivity(args.sensitivity),
                 readers=[r for r in args.readers.split(",") if r],
+                master_key=load_or_create_master_key(settings.keys_dir),
             )
         if args.kind == "model":
             datasets = []
