@@ -22,6 +22,8 @@ from faststream import FastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import ServiceRuntime, connect_options, start_runtime
@@ -35,6 +37,35 @@ DataT = TypeVar("DataT", bound=BaseModel)
 ReqT = TypeVar("ReqT", bound=BaseModel)
 
 log = logging.getLogger("mlwarden.service")
+
+
+def _translate_fetch_timeouts() -> None:
+    """Make `PullSubscription.fetch` raise only `nats.errors.TimeoutError` on a timeout.
+
+    nats-py 2.16 raises a bare `asyncio.TimeoutError` from `fetch()` when its deadline runs
+    out before the lingering pull request (`nats/js/client.py`, `_fetch_n`), while FastStream
+    0.7.8's pull loop suppresses only `nats.errors.TimeoutError`; the loop task then dies and
+    FastStream's supervisor restarts it with an error traceback. One translation here keeps the
+    loop quiet and running. (`nats.errors.TimeoutError` subclasses the builtin, so code that
+    catches the builtin still does.)
+    """
+    original = JetStreamContext.PullSubscription.fetch
+    if getattr(original, "_mlwarden_translated", False):
+        return
+
+    async def fetch(self: JetStreamContext.PullSubscription, *args: Any, **kwargs: Any) -> list[Msg]:
+        try:
+            return await original(self, *args, **kwargs)
+        except NatsTimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise NatsTimeoutError from exc
+
+    fetch._mlwarden_translated = True  # type: ignore[attr-defined]
+    JetStreamContext.PullSubscription.fetch = fetch  # type: ignore[method-assign]
+
+
+_translate_fetch_timeouts()
 
 
 class ServiceApp:
@@ -79,7 +110,9 @@ class ServiceApp:
     async def _startup(self) -> None:
         await self.broker.connect()
         nc = self.broker.connection
-        await ensure_topology(nc.jetstream())
+        if self.settings.declare_topology:
+            # In a secured deployment the operator declared it; this identity may not.
+            await ensure_topology(nc.jetstream())
         self._runtime = await start_runtime(self.service, self.settings, nc)
         for hook in self._startup_hooks:
             await hook(self._runtime)
