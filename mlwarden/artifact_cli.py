@@ -1,36 +1,100 @@
-"""`mlwarden sign | verify | scan model`: artifact-signer's offline commands for CI pipelines.
+"""`mlwarden sign | verify | scan model | scan deps`: artifact-signer's offline commands for CI.
 
-Exit codes: 0 ok / safe, 1 verification failed / unsafe, 2 usage or input error.
+Exit codes: 0 ok / safe, 1 verification failed / unsafe / vulnerable, 2 usage or input error.
+`sign` writes an OpenSSF Model Signing (OMS) v1.0 bundle; `verify` checks one (or a legacy
+mlwarden signed manifest) against the files.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlwarden.cliutil import EXIT_FAIL, EXIT_OK, _print_json, out
+from mlwarden.cliutil import EXIT_FAIL, EXIT_OK, _print_json, err, out
 from shared.errors import InputError
+
+#: Below this many bytes hashing takes well under a second: no progress bar.
+PROGRESS_MIN_BYTES = 256 * 1024 * 1024
+
+
+@contextmanager
+def _progress(path: Path, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr for long hashing on a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    if total < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        f"[bold]{what}[/]", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    """`mlwarden sign PATH --key PRIVATE.pem --signature OUT`."""
-    from services.artifact_signer.manifest import sign_path
-    from shared.signing import SigningKey
+    """`mlwarden sign PATH --key PRIVATE.pem --signature OUT`: write an OMS v1.0 bundle."""
+    from services.artifact_signer.oms import load_private_key, sign_model
 
-    key = SigningKey.from_pem(args.key.stem, args.key.read_bytes())
-    document = sign_path(args.path, key, model=args.path.name or "artifact")
-    args.signature.write_bytes(document)
-    out.print(f"signed {args.path} -> {args.signature}")
+    if not args.path.exists():
+        raise InputError(f"{args.path} does not exist")
+    key = load_private_key(args.key.read_bytes())
+    ignore = list(args.ignore)
+    out_path = args.signature.resolve()
+    if args.path.is_dir() and out_path.is_relative_to(args.path.resolve()):
+        # A signature written inside the model would change the model it signs.
+        ignore.append(out_path.relative_to(args.path.resolve()).as_posix())
+    with _progress(args.path, "hashing") as progress:
+        manifest, bundle = sign_model(
+            args.path,
+            key,
+            ignore_paths=ignore,
+            ignore_git_paths=not args.no_ignore_git,
+            shard_size=args.shard_size,
+            allow_symlinks=args.allow_symlinks,
+            progress=progress,
+        )
+    args.signature.write_bytes(bundle)
+    out.print(f"signed {args.path} ({len(manifest.files())} files, root {manifest.root_digest}) -> {args.signature}")
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """`mlwarden verify PATH --signature FILE --key PUBLIC.pem`."""
+    """`mlwarden verify PATH --signature FILE --key PUBLIC.pem`: strict, stateless verification."""
+    from services.artifact_signer.oms import is_bundle, load_public_key, verify_model
+
+    document = args.signature.read_bytes()
+    if not is_bundle(document):
+        return _verify_legacy(args, document)
+    if not args.path.exists():
+        raise InputError(f"{args.path} does not exist")
+    public = load_public_key(args.key.read_bytes())
+    with _progress(args.path, "verifying") as progress:
+        result = verify_model(args.path, document, public, progress=progress)
+    if args.format == "json":
+        _print_json(result.to_json())
+    elif result.ok:
+        out.print(f"[green]verified[/]: {result.files} files, root {result.root_digest} ({result.method})")
+    else:
+        out.print("[red]VERIFICATION FAILED[/]")
+        for problem in result.problems:
+            out.print(f"  {problem}", markup=False)
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+def _verify_legacy(args: argparse.Namespace, document: bytes) -> int:
+    # mlwarden signed manifests written before OMS bundles (issue 2) still verify.
     from services.artifact_signer.manifest import verify_path
 
-    result = verify_path(args.path, args.signature.read_bytes(), args.key.read_bytes())
+    result = verify_path(args.path, document, args.key.read_bytes())
     if args.format == "json":
         _print_json(result.model_dump(mode="json"))
     elif result.ok:
@@ -43,7 +107,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_scan_model(args: argparse.Namespace) -> int:
-    """`mlwarden scan model PATH`."""
+    """`mlwarden scan model PATH [--format text|json|sarif]`."""
+    from services.artifact_signer.sarif import scan_sarif
     from services.artifact_signer.scanner import scan_path
 
     if not args.path.exists():
@@ -51,6 +116,8 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     report = scan_path(args.path)
     if args.format == "json":
         _print_json(report.model_dump(mode="json"))
+    elif args.format == "sarif":
+        _print_json(scan_sarif(report))
     else:
         verdict = "[green]SAFE[/]" if report.safe else "[red]UNSAFE[/]"
         out.print(f"{verdict}: {report.path} ({len(report.files)} files)")
@@ -60,12 +127,48 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     return EXIT_OK if report.safe else EXIT_FAIL
 
 
+def cmd_scan_deps(args: argparse.Namespace) -> int:
+    """`mlwarden scan deps LOCKFILE [--osv DIR|ZIP] [--format text|json|sarif]`."""
+    from services.artifact_signer.dependencies import check_dependencies
+    from services.artifact_signer.osv import OsvDatabase
+    from services.artifact_signer.sarif import deps_sarif
+    from shared.events import Decision
+
+    if not args.lockfile.is_file():
+        raise InputError(f"{args.lockfile} is not a file")
+    database = OsvDatabase.load(args.osv) if args.osv else None
+    report = check_dependencies(args.lockfile.read_bytes(), args.lockfile.name, database)
+    if args.format == "json":
+        _print_json(report.model_dump(mode="json"))
+    elif args.format == "sarif":
+        _print_json(deps_sarif(report, args.lockfile.as_posix()))
+    else:
+        colour = {"pass": "green", "warn": "yellow", "fail": "red"}[report.decision.value]
+        out.print(
+            f"[{colour}]{report.decision.value.upper()}[/]: {args.lockfile} ({report.lock.format.value}, "
+            f"{len(report.lock.packages)} packages, {len(report.vulnerabilities)} known vulnerabilities)"
+        )
+        for finding in report.findings:
+            out.print(f"  {finding.severity.value:5} {finding.check:28} {finding.message}", markup=False)
+    return EXIT_FAIL if report.decision == Decision.FAIL else EXIT_OK
+
+
 def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register `sign`, `verify` and `scan model`."""
+    """Register `sign`, `verify`, `scan model` and `scan deps`."""
     p = add("sign", cmd_sign)
     p.add_argument("path", type=Path)
-    p.add_argument("--key", type=Path, required=True, help="private key (PEM)")
-    p.add_argument("--signature", type=Path, required=True, help="where to write the signature")
+    p.add_argument("--key", type=Path, required=True, help="private key (PEM): ECDSA P-256/384/521 or Ed25519")
+    p.add_argument("--signature", type=Path, required=True, help="where to write the OMS bundle")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="path relative to the model to leave out (a folder covers its contents); recorded in the signature",
+    )
+    p.add_argument("--no-ignore-git", action="store_true", help="also sign .git, .gitignore, .gitattributes, .github")
+    p.add_argument("--shard-size", type=int, default=None, help="sign shards of this many bytes (not interoperable)")
+    p.add_argument("--allow-symlinks", action="store_true", help="follow symlinks to files inside the model")
 
     p = add("verify", cmd_verify)
     p.add_argument("path", type=Path)
@@ -76,4 +179,9 @@ def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser])
     scan = sub.add_parser("scan", help="scan artifacts").add_subparsers(dest="scan_cmd", required=True)
     p = add("model", cmd_scan_model, scan)
     p.add_argument("path", type=Path)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json", "sarif"], default="text")
+
+    p = add("deps", cmd_scan_deps, scan)
+    p.add_argument("lockfile", type=Path, help="requirements.txt (with --hash), uv.lock or pylock.toml")
+    p.add_argument("--osv", type=Path, default=None, help="offline OSV database: folder or zip of OSV JSON records")
+    p.add_argument("--format", choices=["text", "json", "sarif"], default="text")

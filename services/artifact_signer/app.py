@@ -1,5 +1,7 @@
-"""artifact-signer's wiring: a model build in; hash, scan, check the lock file, sign the manifest,
-store it in `mlw-artifacts`, publish `mlw.verdict.artifact`; `mlw.artifact.verify` re-checks.
+"""artifact-signer's wiring: a model build in; hash, scan, check the dependencies, sign an OMS
+bundle and its companion statements, store them in `mlw-artifacts`, publish
+`mlw.verdict.artifact` (root digest + object keys, never a bundle: a bundle of a large model can
+exceed NATS's payload limit); `mlw.artifact.verify` re-hashes and verifies the bundle.
 
 Hashing and scanning are file and CPU work: they run in a worker thread.
 """
@@ -8,24 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
+from services.artifact_signer.attest import checks_statement, provenance_statement
+from services.artifact_signer.dependencies import DependencyReport, check_dependencies
 from services.artifact_signer.hashing import UnsafePathError
-from services.artifact_signer.lockfile import LockReport, check_lockfile
-from services.artifact_signer.manifest import (
-    Manifest,
-    build_manifest,
-    dump_signed_manifest,
-    load_signed_manifest,
-    sign_manifest,
-    verify_artifact,
-)
+from services.artifact_signer.oms import ModelManifest, hash_model, sign_manifest, sign_statement, verify_model
+from services.artifact_signer.osv import OsvDatabase
 from services.artifact_signer.scanner import ScanReport, scan_path
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
-from shared.errors import InputError, SignatureError
+from shared.errors import InputError
 from shared.events import (
     ArtifactVerdict,
     ArtifactVerifyReply,
@@ -44,11 +43,19 @@ from shared.topology import ARTIFACTS_BUCKET, Subjects
 SERVICE = "artifact-signer"
 log = logging.getLogger("mlwarden.artifact-signer")
 MAX_LOCKFILE_BYTES = 16 * 1024 * 1024
+#: Offline OSV database (folder or zip, see `osv`): until `Settings` has a field for it.
+OSV_ENV = "MLWARDEN_OSV_DB"
+
+
+def bundle_key(model: str, version: str, kind: str = "model") -> str:
+    """Object name of a signed statement in `mlw-artifacts`: kind `model` (the OMS bundle),
+    `provenance` or `checks`, side by side."""
+    return f"bundles/{model}/{version}/{kind}.sigstore.json"
 
 
 def manifest_key(model: str, version: str) -> str:
-    """Object name of a signed manifest in `mlw-artifacts`."""
-    return f"manifests/{model}/{version}.json"
+    """Object name of the OMS bundle (the signed manifest) of a build."""
+    return bundle_key(model, version)
 
 
 def location_key(model: str, version: str) -> str:
@@ -56,9 +63,9 @@ def location_key(model: str, version: str) -> str:
     return f"locations/{model}/{version}"
 
 
-def artifact_decision(scan: ScanReport, lock: LockReport | None, extra: list[Finding]) -> Decision:
+def artifact_decision(scan: ScanReport, deps: DependencyReport | None, extra: list[Finding]) -> Decision:
     """fail if anything failed, warn if anything warned, else pass."""
-    findings = [*scan.findings, *(lock.findings if lock else []), *extra]
+    findings = [*scan.findings, *(deps.findings if deps else []), *extra]
     if any(f.severity == Severity.FAIL for f in findings):
         return Decision.FAIL
     if any(f.severity == Severity.WARN for f in findings):
@@ -69,9 +76,10 @@ def artifact_decision(scan: ScanReport, lock: LockReport | None, extra: list[Fin
 class Signer:
     """Hashes, scans and signs one build."""
 
-    def __init__(self, runtime: ServiceRuntime, settings: Settings) -> None:
+    def __init__(self, runtime: ServiceRuntime, settings: Settings, osv: OsvDatabase | None = None) -> None:
         self.runtime = runtime
         self.settings = settings
+        self.osv = osv
 
     def _artifact_path(self, ref: ObjectRef) -> Path:
         if ref.kind != "file":
@@ -85,32 +93,25 @@ class Signer:
     async def judge(self, event: Envelope[ModelBuilt]) -> ArtifactVerdict:
         """Hash, scan, check dependencies, sign, store; the verdict to publish."""
         build = event.data
+        started = datetime.now(UTC)
         extra: list[Finding] = []
+        lock_name: str | None = None
         try:
             root = self._artifact_path(build.artifact)
-            lock: LockReport | None = None
+            deps: DependencyReport | None = None
             if build.lockfile is not None:
                 content = await read_bytes(
                     self.runtime.js, build.lockfile, max_bytes=MAX_LOCKFILE_BYTES, roots=self.settings.readable_roots
                 )
-                name = Path(build.lockfile.path or build.lockfile.key or "requirements.txt").name
-                lock = check_lockfile(content, name)
+                lock_name = Path(build.lockfile.path or build.lockfile.key or "requirements.txt").name
+                deps = check_dependencies(content, lock_name, self.osv)
             else:
                 extra.append(
                     Finding(
                         check="dependencies.missing", severity=Severity.FAIL, message="the build names no lock file"
                     )
                 )
-            manifest: Manifest = await asyncio.to_thread(
-                build_manifest,
-                root,
-                model=build.model,
-                version=build.version,
-                builder=build.builder,
-                datasets=build.datasets,
-                lockfile_sha256=lock.sha256 if lock else None,
-                source_commit=build.source_commit,
-            )
+            manifest: ModelManifest = await asyncio.to_thread(hash_model, root)
             if manifest.total_bytes > self.settings.max_artifact_bytes:
                 raise InputError(f"artifact is {manifest.total_bytes} bytes, over the limit")
             scan: ScanReport = await asyncio.to_thread(scan_path, root)
@@ -127,34 +128,61 @@ class Signer:
                 builder=build.builder,
                 in_reply_to=event.id,
             )
-        signed = sign_manifest(manifest, self.runtime.key)
-        key = manifest_key(build.model, build.version)
+        decision = artifact_decision(scan, deps, extra)
+        key = self.runtime.key.private
+        provenance = provenance_statement(
+            name=manifest.name,
+            root_digest=manifest.root_digest,
+            model=build.model,
+            version=build.version,
+            builder=build.builder,
+            builder_isolation=build.builder_isolation,
+            source_commit=build.source_commit,
+            lockfile_name=lock_name,
+            lockfile_sha256=deps.lock.sha256 if deps else None,
+            datasets=build.datasets,
+            invocation_id=event.id,
+            started=started,
+            finished=datetime.now(UTC),
+        )
+        checks = checks_statement(
+            name=manifest.name,
+            root_digest=manifest.root_digest,
+            decision=decision,
+            scan=scan.model_dump(mode="json"),
+            dependencies=deps.model_dump(mode="json") if deps else None,
+        )
         store = await self.runtime.js.object_store(ARTIFACTS_BUCKET)
-        await store.put(key, dump_signed_manifest(signed))
+        keys = {kind: bundle_key(build.model, build.version, kind) for kind in ("model", "provenance", "checks")}
+        await store.put(keys["model"], sign_manifest(manifest, key))
+        await store.put(keys["provenance"], sign_statement(provenance, key))
+        await store.put(keys["checks"], sign_statement(checks, key))
         await store.put(location_key(build.model, build.version), str(root).encode())
-        findings = [*extra, *(lock.findings if lock else []), *scan.findings]
+        findings = [*extra, *(deps.findings if deps else []), *scan.findings]
         return ArtifactVerdict(
             model=build.model,
             version=build.version,
             root_digest=manifest.root_digest,
-            decision=artifact_decision(scan, lock, extra),
+            decision=decision,
             findings=findings,
-            manifest_key=key,
-            files=len(manifest.files),
+            manifest_key=keys["model"],
+            files=len(manifest.files()),
             bytes=manifest.total_bytes,
             datasets=build.datasets,
             builder=build.builder,
             in_reply_to=event.id,
+            provenance_key=keys["provenance"],
+            checks_key=keys["checks"],
         )
 
     async def verify(self, request: ArtifactVerifyRequest) -> ArtifactVerifyReply:
-        """Load the signed manifest, check its signature, re-hash the artifact."""
+        """Load the OMS bundle, check its signature, re-hash the artifact against it."""
         store = await self.runtime.js.object_store(ARTIFACTS_BUCKET)
         try:
             result = await store.get(manifest_key(request.model, request.version))
         except (ObjectNotFoundError, BucketNotFoundError, NotFoundError):
-            return ArtifactVerifyReply(ok=False, problems=[f"no signed manifest for {request.model}:{request.version}"])
-        signed = load_signed_manifest(bytes(result.data or b""))
+            return ArtifactVerifyReply(ok=False, problems=[f"no signed bundle for {request.model}:{request.version}"])
+        bundle = bytes(result.data or b"")
         path_text = request.path
         if path_text is None:
             try:
@@ -164,14 +192,24 @@ class Signer:
             path_text = bytes(location.data or b"").decode()
         try:
             root = confined_path(ObjectRef(kind="file", path=path_text), self.settings.readable_roots)
-            problems = await asyncio.to_thread(verify_artifact, root, signed, self.runtime.trust)
-        except SignatureError as exc:
-            problems = [f"manifest signature: {exc.reason}"]
-        except (UnreadableReference, UnsafePathError) as exc:
-            problems = [str(exc)]
+        except UnreadableReference as exc:
+            return ArtifactVerifyReply(ok=False, problems=[str(exc)])
+        # The service's own public key: it verifies what it signed (TrustStore exposes no key).
+        public = self.runtime.key.private.public_key()
+        outcome = await asyncio.to_thread(verify_model, root, bundle, public)
         return ArtifactVerifyReply(
-            ok=not problems, root_digest=signed.manifest.root_digest, signer=signed.signer, problems=problems
+            ok=outcome.ok,
+            root_digest=outcome.root_digest,
+            signer=self.runtime.key.key_id,
+            problems=list(outcome.problems),
         )
+
+
+def _osv_database() -> OsvDatabase | None:
+    path = os.environ.get(OSV_ENV)
+    if not path:
+        return None
+    return OsvDatabase.load(path)
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -185,7 +223,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:
-        svc.state["signer"] = Signer(runtime, settings)
+        osv = await asyncio.to_thread(_osv_database)
+        svc.state["signer"] = Signer(runtime, settings, osv)
 
     @svc.consume(Subjects.MODEL_BUILT, ModelBuilt, batch=2)
     async def on_model_built(event: Envelope[ModelBuilt]) -> None:

@@ -12,8 +12,10 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,9 @@ class UnsafePathError(MlwardenError, ValueError):
         self.path = path
 
 
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def check_relative_path(path: str) -> str:
     """Return `path` if it is a safe relative POSIX path, else raise `UnsafePathError`.
 
@@ -54,7 +59,7 @@ def check_relative_path(path: str) -> str:
     """
     if not path or path.startswith("/"):
         raise UnsafePathError("not a relative path", path=path)
-    if "\\" in path or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+    if _UNSAFE_CHARS.search(path):
         raise UnsafePathError("backslash or control character in path", path=repr(path))
     try:
         path.encode("utf-8")
@@ -82,18 +87,25 @@ class FileDigest(Frozen):
 
 @dataclass(frozen=True)
 class TreeEntry:
-    """A regular file found by `walk_tree`: its manifest path and the file to open."""
+    """A regular file found by `walk_tree`: its manifest path, the file to open, its size then."""
 
     path: str
     source: Path
+    size: int = 0
 
 
-def walk_tree(root: str | os.PathLike[str], *, allow_symlinks: bool = False) -> list[TreeEntry]:
+def walk_tree(
+    root: str | os.PathLike[str],
+    *,
+    allow_symlinks: bool = False,
+    ignore: Collection[str] = (),
+) -> list[TreeEntry]:
     """List the regular files under `root` (or `root` itself), sorted by relative path.
 
     A single file is listed under its own name. Empty folders are not listed (a manifest
-    covers file contents). Raises `UnsafePathError` on anything the module docstring refuses
-    and `InputError` if `root` does not exist.
+    covers file contents). A relative path in `ignore` prunes that file or that whole folder
+    before it is looked at (so an ignored `.git` may hold anything). Raises `UnsafePathError` on
+    anything the module docstring refuses and `InputError` if `root` does not exist.
     """
     root_path = Path(root)
     if ".." in root_path.parts:
@@ -108,11 +120,12 @@ def walk_tree(root: str | os.PathLike[str], *, allow_symlinks: bool = False) -> 
         root_path = root_path.resolve(strict=True)
         st = root_path.stat()
     if stat.S_ISREG(st.st_mode):
-        return [TreeEntry(check_relative_path(root_path.name), root_path)]
+        return [TreeEntry(check_relative_path(root_path.name), root_path, st.st_size)]
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError("special file (FIFO, device or socket)", path=str(root_path))
 
     real_root = root_path.resolve(strict=True)
+    ignored = frozenset(ignore)
     entries: list[TreeEntry] = []
     pending: list[tuple[Path, str]] = [(root_path, "")]
     while pending:
@@ -120,11 +133,14 @@ def walk_tree(root: str | os.PathLike[str], *, allow_symlinks: bool = False) -> 
         with os.scandir(folder) as it:
             for item in it:
                 rel = check_relative_path(prefix + item.name)
+                # Folders are pruned where they are met, so exact membership covers their contents.
+                if rel in ignored:
+                    continue
                 item_st = item.stat(follow_symlinks=False)
                 if stat.S_ISDIR(item_st.st_mode):
                     pending.append((Path(item.path), rel + "/"))
                 elif stat.S_ISREG(item_st.st_mode):
-                    entries.append(TreeEntry(rel, Path(item.path)))
+                    entries.append(TreeEntry(rel, Path(item.path), item_st.st_size))
                 elif stat.S_ISLNK(item_st.st_mode):
                     entries.append(_symlink_entry(Path(item.path), rel, real_root, allow_symlinks))
                 else:
@@ -148,15 +164,34 @@ def _symlink_entry(link: Path, rel: str, real_root: Path, allow: bool) -> TreeEn
         # Following folder links would allow cycles and double counting; a model folder
         # that needs them should be materialised before signing.
         raise UnsafePathError("symlink to something other than a regular file", path=rel)
-    return TreeEntry(rel, target)
+    return TreeEntry(rel, target, target.stat().st_size)
 
 
-def hash_file(path: str | os.PathLike[str]) -> str:
-    """Streamed SHA-256 (lower-case hex) of one regular file, in constant memory."""
-    return _hash_regular_file(Path(path), follow_symlinks=True)[0]
+# --- the hashing engine ---------------------------------------------------------------------
+#
+# Work is split into tasks for a thread pool: one task per large file (or per shard when
+# sharding), and one task per batch of small files, so that 2,000 tiny files cost a few dozen
+# pool round trips rather than 2,000. hashlib releases the GIL while it digests more than
+# 2 KiB and so do reads, so threads scale with cores once the page cache is warm. Each thread
+# keeps one read buffer for its whole life (no allocation per file or per chunk).
+
+_local = threading.local()
 
 
-def _hash_regular_file(path: Path, *, follow_symlinks: bool) -> tuple[str, int]:
+def _thread_buffer(size: int) -> memoryview:
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(size)
+        _local.buffer = buffer
+    return memoryview(buffer)[:size]
+
+
+def _buffer_size(size: int) -> int:
+    # Sized to the file: a file that fits is read in one call (plus the call that sees EOF).
+    return min(max(size + 1, MIN_BUFFER), MAX_BUFFER)
+
+
+def _open_regular(path: Path, *, follow_symlinks: bool) -> tuple[int, os.stat_result]:
     # O_NONBLOCK: opening a FIFO for reading would otherwise block forever before fstat
     # could tell us it is not a regular file. O_NOFOLLOW closes the window in which a walked
     # file is swapped for a symlink before it is opened.
@@ -169,40 +204,176 @@ def _hash_regular_file(path: Path, *, follow_symlinks: bool) -> tuple[str, int]:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError("symlink refused", path=str(path)) from exc
         raise
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError("not a regular file", path=str(path))
-        buffer = bytearray(min(max(st.st_size, MIN_BUFFER), MAX_BUFFER))
-        view = memoryview(buffer)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafePathError("not a regular file", path=str(path))
+    return fd, st
+
+
+def _hash_regular_file(path: Path, *, follow_symlinks: bool) -> tuple[str, int]:
+    fd, st = _open_regular(path, follow_symlinks=follow_symlinks)
+    try:
+        view = _thread_buffer(_buffer_size(st.st_size))
         digest = hashlib.sha256()
         size = 0
         # The size is what was actually hashed, not what stat said: a file that grows or
         # shrinks while it is read still gets a digest and size that agree with each other.
-        while n := fh.readinto(view):
+        # A short read of a regular file is its end: a file that fits takes one read call.
+        while n := os.readv(fd, [view]):
             digest.update(view[:n])
             size += n
+            if n < len(view):
+                break
+    finally:
+        os.close(fd)
     return digest.hexdigest(), size
 
 
-def _hash_entry(entry: TreeEntry) -> FileDigest:
-    sha256, size = _hash_regular_file(entry.source, follow_symlinks=False)
-    return FileDigest(path=entry.path, sha256=sha256, size=size)
+def _hash_shard(path: Path, start: int, end: int, last: bool) -> str:
+    fd, _ = _open_regular(path, follow_symlinks=False)
+    try:
+        view = _thread_buffer(min(max(end - start, MIN_BUFFER), MAX_BUFFER))
+        digest = hashlib.sha256()
+        offset = start
+        while offset < end:
+            chunk = view[: min(len(view), end - offset)]
+            n = os.preadv(fd, [chunk], offset)
+            if n == 0:
+                raise InputError(f"{path} shrank while it was hashed")
+            digest.update(chunk[:n])
+            offset += n
+        # Shards come from the size at walk time: bytes appended since would be unsigned.
+        if last and os.pread(fd, 1, end):
+            raise InputError(f"{path} grew while it was hashed")
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """Streamed SHA-256 (lower-case hex) of one regular file, in constant memory."""
+    return _hash_regular_file(Path(path), follow_symlinks=True)[0]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The digest of one file, or of the byte range [start, end) of it when sharding."""
+
+    path: str
+    start: int
+    end: int
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        """Bytes hashed."""
+        return self.end - self.start
+
+
+#: Progress callback: called from worker threads with the number of bytes just hashed.
+Progress = Callable[[int], None]
+
+#: Files smaller than this are hashed in batches (one pool task per batch).
+SMALL_FILE = 256 * 1024
+#: A batch of small files holds at most this many files or this many bytes.
+BATCH_FILES = 64
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+def _shards(size: int, shard_size: int) -> list[tuple[int, int]]:
+    # OMS shard serialization (model_signing `_endpoints`): [0, s), [s, 2s), ..., [ks, size).
+    # An empty file gets one empty shard so that adding an empty file is still detected
+    # (the reference lists no resource for it).
+    if size == 0:
+        return [(0, 0)]
+    return [(start, min(start + shard_size, size)) for start in range(0, size, shard_size)]
+
+
+def hash_pieces(
+    entries: Sequence[TreeEntry],
+    *,
+    shard_size: int | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> list[Piece]:
+    """Digest `entries` (from `walk_tree`) in parallel; one `Piece` per file, or per shard.
+
+    With `shard_size`, every file is split into shards of that many bytes (the last one
+    shorter) hashed independently, so one large file keeps every core busy. Results are
+    sorted by (path, start). `workers` defaults to the number of CPUs.
+    """
+    if shard_size is not None and shard_size <= 0:
+        raise ValueError(f"shard size must be positive, got {shard_size}")
+    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    tasks: list[tuple[int, Callable[[], list[Piece]]]] = []
+
+    def whole(batch: list[TreeEntry]) -> Callable[[], list[Piece]]:
+        def run() -> list[Piece]:
+            out = []
+            for entry in batch:
+                sha256, size = _hash_regular_file(entry.source, follow_symlinks=False)
+                out.append(Piece(entry.path, 0, size, sha256))
+                if progress is not None:
+                    progress(size)
+            return out
+
+        return run
+
+    def shard(entry: TreeEntry, start: int, end: int, last: bool) -> Callable[[], list[Piece]]:
+        def run() -> list[Piece]:
+            piece = Piece(entry.path, start, end, _hash_shard(entry.source, start, end, last))
+            if progress is not None:
+                progress(end - start)
+            return [piece]
+
+        return run
+
+    batch: list[TreeEntry] = []
+    batch_bytes = 0
+    for entry in entries:
+        # A file that fits in one shard is hashed whole: the same bytes, the same digest.
+        if shard_size is not None and entry.size > min(shard_size, SMALL_FILE):
+            bounds = _shards(entry.size, shard_size)
+            for i, (start, end) in enumerate(bounds):
+                tasks.append((end - start, shard(entry, start, end, i == len(bounds) - 1)))
+        elif entry.size >= SMALL_FILE:
+            tasks.append((entry.size, whole([entry])))
+        else:
+            batch.append(entry)
+            batch_bytes += entry.size
+            if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                tasks.append((batch_bytes, whole(batch)))
+                batch, batch_bytes = [], 0
+    if batch:
+        tasks.append((batch_bytes, whole(batch)))
+    # Largest first: the pool ends together instead of waiting on one big file picked last.
+    tasks.sort(key=lambda task: -task[0])
+    if n_workers == 1 or len(tasks) <= 1:
+        pieces = [piece for _, run in tasks for piece in run()]
+    else:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mlw-hash") as pool:
+            pieces = [piece for result in pool.map(lambda task: task[1](), tasks) for piece in result]
+    pieces.sort(key=lambda piece: (piece.path, piece.start))
+    return pieces
 
 
 def hash_tree(
-    root: str | os.PathLike[str], *, workers: int | None = None, allow_symlinks: bool = False
+    root: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    allow_symlinks: bool = False,
+    progress: Progress | None = None,
 ) -> list[FileDigest]:
     """Digest every file under `root` (see `walk_tree`), in parallel threads, sorted by path.
 
     `workers` defaults to the number of CPUs: SHA-256 is CPU-bound once the page cache is warm.
     """
     entries = walk_tree(root, allow_symlinks=allow_symlinks)
-    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    if n_workers == 1 or len(entries) <= 1:
-        return [_hash_entry(entry) for entry in entries]
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mlw-hash") as pool:
-        return list(pool.map(_hash_entry, entries))
+    return [
+        FileDigest(path=piece.path, sha256=piece.sha256, size=piece.size)
+        for piece in hash_pieces(entries, workers=workers, progress=progress)
+    ]
 
 
 def root_digest(files: Sequence[FileDigest]) -> str:

@@ -197,12 +197,22 @@ _SKLEARN_PACKAGES = (
     "gaussian_process", "impute", "isotonic", "kernel_approximation", "kernel_ridge",
     "linear_model", "manifold", "mixture", "multiclass", "multioutput", "naive_bayes", "neighbors",
     "neural_network", "pipeline", "preprocessing", "random_projection", "semi_supervised", "svm",
-    "tree", "_loss",
+    "tree", "_loss", "metrics._dist_metrics",
 )
 # fmt: on
 _SKLEARN_CLASS = re.compile(
     r"^sklearn\.(?:" + "|".join(map(re.escape, _SKLEARN_PACKAGES)) + r")(?:\._?[a-z0-9_]+)*"
     r"\.(_?[A-Z][A-Za-z0-9]*)$"
+)
+# Two helper functions that benign fitted estimators need, both of which only create an
+# instance of a class they are handed (a class that is itself checked against this list):
+# - Cython's generated `__pyx_unpickle_<Class>(cls, checksum, state)` (gradient boosting's
+#   loss objects): checks a layout checksum, calls `<Class>.__new__(cls)`, sets fields;
+# - `newObj(cls)` of the neighbours' trees and distance metrics: `return cls.__new__(cls)`.
+_SKLEARN_HELPER = re.compile(
+    r"^sklearn\.(?:" + "|".join(map(re.escape, _SKLEARN_PACKAGES)) + r")(?:\._?[a-z0-9_]+)*"
+    r"\.__pyx_unpickle_[A-Z][A-Za-z0-9]*$"
+    r"|^sklearn\.(?:neighbors\._kd_tree|neighbors\._ball_tree|metrics\._dist_metrics)\.newObj$"
 )
 
 # Not needed for the decision (anything not allowed is unsafe) but named in findings, so a
@@ -229,7 +239,7 @@ def is_allowed_global(module: str, name: str) -> bool:
     """True if importing `module.name` from a pickle is on the allow-list."""
     module, name = normalize_global(module, name)
     qualified = f"{module}.{name}"
-    return qualified in SAFE_GLOBALS or bool(_SKLEARN_CLASS.match(qualified))
+    return qualified in SAFE_GLOBALS or bool(_SKLEARN_CLASS.match(qualified) or _SKLEARN_HELPER.match(qualified))
 
 
 # --- where a scan reads from ----------------------------------------------------------------

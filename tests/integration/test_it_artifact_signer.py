@@ -1,4 +1,5 @@
-"""artifact-signer on a real bus: signed manifests, tampering, hostile pickles, lock files."""
+"""artifact-signer on a real bus: OMS bundles and companion statements, tampering, hostile pickles,
+lock files."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import orjson
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from services.artifact_signer.manifest import load_signed_manifest, verify_manifest
-from shared.events import ArtifactVerifyReply, ArtifactVerifyRequest
-from shared.signing import TrustStore
+from services.artifact_signer.attest import CHECKS_PREDICATE, SLSA_PROVENANCE_V1, verify_companion
+from services.artifact_signer.oms import BUNDLE_MEDIA_TYPE, verify_model
+from shared.events import ArtifactVerifyReply, ArtifactVerifyRequest, DatasetRef
+from shared.signing import SigningKey
 from shared.topology import ARTIFACTS_BUCKET, Subjects
 
 LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
@@ -41,28 +43,46 @@ def _verdict_for(event_id: str) -> Any:
     return lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == event_id
 
 
-async def _build(running: Any, folder: Path, version: str) -> Any:
+async def _build(running: Any, folder: Path, version: str, **extra: Any) -> Any:
     async with running.client.watch() as watcher:
         event = await running.client.model_built(
-            folder, model="iris", version=version, builder="ci-bot", lockfile=folder / "requirements.txt"
+            folder, model="iris", version=version, builder="ci-bot", lockfile=folder / "requirements.txt", **extra
         )
         return await watcher.wait(_verdict_for(event.id), 30)
 
 
-async def test_build_is_signed_and_tampering_is_caught(bus: Any) -> None:
+async def test_build_is_signed_as_an_oms_bundle_and_tampering_is_caught(bus: Any) -> None:
     running = await bus("audit-log", "artifact-signer")
     folder = _model_dir(running.settings.data_dir / "artifacts" / "iris-1", _fitted())
-    verdict = await _build(running, folder, "1")
+    train = DatasetRef(dataset="iris", version="1", sha256="c" * 64)
+    verdict = await _build(running, folder, "1", datasets=[train])
     assert verdict is not None and verdict.data.decision == "pass", verdict.data.findings
     assert verdict.data.files == 3
-    # The stored manifest is a real Ed25519 signature that verifies with artifact-signer's key.
+    # The event carries references; the bundle lives in the object store and verifies with
+    # artifact-signer's Ed25519 public key, over the same root digest as the verdict.
     store = await running.client.js.object_store(ARTIFACTS_BUCKET)
-    signed = load_signed_manifest(bytes((await store.get(verdict.data.manifest_key)).data or b""))
+    bundle = bytes((await store.get(verdict.data.manifest_key)).data or b"")
+    assert orjson.loads(bundle)["mediaType"] == BUNDLE_MEDIA_TYPE
     key = running.settings.keys_dir / "artifact-signer.pem"
-    from shared.signing import SigningKey
-
-    verify_manifest(signed, TrustStore({"artifact-signer": SigningKey.from_pem("a", key.read_bytes()).public_b64()}))
-    assert signed.manifest.root_digest == verdict.data.root_digest
+    public = SigningKey.from_pem("artifact-signer", key.read_bytes()).private.public_key()
+    offline = verify_model(folder, bundle, public)
+    assert offline.ok and offline.root_digest == verdict.data.root_digest
+    provenance = verify_companion(
+        bytes((await store.get(verdict.data.provenance_key)).data or b""),
+        public,
+        root_digest=verdict.data.root_digest,
+        predicate_type=SLSA_PROVENANCE_V1,
+    )
+    dependencies = provenance["buildDefinition"]["resolvedDependencies"]
+    assert {"sha256": "c" * 64} in [d["digest"] for d in dependencies]
+    assert provenance["runDetails"]["builder"]["id"] == "ci-bot"
+    checks = verify_companion(
+        bytes((await store.get(verdict.data.checks_key)).data or b""),
+        public,
+        root_digest=verdict.data.root_digest,
+        predicate_type=CHECKS_PREDICATE,
+    )
+    assert checks["decision"] == "pass" and checks["scan"]["safe"] is True
 
     async def check() -> ArtifactVerifyReply:
         body = orjson.dumps(ArtifactVerifyRequest(model="iris", version="1").model_dump())
@@ -74,7 +94,7 @@ async def test_build_is_signed_and_tampering_is_caught(bus: Any) -> None:
     (folder / "model.pkl").write_bytes(bytes(data))
     tampered = await check()
     assert not tampered.ok
-    assert any("model.pkl" in p for p in tampered.problems)
+    assert tampered.problems == ["changed: model.pkl"]
 
 
 async def test_hostile_pickle_fails_the_build(bus: Any) -> None:

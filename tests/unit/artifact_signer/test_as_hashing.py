@@ -163,3 +163,46 @@ def test_unsafe_relative_paths_are_refused(path: str) -> None:
 def test_file_digest_refuses_traversal_paths() -> None:
     with pytest.raises(ValueError, match=r"'\.\.'"):
         FileDigest(path="../../etc/passwd", sha256="0" * 64, size=0)
+
+
+def test_batched_whole_and_sharded_pieces_match_hashlib(tmp_path: Path) -> None:
+    from services.artifact_signer.hashing import SMALL_FILE, hash_pieces
+
+    sizes = {"empty": 0, "tiny": 10, "below": SMALL_FILE - 1, "at": SMALL_FILE, "big": 3 * 1024 * 1024 + 5}
+    data = {name: os.urandom(size) for name, size in sizes.items()}
+    for name, content in data.items():
+        (tmp_path / name).write_bytes(content)
+    entries = walk_tree(tmp_path)
+    whole = hash_pieces(entries, workers=2)
+    assert [(p.path, p.sha256, p.size) for p in whole] == [
+        (name, hashlib.sha256(data[name]).hexdigest(), sizes[name]) for name in sorted(data)
+    ]
+    shard = 1024 * 1024
+    sharded = hash_pieces(entries, shard_size=shard, workers=2)
+    expected = []
+    for name in sorted(data):
+        content = data[name]
+        bounds = [(s, min(s + shard, len(content))) for s in range(0, len(content), shard)] or [(0, 0)]
+        expected += [(name, s, e, hashlib.sha256(content[s:e]).hexdigest()) for s, e in bounds]
+    assert [(p.path, p.start, p.end, p.sha256) for p in sharded] == expected
+
+
+def test_progress_sees_every_byte_once(tmp_path: Path) -> None:
+    from services.artifact_signer.hashing import hash_pieces
+
+    make_model(tmp_path / "m")
+    seen: list[int] = []
+    entries = walk_tree(tmp_path / "m")
+    hash_pieces(entries, shard_size=64 * 1024, workers=2, progress=seen.append)
+    assert sum(seen) == sum(entry.size for entry in entries)
+
+
+def test_a_file_that_grows_between_walk_and_shard_hashing_is_refused(tmp_path: Path) -> None:
+    from services.artifact_signer.hashing import hash_pieces
+
+    (tmp_path / "big.bin").write_bytes(os.urandom(600_000))
+    [entry] = walk_tree(tmp_path)
+    with (tmp_path / "big.bin").open("ab") as fh:
+        fh.write(b"appended after the walk")
+    with pytest.raises(InputError, match="grew"):
+        hash_pieces([entry], shard_size=256 * 1024)

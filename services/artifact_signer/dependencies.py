@@ -1,0 +1,71 @@
+"""The dependency gate: pinned and hashed (`lockfile`), and no known vulnerability (`osv`).
+
+A vulnerable locked version fails the build, naming the OSV id, its aliases and the versions
+that fix it. Without a database the gate still checks pinning and hashing and says, in an
+info finding, that vulnerabilities were not checked.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.events import Decision, Finding, Frozen, Severity
+
+from .lockfile import LockReport, check_lockfile, decide
+from .osv import OsvDatabase, Vulnerability
+
+
+class DependencyReport(Frozen):
+    """The gate's result on one lock file: pinning, hashing and known vulnerabilities."""
+
+    lock: LockReport
+    vulnerabilities: list[Vulnerability] = Field(default_factory=list)
+    osv_checked: bool = Field(description="an OSV database was consulted")
+    decision: Decision
+    findings: list[Finding] = Field(default_factory=list, description="the lock file's, then one per vulnerability")
+
+
+def vulnerability_finding(vuln: Vulnerability) -> Finding:
+    """One failing finding for a vulnerable locked package."""
+    fix = f"fixed in {', '.join(vuln.fixed)}" if vuln.fixed else "no fixed version known"
+    aliases = f" ({', '.join(vuln.aliases)})" if vuln.aliases else ""
+    return Finding(
+        check="dependencies.vulnerable",
+        severity=Severity.FAIL,
+        message=f"{vuln.package}=={vuln.version}: {vuln.id}{aliases}, {fix}",
+        count=1,
+        evidence={
+            "package": vuln.package,
+            "version": vuln.version,
+            "id": vuln.id,
+            "aliases": ",".join(vuln.aliases),
+            "fixed": ",".join(vuln.fixed),
+        },
+    )
+
+
+def check_dependencies(content: bytes, filename: str, database: OsvDatabase | None = None) -> DependencyReport:
+    """Run `lockfile.check_lockfile`, then look every pinned package up in `database`."""
+    lock = check_lockfile(content, filename)
+    findings = list(lock.findings)
+    vulnerabilities: list[Vulnerability] = []
+    if database is None:
+        findings.append(
+            Finding(
+                check="dependencies.osv",
+                severity=Severity.INFO,
+                message="no OSV database configured: known vulnerabilities were not checked",
+            )
+        )
+    else:
+        for package in lock.packages:
+            if package.version is not None:
+                vulnerabilities.extend(database.lookup(package.name, package.version))
+        findings.extend(vulnerability_finding(v) for v in vulnerabilities)
+    return DependencyReport(
+        lock=lock,
+        vulnerabilities=vulnerabilities,
+        osv_checked=database is not None,
+        decision=decide(findings),
+        findings=findings,
+    )
