@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.artifact_signer.attest import checks_statement, provenance_statement
 from services.artifact_signer.dependencies import DependencyReport, check_dependencies
@@ -43,8 +44,14 @@ from shared.topology import ARTIFACTS_BUCKET, Subjects
 SERVICE = "artifact-signer"
 log = logging.getLogger("mlwarden.artifact-signer")
 MAX_LOCKFILE_BYTES = 16 * 1024 * 1024
-#: Offline OSV database (folder or zip, see `osv`): until `Settings` has a field for it.
-OSV_ENV = "MLWARDEN_OSV_DB"
+
+
+class SignerSettings(BaseSettings):
+    """artifact-signer's own knobs (`MLW_ARTIFACT_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLW_ARTIFACT_", extra="ignore", frozen=True)
+
+    osv_db: Path | None = Field(default=None, description="offline OSV database: a folder or zip (see `osv`)")
 
 
 def bundle_key(model: str, version: str, kind: str = "model") -> str:
@@ -205,16 +212,10 @@ class Signer:
         )
 
 
-def _osv_database() -> OsvDatabase | None:
-    path = os.environ.get(OSV_ENV)
-    if not path:
-        return None
-    return OsvDatabase.load(path)
-
-
-def create_app(settings: Settings | None = None) -> ServiceApp:
+def create_app(settings: Settings | None = None, cfg: SignerSettings | None = None) -> ServiceApp:
     """Build artifact-signer."""
     settings = settings or Settings()
+    cfg = cfg or SignerSettings()
     svc = ServiceApp(SERVICE, settings)
 
     def signer() -> Signer:
@@ -223,7 +224,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:
-        osv = await asyncio.to_thread(_osv_database)
+        osv = await asyncio.to_thread(OsvDatabase.load, cfg.osv_db) if cfg.osv_db else None
         svc.state["signer"] = Signer(runtime, settings, osv)
 
     @svc.consume(Subjects.MODEL_BUILT, ModelBuilt, batch=2)
