@@ -104,6 +104,27 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    """Write a nats-server config for the secured deployment: one user per identity (services,
+    operator, producer, auditor) with least-privilege permissions, and one env file each."""
+    from mlwarden.nats_config import write_config
+
+    config = write_config(
+        Path(args.out),
+        url=args.url,
+        listen=args.listen,
+        store_dir=Path(args.store_dir) if args.store_dir else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        force=args.force,
+    )
+    out.print(f"server:  nats-server -c {config.server_conf}")
+    for identity, path in config.env_files.items():
+        out.print(f"{identity:16} {path}")
+    out.print("then, with operator.env: mlwarden keys init --nats $MLW_NATS_URL")
+    return EXIT_OK
+
+
 def cmd_keys_apikey(args: argparse.Namespace) -> int:
     """Issue an API key for a client; only its hash is stored."""
     from mlwarden.ops import issue_api_key
@@ -228,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("client")
     p.add_argument("--models", default="*", help="comma-separated model names the key may call")
+
+    p = add("nats-config", cmd_nats_config)
+    p.add_argument("--out", required=True, help="folder for nats-server.conf, auth.conf and <identity>.env")
+    p.add_argument("--url", default="nats://127.0.0.1:4222", help="URL(s) clients dial, comma-separated")
+    p.add_argument("--listen", help="server listen address (default 127.0.0.1 on the URL's port)")
+    p.add_argument("--store-dir", help="JetStream store folder (default OUT/jetstream)")
+    p.add_argument("--tls-cert", help="server TLS certificate (PEM); clients then dial tls://")
+    p.add_argument("--tls-key", help="server TLS private key (PEM)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config (rotates every password)")
 
     pub = sub.add_parser("publish", help="publish an event").add_subparsers(dest="kind", required=True)
     p = add("dataset", cmd_publish, pub)

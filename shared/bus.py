@@ -241,9 +241,24 @@ def _delivery_info(msg: Msg) -> tuple[int, int | None]:
 
 
 async def start_runtime(service: str, settings: Settings, nc: Client) -> ServiceRuntime:
-    """Load or create the service key, register it, and load the trust store."""
+    """Load or create the service key, register it, and load the trust store.
+
+    Without `settings.declare_topology` (a secured deployment, where services may not write the
+    trust store) the operator registered the key beforehand; a service whose key is not the
+    trusted one refuses to start rather than publish verdicts every consumer would reject.
+    """
     js = nc.jetstream()
     key = load_or_create_key(settings.keys_dir / f"{service}.pem", service)
-    await register_key(js, key)
+    if settings.declare_topology:
+        await register_key(js, key)
     trust = await load_trust(js)
+    if not settings.declare_topology:
+        probe = b"mlwarden start-up key check"
+        try:
+            trust.verify(key.key_id, probe, key.sign(probe))
+        except SignatureError as exc:
+            raise TrustConflict(
+                f"{service}'s key in {settings.keys_dir} is not the trusted one ({exc.reason}); "
+                "the operator registers service keys with `mlwarden keys init --nats URL`"
+            ) from exc
     return ServiceRuntime(service=service, key=key, trust=trust, js=js, nc=nc)

@@ -5,6 +5,7 @@ A `production` profile refuses unsafe values at start: plain-text NATS, no crede
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,13 @@ class Settings(BaseSettings):
     policy_file: Path | None = Field(default=None, description="registry-gate policy; default in data_dir")
     max_dataset_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="largest dataset read")
     max_artifact_bytes: int = Field(default=64 * 1024**3, gt=0, description="largest artifact hashed")
+    declare_topology: bool = Field(
+        default=True,
+        description=(
+            "declare streams, consumers and buckets and register the service key at start; false in a"
+            " secured deployment, where only the operator may (`mlwarden keys init --nats URL`)"
+        ),
+    )
     fetch_batch: int = Field(default=64, ge=1, le=4096, description="messages per JetStream fetch")
     file_roots: list[Path] = Field(
         default_factory=list,
@@ -44,11 +52,21 @@ class Settings(BaseSettings):
             urls = [u.strip() for u in self.nats_url.split(",")]
             if not all(u.startswith("tls://") for u in urls):
                 raise UnsafeSettings("production profile needs tls:// NATS URLs")
-            if self.nats_creds is None:
-                raise UnsafeSettings("production profile needs MLW_NATS_CREDS (per-service credentials)")
+            # Per-identity credentials: a .creds file, or the user and password that
+            # `mlwarden nats-config` writes into each identity's MLW_NATS_URL.
+            if self.nats_creds is None and not all("@" in u.split("://", 1)[-1] for u in urls):
+                raise UnsafeSettings(
+                    "production profile needs per-service NATS credentials (MLW_NATS_CREDS or user:password@ URLs)"
+                )
             if self.audit_db_url is None or self.audit_db_url.startswith("sqlite"):
                 raise UnsafeSettings("production profile needs a server database (MLW_AUDIT_DB_URL)")
         return self
+
+    @property
+    def nats_url_redacted(self) -> str:
+        """`nats_url` with any password (`mlwarden nats-config` puts one in) shown as `***`:
+        what logs and consoles may print."""
+        return re.sub(r"(://[^:@/,]+):[^@/,]*@", r"\1:***@", self.nats_url)
 
     @property
     def readable_roots(self) -> list[Path]:

@@ -1,0 +1,292 @@
+"""Least privilege on the bus (DESIGN.md, principle 5): the NATS publish/subscribe allow-lists of
+every identity, derived from `shared.topology`.
+
+Pure: no NATS import. `mlwarden nats-config` renders these into a nats-server `authorization`
+block. The JetStream API subjects are the ones nats-py 2.16 sends for what each identity does
+(`nats/js/manager.py`, `client.py`, `kv.py`, `object_store.py`); the secured integration test
+runs every flow against a real server and fails on any permissions violation.
+
+What the lists cannot express, and why it is acceptable:
+
+- A JetStream API request names its stream (and consumer) in the subject, but a message get or a
+  purge carries its filter in the payload: read access to a bucket is all of the bucket, and an
+  object-store writer may purge chunks of its own store (nats-py's `ObjectStore.put` purges the
+  chunks of the object it replaces).
+- `_INBOX.>` is shared by every identity (nats-py's default inbox prefix); a per-identity inbox
+  prefix would stop one identity from reading replies meant for another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NewType
+
+from shared.topology import (
+    API_KEYS_BUCKET,
+    ARTIFACTS_BUCKET,
+    CHECKPOINTS,
+    CONSUMERS,
+    DATASETS_BUCKET,
+    EVENTS,
+    KV_BUCKETS,
+    OBJECT_STORES,
+    PREDICTIONS,
+    SERVICES,
+    STATE_BUCKET,
+    STREAMS,
+    TRUST_BUCKET,
+    VERDICT_SIGNERS,
+    ConsumerSpec,
+    Subjects,
+)
+
+Identity = NewType("Identity", str)
+
+OPERATOR = Identity("operator")
+PRODUCER = Identity("producer")
+AUDITOR = Identity("auditor")
+#: Every identity that gets its own NATS user: the five services, then the people and jobs.
+IDENTITIES: tuple[Identity, ...] = (*(Identity(s) for s in SERVICES), OPERATOR, PRODUCER, AUDITOR)
+
+#: Replies to requests and JetStream API calls come back on inboxes under this prefix.
+INBOX = "_INBOX.>"
+
+#: Keys of the state bucket the operator writes: serving-monitor's feature schemas
+#: (`services.serving_monitor.keystore.SCHEMA_PREFIX`). Each service writes only keys prefixed
+#: with its own name (`data-guard.`, `registry-gate.`).
+OPERATOR_STATE_PREFIXES: tuple[str, ...] = ("schema.",)
+
+#: Request/reply endpoints, by the service that answers them.
+ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "audit-log": (Subjects.AUDIT_QUERY, Subjects.AUDIT_PROOF, Subjects.AUDIT_CHECKPOINT),
+    "artifact-signer": (Subjects.ARTIFACT_VERIFY,),
+    "registry-gate": (Subjects.REGISTRY_STATUS,),
+    "serving-monitor": (Subjects.SERVING_ADMIT,),
+}
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one identity may publish and subscribe to."""
+
+    identity: Identity
+    #: Subjects the identity may publish to (events, JetStream API requests, acks).
+    publish: tuple[str, ...]
+    #: Subjects (or `subject queue` pairs) the identity may subscribe to.
+    subscribe: tuple[str, ...]
+    #: May answer requests it received on their reply subjects (NATS `allow_responses`), so a
+    #: responder needs no publish right on every inbox.
+    allow_responses: bool = False
+
+    def to_config(self) -> dict[str, Any]:
+        """The `permissions` value of a nats-server `authorization.users` entry."""
+        config: dict[str, Any] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
+        if self.allow_responses:
+            config["allow_responses"] = True
+        return config
+
+
+# --- JetStream API subjects ----------------------------------------------------------------
+
+
+def _api(rest: str) -> str:
+    return f"$JS.API.{rest}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream behind a key-value bucket."""
+    return f"KV_{bucket}"
+
+
+def object_stream(bucket: str) -> str:
+    """The stream behind an object store."""
+    return f"OBJ_{bucket}"
+
+
+def _stream_info(stream: str) -> list[str]:
+    return [_api(f"STREAM.INFO.{stream}")]
+
+
+def durable_reader(spec: ConsumerSpec) -> list[str]:
+    """Bind to one existing durable pull consumer, fetch from it and ack its messages."""
+    return [
+        _api(f"CONSUMER.INFO.{spec.stream}.{spec.durable}"),
+        _api(f"CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"),
+        f"$JS.ACK.{spec.stream}.{spec.durable}.>",
+    ]
+
+
+def _ordered_reader(stream: str, *, info: bool) -> list[str]:
+    # js.subscribe(..., ordered_consumer=True): an ephemeral push consumer (no name, so the
+    # legacy CREATE subject; the server refuses a durable name on it) and the flow-control
+    # replies the client sends back once a transfer is large. A KV watcher also reads the
+    # consumer's info (its name is random, hence `*`).
+    subjects = [_api(f"CONSUMER.CREATE.{stream}"), f"$JS.FC.{stream}.>"]
+    return subjects + ([_api(f"CONSUMER.INFO.{stream}.*")] if info else [])
+
+
+def kv_read(bucket: str, *, get: bool = True, watch: bool = True) -> list[str]:
+    """`js.key_value`, and `kv.get` (a message get: mlwarden's buckets do not enable direct
+    gets) and/or `kv.keys` / `kv.watch` (an ordered consumer)."""
+    stream = kv_stream(bucket)
+    subjects = _stream_info(stream)
+    if get:
+        subjects.append(_api(f"STREAM.MSG.GET.{stream}"))
+    if watch:
+        subjects += _ordered_reader(stream, info=True)
+    return subjects
+
+
+def kv_write(bucket: str, prefix: str = "") -> list[str]:
+    """`kv.put` of keys starting with `prefix` (a JetStream publish on `$KV.<bucket>.<key>`)."""
+    return [*_stream_info(kv_stream(bucket)), f"$KV.{bucket}.{prefix}>"]
+
+
+def object_read(bucket: str) -> list[str]:
+    """`js.object_store`, `get_info` (last message of the meta subject) and `get` (an ordered
+    consumer on the chunks, its stream found through the stream-names lookup)."""
+    stream = object_stream(bucket)
+    return [
+        *_stream_info(stream),
+        _api(f"STREAM.MSG.GET.{stream}"),
+        _api("STREAM.NAMES"),
+        *_ordered_reader(stream, info=False),
+    ]
+
+
+def object_write(bucket: str) -> list[str]:
+    """`put`: the replaced object's info, chunks and meta on `$O.<bucket>.>`, then a purge of
+    the replaced object's chunks."""
+    stream = object_stream(bucket)
+    return [*_stream_info(stream), _api(f"STREAM.MSG.GET.{stream}"), f"$O.{bucket}.>", _api(f"STREAM.PURGE.{stream}")]
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# --- identities ------------------------------------------------------------------------------
+
+
+def emitted_subjects(service: str) -> list[str]:
+    """What a service publishes: the verdicts it may sign, its alerts and its dead letters."""
+    verdicts = [subject for subject, signer in VERDICT_SIGNERS.items() if signer == service]
+    extra = [Subjects.AUDIT_CHECKPOINTS] if service == "audit-log" else []
+    return [*verdicts, *extra, Subjects.alert(service), Subjects.deadletter(service)]
+
+
+# What each service reads and writes beyond its durables, its emitted subjects and the trust
+# store. Kept beside the code it mirrors: data_guard/app.py (records), shared/storage.py
+# (dataset objects), artifact_signer/app.py (signed bundles), registry_gate/app.py (journal,
+# read back with `kv.keys`), serving_monitor/app.py (watches API keys and schemas),
+# audit_log/app.py (last published checkpoint).
+_SERVICE_ACCESS: dict[str, list[str]] = {
+    "data-guard": [
+        *object_read(DATASETS_BUCKET),
+        *kv_read(STATE_BUCKET, watch=False),  # a judged version, after a restart
+        *kv_write(STATE_BUCKET, "data-guard."),
+    ],
+    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET)],
+    "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
+    "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
+    "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
+}
+
+
+def service_permissions(service: str) -> Permissions:
+    """A service: its durables, its own verdict/alert/dead-letter subjects, the trust store
+    (read only), the buckets it uses, and the request/reply endpoints it serves."""
+    if service not in SERVICES:
+        raise KeyError(f"unknown service {service!r}")
+    publish = [*emitted_subjects(service), *kv_read(TRUST_BUCKET)]
+    # `mlwarden health` (a container health check with the service's own credentials) reads
+    # the info of mlwarden's streams: metadata, no messages.
+    publish += [subject for spec in STREAMS for subject in _stream_info(spec.name)]
+    for spec in CONSUMERS[service]:
+        publish += durable_reader(spec)
+    publish += _SERVICE_ACCESS.get(service, [])
+    endpoints = ENDPOINTS.get(service, ())
+    # A queue subscription permission (`subject queue`) admits only that queue group: replicas
+    # share the work and nobody subscribes to the requests beside it.
+    subscribe = [INBOX, *(f"{subject} {service}" for subject in endpoints)]
+    return Permissions(Identity(service), _unique(publish), _unique(subscribe), allow_responses=bool(endpoints))
+
+
+def operator_permissions() -> Permissions:
+    """The operator: declares streams, durables and buckets, writes the trust store, API keys
+    and feature schemas, and checks health. It may not delete or purge a stream: evidence
+    outlives operators (a break-glass admin lives outside these users)."""
+    streams = [spec.name for spec in STREAMS]
+    streams += [kv_stream(b) for b in KV_BUCKETS] + [object_stream(b) for b in OBJECT_STORES]
+    publish: list[str] = []
+    for stream in streams:
+        publish += [*_stream_info(stream), _api(f"STREAM.CREATE.{stream}")]
+    # ensure_topology updates mlwarden's own streams when they exist (a second keys init);
+    # buckets it only creates.
+    publish += [_api(f"STREAM.UPDATE.{spec.name}") for spec in STREAMS]
+    for specs in CONSUMERS.values():
+        # ConsumerSpec sets a durable name and no consumer name: nats-py's DURABLE.CREATE form.
+        publish += [_api(f"CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}") for spec in specs]
+    publish += [*kv_read(TRUST_BUCKET), *kv_write(TRUST_BUCKET)]  # keys init, health
+    publish += [*kv_read(API_KEYS_BUCKET, watch=False), *kv_write(API_KEYS_BUCKET)]  # keys api-key, revoke
+    for prefix in OPERATOR_STATE_PREFIXES:
+        publish += kv_write(STATE_BUCKET, prefix)
+    return Permissions(OPERATOR, _unique(publish), (INBOX,))
+
+
+def producer_permissions() -> Permissions:
+    """Data pipelines, training jobs, model servers and people: publish events, put datasets,
+    call the public endpoints, and wait for verdicts (verifying them with the trust store)."""
+    publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
+    publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
+    # A subscriber verifies a verdict with its signer's key: a get, no listing.
+    publish += [*object_write(DATASETS_BUCKET), *kv_read(TRUST_BUCKET, watch=False)]
+    return Permissions(PRODUCER, _unique(publish), (INBOX, "mlw.verdict.>"))
+
+
+def auditor_permissions() -> Permissions:
+    """Auditors: query and prove through audit-log, read the signed checkpoints and the trust
+    store, and watch verdicts, alerts and dead letters live. They change nothing."""
+    publish = [
+        "mlw.audit.>",
+        *_stream_info(CHECKPOINTS.name),
+        _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
+        *kv_read(TRUST_BUCKET, watch=False),  # audit-log's key, to check the checkpoints
+    ]
+    subscribe = [INBOX, f"{Subjects.ALERT_PREFIX}.>", f"{Subjects.DEADLETTER_PREFIX}.>", "mlw.verdict.>"]
+    return Permissions(AUDITOR, _unique(publish), _unique(subscribe))
+
+
+def permissions_for(identity: str) -> Permissions:
+    """The permissions of one identity."""
+    if identity in SERVICES:
+        return service_permissions(identity)
+    builders = {OPERATOR: operator_permissions, PRODUCER: producer_permissions, AUDITOR: auditor_permissions}
+    if identity not in builders:
+        raise KeyError(f"unknown identity {identity!r}; one of {', '.join(IDENTITIES)}")
+    return builders[Identity(identity)]()
+
+
+def all_permissions() -> dict[Identity, Permissions]:
+    """Every identity's permissions, in `IDENTITIES` order."""
+    return {identity: permissions_for(identity) for identity in IDENTITIES}
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject `subject` matches `pattern` (`*` one token, `>` the rest)."""
+    pattern_tokens = pattern.split(" ", 1)[0].split(".")
+    tokens = subject.split(".")
+    for i, token in enumerate(pattern_tokens):
+        if token == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (token != "*" and token != tokens[i]):
+            return False
+    return len(tokens) == len(pattern_tokens)
+
+
+def may_publish(permissions: Permissions, subject: str) -> bool:
+    """Whether `permissions` allow publishing on `subject` (for tests and `nats-config --check`)."""
+    return any(subject_matches(p, subject) for p in permissions.publish)

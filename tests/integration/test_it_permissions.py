@@ -1,0 +1,343 @@
+"""The secured deployment on a real nats-server started with `mlwarden nats-config`'s output:
+every identity connects with its own user; the pipeline works end to end without a single
+permissions violation, and each attack below is refused by the server itself."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client as Nats
+from nats.js.errors import APIError
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from mlwarden.bootstrap import actor_key, bootstrap
+from mlwarden.nats_config import NatsConfig, read_env, write_config
+from mlwarden.ops import health
+from mlwarden.services import factory
+from services.serving_monitor.keystore import issue_key_on_bus
+from shared.bus import TrustConflict, connect
+from shared.client import Client
+from shared.embedded import free_port, nats_server_binary
+from shared.events import AdmitRequest, ArtifactVerifyReply, ArtifactVerifyRequest, AuditQuery, DatasetRef
+from shared.service import ServiceApp
+from shared.settings import Settings
+from shared.signing import SigningKey
+from shared.topology import CHECKPOINTS, CONSUMERS, TRUST_BUCKET, VERDICTS, Subjects
+
+LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
+# nats-server 2.15 logs: ... - "$G/user:data-guard" - Publish Violation - Subject "mlw.verdict.artifact"
+VIOLATION = re.compile(r'"[^"/]*/user:([^"]+)" - (Publish|Subscription) Violation - Subject "([^"]+)"')
+
+
+@dataclass
+class Secured:
+    """A nats-server running the generated config, and settings for each identity."""
+
+    config: NatsConfig
+    data_dir: Path
+    log: Path
+    apps: dict[str, ServiceApp] = field(default_factory=dict)
+
+    def settings(self, identity: str) -> Settings:
+        """Settings of one identity, from its generated env file."""
+        env = read_env(self.config.env_files[identity])  # type: ignore[index]
+        return Settings(
+            data_dir=self.data_dir,
+            nats_url=env["MLW_NATS_URL"],
+            declare_topology=env.get("MLW_DECLARE_TOPOLOGY", "true") == "true",
+        )
+
+    def violations(self) -> list[tuple[str, str, str]]:
+        """(user, kind, subject) of every permissions violation the server logged."""
+        return VIOLATION.findall(self.log.read_text()) if self.log.exists() else []
+
+    async def start(self, *names: str) -> None:
+        """Start services in-process, each with its own credentials."""
+        for name in names:
+            svc = factory(name)(self.settings(name))
+            try:
+                await svc.app.start()
+            except BaseException:
+                await svc.broker.stop()  # a start-up that failed half-way keeps no connection
+                raise
+            self.apps[name] = svc
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
+    """nats-server with JetStream on a free port, configured by `write_config`."""
+    port = free_port()
+    config = write_config(tmp_path / "nats-config", url=f"nats://127.0.0.1:{port}", store_dir=tmp_path / "js")
+    log = tmp_path / "nats-server.log"
+    process = subprocess.Popen(
+        [nats_server_binary(), "-c", str(config.server_conf), "-l", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, log.read_text() if log.exists() else "nats-server exited"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.05)
+        yield config, log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+async def secured(secured_server: tuple[NatsConfig, Path], tmp_path: Path) -> AsyncIterator[Secured]:
+    """The operator has declared the topology and registered every service key."""
+    config, log = secured_server
+    system = Secured(config, tmp_path / "data", log)
+    nc = await connect(system.settings("operator"))
+    await bootstrap(nc.jetstream(), system.settings("operator"))
+    await nc.drain()
+    try:
+        yield system
+    finally:
+        for svc in system.apps.values():
+            await svc.app.stop()
+
+
+class Refusals:
+    """Permissions violations the server reported to one raw connection."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def on_error(self, exc: Exception) -> None:
+        """nats-py error callback."""
+        self.errors.append(str(exc))
+
+    async def wait_for(self, subject: str, timeout: float = 5.0) -> str:
+        """The violation naming `subject` (fails the test when none arrives)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # nats-py lower-cases the server's message.
+            for error in self.errors:
+                if "permissions violation" in error.lower() and subject.lower() in error.lower():
+                    return error
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no permissions violation for {subject}; saw {self.errors}")
+
+
+async def _raw(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
+    refusals = Refusals()
+    nc = await nats.connect(system.settings(identity).nats_url, error_cb=refusals.on_error, connect_timeout=5)
+    stack.push_async_callback(nc.close)
+    return nc, refusals
+
+
+def _model_dir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    x, y = load_iris(return_X_y=True)
+    (root / "model.pkl").write_bytes(pickle.dumps(LogisticRegression(max_iter=500).fit(x, y)))
+    (root / "requirements.txt").write_text(LOCK)
+    return root
+
+
+def _csv(path: Path) -> Path:
+    x, y = load_iris(return_X_y=True)
+    header = ",".join([f"f{i}" for i in range(x.shape[1])] + ["label"])
+    rows = [",".join(f"{v:.6g}" for v in row) + f",{label}" for row, label in zip(x, y, strict=True)]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+async def test_pipeline_runs_end_to_end_with_per_identity_credentials(secured: Secured) -> None:
+    await secured.start("audit-log", "data-guard", "artifact-signer", "registry-gate", "serving-monitor")
+    producer, auditor = secured.settings("producer"), secured.settings("auditor")
+    alice, bob, carol = (actor_key(producer, name) for name in ("alice", "bob", "carol"))
+    async with (
+        Client.connect(producer, source="tests/producer") as client,
+        client.watch(("mlw.verdict.>",)) as watcher,
+    ):
+        # (1) data-guard reads the upload from the object store and judges it.
+        data = _csv(secured.data_dir / "iris.csv")
+        upload = await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+        dataset = await watcher.wait(lambda e: e.type == Subjects.VERDICT_DATASET, 30)
+        assert dataset is not None and dataset.data.decision in ("pass", "warn"), dataset
+        # (2) artifact-signer signs a build trained on it.
+        sha = hashlib.sha256(data.read_bytes()).hexdigest()
+        build = await client.model_built(
+            _model_dir(secured.data_dir / "artifacts" / "iris-1"),
+            model="iris",
+            version="1",
+            builder="ci-bot",
+            lockfile=secured.data_dir / "artifacts" / "iris-1" / "requirements.txt",
+            datasets=[DatasetRef(dataset="iris", version="1", sha256=sha)],
+        )
+        artifact = await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT, 60)
+        assert artifact is not None and artifact.data.decision == "pass", artifact.data.findings
+        # (3) registry-gate reads both verdicts, the request and two approvals, and promotes.
+        request = await client.request_promotion(
+            alice, model="iris", version="1", stage="production", root_digest=artifact.data.root_digest
+        )
+        for reviewer in (bob, carol):
+            await client.approve(reviewer, request_id=request.id, model="iris", version="1", stage="production")
+        promoted = await watcher.wait(
+            lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.decision == "promoted", 30
+        )
+        assert promoted is not None, [e.data for e in watcher.events if e.type == Subjects.VERDICT_PROMOTION]
+        # (4) serving-monitor answers on its queue group: an unknown key is refused, a key the
+        # operator issued (after re-running its bootstrap, which updates what exists) is known.
+        refused = await client.admit(AdmitRequest(api_key="nope", model="iris", inputs=[{"f0": 1.0}]))
+        assert not refused.allowed and refused.client is None
+        operator = secured.settings("operator")
+        async with Client.connect(operator, source="tests/operator") as ops:
+            await bootstrap(ops.js, operator)
+            api_key = await issue_key_on_bus(ops.js, operator, "webapp", ["iris"])
+        deadline = time.monotonic() + 10
+        while (
+            known := await client.admit(AdmitRequest(api_key=api_key, model="iris", inputs=[{"f0": 1.0}]))
+        ).client is None:
+            assert time.monotonic() < deadline, known
+            await asyncio.sleep(0.1)
+        # (5) artifact-signer re-verifies the signed bundle from its object store on request.
+        raw = await client.request(
+            Subjects.ARTIFACT_VERIFY, ArtifactVerifyRequest(model="iris", version="1").model_dump_json().encode()
+        )
+        assert ArtifactVerifyReply.model_validate_json(raw).ok, raw
+    # (6) audit-log stored every event and verdict; the auditor reads them back, and reads the
+    # signed checkpoints and audit-log's trusted key as `mlwarden audit verify` does.
+    wanted = {upload.id, build.id, request.id, dataset.id, artifact.id, promoted.id}
+    async with Client.connect(auditor, source="tests/auditor") as audit:
+        deadline = time.monotonic() + 20
+        while True:
+            page = await audit.audit_query(AuditQuery(limit=1000))
+            missing = wanted - {entry.event_id for entry in page.entries}
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        info = await audit.js.stream_info(CHECKPOINTS.name)
+        if info.state.messages:
+            await audit.js.get_msg(CHECKPOINTS.name, info.state.last_seq)
+        assert (await (await audit.js.key_value(TRUST_BUCKET)).get("audit-log")).value
+    assert not missing
+    # (7) compose's health check runs with each service's own credentials.
+    for name in ("data-guard", "audit-log"):
+        assert await health(secured.settings(name)) == []
+    # Least privilege that works: nothing above needed a right its identity lacks.
+    assert secured.violations() == []
+
+
+async def test_service_cannot_publish_another_services_verdict(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "data-guard", stack)
+        js = nc.jetstream(timeout=1.0)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.publish(Subjects.VERDICT_ARTIFACT, b'{"forged": true}')
+        await refusals.wait_for(Subjects.VERDICT_ARTIFACT)
+        # Its own verdict subject is fine.
+        await js.publish(Subjects.VERDICT_DATASET, b"{}", headers={"Nats-Msg-Id": "own"})
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        info = await operator.jetstream().stream_info(VERDICTS.name, subjects_filter=">")
+    assert info.state.subjects == {Subjects.VERDICT_DATASET: 1}
+    assert ("data-guard", "Publish", Subjects.VERDICT_ARTIFACT) in secured.violations()
+
+
+async def test_producer_cannot_write_the_trust_store(secured: Secured) -> None:
+    rogue = SigningKey.generate("data-guard")
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        kv = await nc.jetstream(timeout=1.0).key_value(TRUST_BUCKET)  # reading it is allowed
+        with pytest.raises(nats.errors.TimeoutError):
+            await kv.put("data-guard", rogue.public_b64().encode())
+        await refusals.wait_for(f"$KV.{TRUST_BUCKET}.data-guard")
+        # The trusted key is unchanged, and a service cannot re-register itself either.
+        assert (await kv.get("data-guard")).value != rogue.public_b64().encode()
+        guard, guard_refusals = await _raw(secured, "data-guard", stack)
+        guard_kv = await guard.jetstream(timeout=1.0).key_value(TRUST_BUCKET)
+        with pytest.raises(nats.errors.TimeoutError):
+            await guard_kv.put("data-guard", rogue.public_b64().encode())
+        await guard_refusals.wait_for(f"$KV.{TRUST_BUCKET}.data-guard")
+
+
+async def test_service_cannot_purge_or_delete_the_verdict_stream(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        for service in ("audit-log", "registry-gate"):
+            nc, refusals = await _raw(secured, service, stack)
+            js = nc.jetstream(timeout=1.0)
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.purge_stream(VERDICTS.name)
+            await refusals.wait_for(f"$JS.API.STREAM.PURGE.{VERDICTS.name}")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.delete_stream(VERDICTS.name)
+            await refusals.wait_for(f"$JS.API.STREAM.DELETE.{VERDICTS.name}")
+            # Nor can it loosen the stream's protections.
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.update_stream(VERDICTS.config())
+            await refusals.wait_for(f"$JS.API.STREAM.UPDATE.{VERDICTS.name}")
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        # The operator declares, but evidence outlives operators too.
+        with pytest.raises((nats.errors.TimeoutError, APIError)):
+            await operator.jetstream(timeout=1.0).delete_stream(VERDICTS.name)
+        assert (await operator.jetstream().stream_info(VERDICTS.name)).config.name == VERDICTS.name
+
+
+async def test_producer_cannot_read_a_services_durable(secured: Secured) -> None:
+    spec = CONSUMERS["data-guard"][0]
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        js = nc.jetstream(timeout=1.0)
+        # Binding looks the durable up first: refused.
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.pull_subscribe(spec.filter_subjects[0], durable=spec.durable, stream=spec.stream)
+        await refusals.wait_for(f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}")
+        # Fetching without the lookup: refused as well, and nothing is delivered.
+        sub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.fetch(1, timeout=1.0)
+        await refusals.wait_for(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}")
+        # Another service fares no better with someone else's durable.
+        guard, guard_refusals = await _raw(secured, "data-guard", stack)
+        other = CONSUMERS["registry-gate"][1]
+        sub = await guard.jetstream(timeout=1.0).pull_subscribe_bind(durable=other.durable, stream=other.stream)
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.fetch(1, timeout=1.0)
+        await guard_refusals.wait_for(f"$JS.API.CONSUMER.MSG.NEXT.{other.stream}.{other.durable}")
+
+
+async def test_producer_cannot_forge_service_subjects_or_snoop_requests(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        await nc.publish(Subjects.VERDICT_PROMOTION, orjson.dumps({"decision": "promoted"}))
+        await refusals.wait_for(Subjects.VERDICT_PROMOTION)
+        await nc.subscribe(Subjects.SERVING_ADMIT, queue="serving-monitor")
+        await refusals.wait_for(Subjects.SERVING_ADMIT)
+        await nc.subscribe(Subjects.alert("serving-monitor"))
+        await refusals.wait_for(Subjects.alert("serving-monitor"))
+
+
+async def test_service_without_a_registered_key_refuses_to_start(secured: Secured) -> None:
+    (secured.data_dir / "keys" / "data-guard.pem").unlink()  # a fresh key nobody trusts
+    with pytest.raises(TrustConflict, match="keys init"):
+        await secured.start("data-guard")
