@@ -68,7 +68,7 @@ def describe(event: Envelope[Any]) -> str:
 async def watch(settings: Settings, console: Console, seconds: float | None) -> None:
     """Print verdicts, alerts and dead letters live."""
     async with Client.connect(settings, source="mlwarden/watch") as client, client.watch() as watcher:
-        console.print(f"watching {settings.nats_url} (Ctrl-C to stop)")
+        console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
         seen = 0
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:

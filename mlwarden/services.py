@@ -32,7 +32,7 @@ async def serve(name: str, settings: Settings, *, ready: Callable[[], None] | No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with svc.app:
-        logging.getLogger("mlwarden").info("%s serving on %s", name, settings.nats_url)
+        logging.getLogger("mlwarden").info("%s serving on %s", name, settings.nats_url_redacted)
         if ready is not None:
             ready()
         await stop.wait()
