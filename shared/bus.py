@@ -45,6 +45,7 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "servers": [u.strip() for u in settings.nats_url.split(",")],
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
+        "inbox_prefix": settings.inbox_prefix,
     }
     if settings.nats_creds is not None:
         options["user_credentials"] = str(settings.nats_creds)

@@ -12,8 +12,8 @@ What the lists cannot express, and why it is acceptable:
   purge carries its filter in the payload: read access to a bucket is all of the bucket, and an
   object-store writer may purge chunks of its own store (nats-py's `ObjectStore.put` purges the
   chunks of the object it replaces).
-- `_INBOX.>` is shared by every identity (nats-py's default inbox prefix); a per-identity inbox
-  prefix would stop one identity from reading replies meant for another.
+- Replies come back on a per-identity inbox, `_INBOX.<identity>.>` (`Settings.inbox_prefix`
+  sets the client's prefix from its NATS user), so no identity reads replies meant for another.
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ AUDITOR = Identity("auditor")
 #: Every identity that gets its own NATS user: the five services, then the people and jobs.
 IDENTITIES: tuple[Identity, ...] = (*(Identity(s) for s in SERVICES), OPERATOR, PRODUCER, AUDITOR)
 
-#: Replies to requests and JetStream API calls come back on inboxes under this prefix.
-INBOX = "_INBOX.>"
+
+def inbox(identity: str) -> str:
+    """The inbox subjects replies to `identity`'s requests and JetStream API calls arrive on."""
+    return f"_INBOX.{identity}.>"
+
 
 #: Keys of the state bucket the operator writes: serving-monitor's feature schemas
 #: (`services.serving_monitor.keystore.SCHEMA_PREFIX`). Each service writes only keys prefixed
@@ -211,7 +214,7 @@ def service_permissions(service: str) -> Permissions:
     endpoints = ENDPOINTS.get(service, ())
     # A queue subscription permission (`subject queue`) admits only that queue group: replicas
     # share the work and nobody subscribes to the requests beside it.
-    subscribe = [INBOX, *(f"{subject} {service}" for subject in endpoints)]
+    subscribe = [inbox(service), *(f"{subject} {service}" for subject in endpoints)]
     return Permissions(Identity(service), _unique(publish), _unique(subscribe), allow_responses=bool(endpoints))
 
 
@@ -234,7 +237,7 @@ def operator_permissions() -> Permissions:
     publish += [*kv_read(API_KEYS_BUCKET, watch=False), *kv_write(API_KEYS_BUCKET)]  # keys api-key, revoke
     for prefix in OPERATOR_STATE_PREFIXES:
         publish += kv_write(STATE_BUCKET, prefix)
-    return Permissions(OPERATOR, _unique(publish), (INBOX,))
+    return Permissions(OPERATOR, _unique(publish), (inbox(OPERATOR),))
 
 
 def producer_permissions() -> Permissions:
@@ -244,7 +247,7 @@ def producer_permissions() -> Permissions:
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
     # A subscriber verifies a verdict with its signer's key: a get, no listing.
     publish += [*object_write(DATASETS_BUCKET), *kv_read(TRUST_BUCKET, watch=False)]
-    return Permissions(PRODUCER, _unique(publish), (INBOX, "mlw.verdict.>"))
+    return Permissions(PRODUCER, _unique(publish), (inbox(PRODUCER), "mlw.verdict.>"))
 
 
 def auditor_permissions() -> Permissions:
@@ -256,7 +259,7 @@ def auditor_permissions() -> Permissions:
         _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
         *kv_read(TRUST_BUCKET, watch=False),  # audit-log's key, to check the checkpoints
     ]
-    subscribe = [INBOX, f"{Subjects.ALERT_PREFIX}.>", f"{Subjects.DEADLETTER_PREFIX}.>", "mlw.verdict.>"]
+    subscribe = [inbox(AUDITOR), f"{Subjects.ALERT_PREFIX}.>", f"{Subjects.DEADLETTER_PREFIX}.>", "mlw.verdict.>"]
     return Permissions(AUDITOR, _unique(publish), _unique(subscribe))
 
 

@@ -195,6 +195,8 @@ class ServiceApp:
             stream=JStream(stream, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=batch, timeout=1.0),
+            # FastStream would pass nats-py's default `_INBOX.` explicitly; use this identity's.
+            inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
             ack_policy=AckPolicy.MANUAL,
             title=f"{self.service}:{durable}",
             description=doc or f"routes: {', '.join(sorted(routes))}",

@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         return re.sub(r"(://[^:@/,]+):[^@/,]*@", r"\1:***@", self.nats_url)
 
     @property
+    def nats_identity(self) -> str | None:
+        """The NATS user name in `nats_url` (`mlwarden nats-config` gives each identity one)."""
+        match = re.search(r"://([^:@/,]+)(?::[^@/,]*)?@", self.nats_url)
+        return match.group(1) if match else None
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Where replies to this process's requests arrive: `_INBOX.<identity>` when it has
+        its own NATS user, so no other identity may subscribe to them."""
+        identity = self.nats_identity
+        return f"_INBOX.{identity}" if identity else "_INBOX"
+
+    @property
     def readable_roots(self) -> list[Path]:
         """Where file references may point: the configured roots, or the data dir."""
         return [p.resolve() for p in (self.file_roots or [self.data_dir])]

@@ -149,7 +149,10 @@ class Refusals:
 
 async def _raw(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
     refusals = Refusals()
-    nc = await nats.connect(system.settings(identity).nats_url, error_cb=refusals.on_error, connect_timeout=5)
+    settings = system.settings(identity)
+    nc = await nats.connect(
+        settings.nats_url, error_cb=refusals.on_error, connect_timeout=5, inbox_prefix=settings.inbox_prefix
+    )
     stack.push_async_callback(nc.close)
     return nc, refusals
 
@@ -335,6 +338,19 @@ async def test_producer_cannot_forge_service_subjects_or_snoop_requests(secured:
         await refusals.wait_for(Subjects.SERVING_ADMIT)
         await nc.subscribe(Subjects.alert("serving-monitor"))
         await refusals.wait_for(Subjects.alert("serving-monitor"))
+
+
+async def test_one_identity_cannot_read_the_replies_meant_for_another(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        # Admission replies carry client names; audit replies carry the trail.
+        await nc.subscribe("_INBOX.auditor.>")
+        await refusals.wait_for("_INBOX.auditor.>")
+        await nc.subscribe("_INBOX.>")
+        await refusals.wait_for("_INBOX.>")
+        # Its own inbox works: a request/reply round trip to a public endpoint is answered.
+        guard, _ = await _raw(secured, "auditor", stack)
+        assert guard is not None
 
 
 async def test_service_without_a_registered_key_refuses_to_start(secured: Secured) -> None:
