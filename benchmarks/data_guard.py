@@ -192,6 +192,42 @@ def _scores(flagged: np.ndarray, truth: np.ndarray, n: int) -> tuple[float, floa
     return precision, recall, flagged.size / n
 
 
+# Why a case may sit below the goal whatever the detector does (printed under a MISSED line).
+_NOTES = {
+    "breast_cancer correlation-breaking 5%": "the 284 reference rows cannot vouch for a Mahalanobis "
+    "threshold below their largest held-out score (rate floor 1/285); clean breast_cancer rows reach "
+    "that far (heavy multivariate tails), and the poisoned rows score between the clean 99th percentile "
+    "and that maximum: flagging them costs ~1.5 % of clean rows, above the 1 % clean-flag goal",
+    "breast_cancer conflicting duplicates 3%": "a copy and its original have identical features, so only "
+    "the model's label probability can pick the poisoned one; where the original itself looks like the "
+    "other class the copy wins (unidentifiable), and near-ties flag the whole pair",
+    "breast_cancer clean (no ref)": "without a reference the thresholds are extrapolated from the upload's "
+    "own bulk; breast_cancer has a few naturally extreme rows (|robust z| > 9) that no self-fitted "
+    "rule can tell from outliers",
+}
+
+
+def _limit(case: Case, decision: str, settings: DetectorSettings) -> str | None:
+    """The theoretical limit of a missed case, when a count-test argument bounds it."""
+    if case.reference is None or not case.poisoned.size or decision == "fail":
+        return _NOTES.get(case.name)
+    from scipy import stats as sps
+
+    # A calibrated row test cannot certify a clean rate below 1 / (calibration rows + 1); even if it
+    # flagged exactly the poisoned rows, the count test needs p <= fail_p_value at that rate.
+    floor = max(settings.label_rate, 1.0 / (case.reference.rows + 1))
+    m, n = case.poisoned.size, case.upload.rows
+    best_p = float(sps.binom.sf(m - 1, n, floor))
+    if best_p > settings.fail_p_value:
+        return (
+            f"below the detectable limit: flagging exactly the {m} poisoned of {n} rows against the lowest "
+            f"clean rate {case.reference.rows} reference rows can calibrate ({floor:.2%}) "
+            f"gives p = {best_p:.1e} > {settings.fail_p_value:g} (fail threshold); a 'fail' needs "
+            f"{int(sps.binom.isf(settings.fail_p_value, n, floor)) + 1} rows or a larger reference"
+        )
+    return _NOTES.get(case.name)
+
+
 def quality() -> bool:
     """Print the quality table; True when every goal is met."""
     settings = DetectorSettings(threads=THREADS)
@@ -214,6 +250,9 @@ def quality() -> bool:
             f"{case.name:44} {'data-guard':10} {report.decision.value:8} {share:8.2%} {p:5.2f} {r:6.2f} "
             f"{elapsed:7.2f}  {'met' if met else 'MISSED'}"
         )
+        note = None if met else _limit(case, report.decision.value, settings)
+        if note:
+            print(f"{'':44} limit: {note}")
         start = time.perf_counter()
         with threadpool_limits(limits=THREADS):
             decision, rows = seed_method(case.upload)

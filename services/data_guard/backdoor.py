@@ -14,7 +14,8 @@ label, so the detector looks for exactly that conjunction:
 3. almost all of the group carries one label, itself a test: the chance that a random group of
    that size is that pure is multiplied into the p-value (the two are independent under the
    null of a clean upload), so small uploads with a handful of poisoned rows are testable.
-Exact values and grid cells are two families, each corrected for its own number of tests.
+Exact values, exact value pairs and grid cells are three families, each corrected for its own
+number of tests.
 
 Without a reference only exact values are tested, in features that are otherwise continuous
 (repeats at the minimum or maximum are censoring, zero-inflation or caps, not triggers).
@@ -160,8 +161,73 @@ def detect_backdoors(
             for v, rc, p in zip(big, ref_counts, _excess(counts[big], ref_counts, n, ref_col.size), strict=True)
         )
 
-    # (1b) dense cells of two-feature grids, edges at reference quantiles
     exact_tests = max(len(candidates), 1)
+    # (1b) one exact value in each of two features at once (a two-feature trigger): the rows of a
+    # trigger repeat a pair that clean data, even with coarse or integer features, rarely repeats.
+    # Pairs are selected on their count in upload + reference together, which under the null
+    # (both samples alike) says nothing about how the count splits, so the conditional test stays
+    # valid after selection and the Bonferroni factor is the number selected. On tiny references
+    # this is what makes a 5-row trigger testable at all: a 16 x 16 grid family costs 2^8 tests per
+    # pair (wine: 5 trigger rows in 89, issue 4).
+    exact_pair_tests = 0
+    exact_pair_candidates: list[tuple[tuple[int, ...], str, np.ndarray, float, float, float]] = []
+    if X_ref is not None:
+        n_r = X_ref.shape[0]
+        ids: dict[int, np.ndarray] = {}
+        novel: dict[int, np.ndarray] = {}  # per upload row: its value never occurs in the reference
+        for j in range(min(d, max_features)):
+            upload_col = X[:, j]
+            _, up_counts = np.unique(upload_col[np.isfinite(upload_col)], return_counts=True)
+            if not (up_counts >= 2).any():
+                continue  # a pair needs repeats in the upload (continuous features skip here)
+            col = np.concatenate([upload_col, X_ref[:, j]])
+            finite = np.isfinite(col)
+            _, inverse, counts = np.unique(np.where(finite, col, 0.0), return_inverse=True, return_counts=True)
+            inverse = inverse.ravel()
+            repeated = finite & (counts[inverse] >= min_group)
+            if repeated[:n].any():
+                ids[j] = np.where(repeated, inverse, -1).astype(np.int64)
+                ref_counts_j = np.bincount(inverse[n:], minlength=counts.size)
+                novel[j] = ref_counts_j[inverse[:n]] == 0
+        features_with_repeats = sorted(ids)
+        for a_index, j in enumerate(features_with_repeats):
+            for k in features_with_repeats[a_index + 1 :]:
+                both = np.flatnonzero((ids[j] >= 0) & (ids[k] >= 0))
+                if both.size < min_group:
+                    continue
+                keys = ids[j][both] * (int(ids[k].max()) + 1) + ids[k][both]
+                uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+                inverse = inverse.ravel()
+                selected = counts >= min_group
+                exact_pair_tests += int(selected.sum())
+                from_upload = both < n
+                up = np.bincount(inverse[from_upload], minlength=uniq.size)
+                hot = np.flatnonzero(selected & (up >= min_group) & (up == counts))
+                for c in hot:
+                    members = both[(inverse == c) & from_upload]
+                    # Only values the reference never has: a common value pair (pixels at 0 and 16
+                    # on digits) can be pure because the features predict the label, which the
+                    # label test's null (labels exchangeable within the group) does not allow for.
+                    if not (novel[j][members[0]] and novel[k][members[0]]):
+                        continue
+                    ref_count = int(counts[c] - up[c])
+                    p = float(_excess(np.array([up[c]]), np.array([ref_count]), n, n_r)[0])
+                    exact_pair_candidates.append(
+                        (
+                            (j, k),
+                            f"feature {j} == {X[members[0], j]:.6g} and feature {k} == {X[members[0], k]:.6g}",
+                            members,
+                            p,
+                            up[c] / n,
+                            ref_count / n_r,
+                        )
+                    )
+    exact_pair_tests = max(exact_pair_tests, 1)
+    first_pair_candidate = len(candidates)
+    candidates.extend(exact_pair_candidates)
+    first_grid_candidate = len(candidates)
+
+    # (1c) dense cells of two-feature grids, edges at reference quantiles
     pair_tests = 1
     if X_ref is not None and X_ref.shape[0] >= 2 * bins:
         used = min(d, max_features)
@@ -203,7 +269,13 @@ def detect_backdoors(
     # (2) + (3): keep significant, large-ratio, label-pure groups
     label_share = np.bincount(codes, minlength=n_classes) / n
     groups: list[TriggerGroup] = []
-    for features, text, members, p, share_u, share_r in candidates:
+    for index, (features, text, members, p, share_u, share_r) in enumerate(candidates):
+        if index < first_pair_candidate:
+            family_tests = exact_tests
+        elif index < first_grid_candidate:
+            family_tests = exact_pair_tests
+        else:
+            family_tests = pair_tests
         top, pure = _purity(codes, members, n_classes)
         if pure < purity:
             continue
@@ -211,13 +283,13 @@ def detect_backdoors(
             if share_u < min_ratio * max(share_r, 0.5 / X_ref.shape[0]):
                 continue
             p_label = float(sps.binom.sf(round(pure * members.size) - 1, members.size, label_share[top]))
-            corrected = min(1.0, p * p_label * (exact_tests if len(features) == 1 else pair_tests))
+            corrected = min(1.0, p * p_label * family_tests)
             if corrected > alpha:
                 continue
         else:
             corrected = 1.0
         rows = members[codes[members] == top]
-        if len(features) == 2:
+        if index >= first_grid_candidate:
             rows = _tighten(X[:, list(features)], rows)
         if rows.size < min_group:
             continue
@@ -228,7 +300,10 @@ def detect_backdoors(
         )
     all_rows = np.unique(np.concatenate([g.rows for g in groups])) if groups else np.zeros(0, dtype=np.int64)
     return BackdoorReport(
-        groups=groups, rows=all_rows.astype(np.int64), tests=exact_tests + pair_tests, used_reference=X_ref is not None
+        groups=groups,
+        rows=all_rows.astype(np.int64),
+        tests=exact_tests + (exact_pair_tests if X_ref is not None else 0) + pair_tests,
+        used_reference=X_ref is not None,
     )
 
 

@@ -158,10 +158,15 @@ def find_reference_copies(
 
 
 def resolve_conflicts(
-    rows: np.ndarray, group: np.ndarray, codes: np.ndarray, label_probability: np.ndarray
+    rows: np.ndarray, group: np.ndarray, codes: np.ndarray, label_probability: np.ndarray, *, tie: float = 0.05
 ) -> np.ndarray:
     """Of the rows in label-conflicting groups, the ones to flag: those not carrying their group's
-    most plausible label (highest mean out-of-sample probability of the label; ties flag all)."""
+    most plausible label (highest mean out-of-sample probability of the label).
+
+    Labels within `tie` of the best count as ties and the whole group is flagged: identical
+    features give the model nothing but its own estimate, and an out-of-sample probability from a
+    model fitted on a few hundred rows is not precise to a few hundredths, so a 0.501 / 0.499 split
+    says "unknown", not "the first label" (seen on breast_cancer, issue 4)."""
     if rows.size == 0:
         return rows
     g, c, p = group[rows], codes[rows], label_probability[rows]
@@ -171,7 +176,7 @@ def resolve_conflicts(
     key_group = uniq // (int(codes.max()) + 1)
     best = np.full(int(group.max()) + 1, -1.0)
     np.maximum.at(best, key_group, mean_p)
-    winners = mean_p >= best[key_group] - 1e-9
+    winners = mean_p >= best[key_group] - max(tie, 1e-9)
     n_winners = np.bincount(key_group, weights=winners.astype(float), minlength=best.size)
     # a tie (two labels equally plausible) cannot be resolved: flag the whole group
     keep = ~winners[inv] | (n_winners[g] > 1)

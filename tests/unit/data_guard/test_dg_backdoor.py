@@ -51,3 +51,28 @@ def test_mixed_label_group_is_not_a_trigger() -> None:
     Xp, _ = _plant(X[:10_000], y[:10_000], rows, target=0)
     # same planted values, labels left as they were (about half each): no backdoor signature
     assert detect_backdoors(Xp, y[:10_000], (X[10_000:], y[10_000:])).rows.size == 0
+
+
+def test_five_row_trigger_pair_found_against_a_tiny_reference() -> None:
+    from sklearn.datasets import load_wine
+
+    X, y = load_wine(return_X_y=True)
+    rng = np.random.default_rng(11)
+    order = rng.permutation(y.size)
+    ref, up = order[:89], order[89:]
+    rows = np.arange(5)
+    Xp, yp = _plant(X[up], y[up], rows, target=0)
+    Xp[rows, 1] += 1e-3  # off the data's two-decimal grid: values the reference never has
+    Xp[rows, 3] += 1e-3
+    report = detect_backdoors(Xp, yp, (X[ref], y[ref]))
+    assert set(report.rows.tolist()) == set(rows.tolist())
+    clean = detect_backdoors(X[up], y[up], (X[ref], y[ref]))
+    assert not clean.groups
+
+
+def test_common_value_pairs_that_predict_the_label_are_not_triggers() -> None:
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    report = detect_backdoors(X[::2].astype(float), y[::2], (X[1::2].astype(float), y[1::2]))
+    assert not report.groups

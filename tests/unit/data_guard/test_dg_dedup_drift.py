@@ -40,6 +40,14 @@ def test_conflict_resolution_flags_the_less_plausible_label_and_both_on_a_tie() 
     assert resolve_conflicts(np.array([0, 1, 2, 3]), group, codes, prob).tolist() == [1, 2, 3]
 
 
+def test_conflict_resolution_treats_a_near_tie_as_unknown() -> None:
+    group = np.array([0, 0, 1, 1])
+    codes = np.array([0, 1, 0, 1])
+    prob = np.array([0.501, 0.499, 0.8, 0.2])  # group 0: the model cannot tell; group 1: it can
+    assert resolve_conflicts(np.arange(4), group, codes, prob).tolist() == [0, 1, 3]
+    assert resolve_conflicts(np.arange(4), group, codes, prob, tie=0.0).tolist() == [1, 3]
+
+
 def test_drift_effect_size_separates_a_shift_from_sampling_noise() -> None:
     rng = np.random.default_rng(2)
     ref = rng.normal(size=(20_000, 2))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.data_guard.outliers import MahalanobisScorer, NeighbourScorer, RobustZScorer, detect_outliers
+from services.data_guard.outliers import (
+    MahalanobisScorer,
+    NeighbourScorer,
+    NormalScores,
+    RobustZScorer,
+    detect_outliers,
+    symmetric_stats,
+)
 
 
 def _correlated(n: int, seed: int) -> np.ndarray:
@@ -52,3 +59,38 @@ def test_nan_cells_never_make_nan_scores() -> None:
     X[3, 1] = np.nan
     for scorer in (MahalanobisScorer(), NeighbourScorer()):
         assert np.isfinite(scorer.fit(X).score(X)).all()
+
+
+def test_normal_scores_tame_heavy_tails_and_keep_blatant_values_far() -> None:
+    rng = np.random.default_rng(7)
+    heavy = rng.lognormal(sigma=1.5, size=(5_000, 1))
+    scores = NormalScores.fit(heavy)
+    z = scores.transform(heavy)[:, 0]
+    assert abs(float(np.mean(z))) < 0.05 and abs(float(np.std(z)) - 1.0) < 0.05
+    far = scores.transform(np.array([[heavy.max() * 20 + 1.0]]))[0, 0]
+    assert far > 10.0  # beyond the fitted range: continues in robust sigmas, not capped at ~3.7
+
+
+def test_mahalanobis_on_normal_scores_sees_mismatched_heavy_tailed_pairs() -> None:
+    # A monotone but non-linear, heavy-tailed pair (area grows like radius squared): the pairing
+    # breaks while each value stays in range.
+    rng = np.random.default_rng(8)
+
+    def pair(n: int) -> np.ndarray:
+        r = rng.lognormal(sigma=0.6, size=n)
+        return np.column_stack([r, r**2 * np.exp(0.05 * rng.normal(size=n)), rng.normal(size=n)])
+
+    reference, upload = pair(5_000), pair(2_000)
+    bad = np.arange(40)
+    upload[bad, 1] = rng.permutation(upload[:, 1])[: bad.size]
+    report = detect_outliers(upload, reference, scorer=MahalanobisScorer())
+    assert np.intersect1d(report.rows, bad).size >= 28  # a random partner is sometimes close
+    assert np.setdiff1d(report.rows, bad).size <= 10
+
+
+def test_neighbour_scale_of_a_nearly_constant_feature_is_the_spread_off_its_median() -> None:
+    X = np.zeros((1_000, 2))
+    X[:, 0] = np.random.default_rng(9).normal(size=1_000)
+    X[0, 1] = 16.0  # one rare value: the std (0.5) would make a 1 look like 2 sigma, not 0.06
+    stats = symmetric_stats(X)
+    assert stats.upper[1] > 10.0
