@@ -142,3 +142,14 @@ def test_production_accepts_per_identity_passwords_in_the_url() -> None:
     Settings(profile="production", nats_url="tls://data-guard:pw@h:4222", audit_db_url=db)
     with pytest.raises(ValueError, match="credentials"):  # pydantic wraps UnsafeSettings
         Settings(profile="production", nats_url="tls://h:4222", audit_db_url=db)
+
+
+def test_each_identity_receives_replies_only_on_its_own_inbox() -> None:
+    from shared.permissions import IDENTITIES, permissions_for
+
+    for identity in IDENTITIES:
+        subscribe = permissions_for(identity).subscribe
+        assert f"_INBOX.{identity}.>" in subscribe
+        assert "_INBOX.>" not in subscribe
+    assert Settings(nats_url="nats://producer:pw@h:4222").inbox_prefix == "_INBOX.producer"
+    assert Settings(nats_url="nats://h:4222").inbox_prefix == "_INBOX"
