@@ -109,14 +109,21 @@ class ServiceApp:
 
     async def _startup(self) -> None:
         await self.broker.connect()
-        nc = self.broker.connection
-        if self.settings.declare_topology:
-            # In a secured deployment the operator declared it; this identity may not.
-            await ensure_topology(nc.jetstream())
-        self._runtime = await start_runtime(self.service, self.settings, nc)
-        for hook in self._startup_hooks:
-            await hook(self._runtime)
-        await self._subscribe_replies()
+        try:
+            nc = self.broker.connection
+            if self.settings.declare_topology:
+                # In a secured deployment the operator declared it; this identity may not.
+                await ensure_topology(nc.jetstream())
+            self._runtime = await start_runtime(self.service, self.settings, nc)
+            for hook in self._startup_hooks:
+                await hook(self._runtime)
+            await self._subscribe_replies()
+        except BaseException:
+            # A service that refuses to start (untrusted key, unreadable policy) closes its
+            # connection instead of leaking it.
+            await self._shutdown()
+            await self.broker.stop()
+            raise
         if self._replies:
             self._flusher = asyncio.create_task(self._flush_rejections(), name=f"{self.service}:rejections")
 

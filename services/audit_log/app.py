@@ -4,7 +4,10 @@ proof and checkpoint requests.
 
 Ingestion is the one place that uses nats-py's batched fetch directly rather than a FastStream
 per-message handler: a whole fetched batch must go into one transaction before any message of it
-is acked (group commit), which per-message handlers cannot express.
+is acked (group commit), which per-message handlers cannot express. The batch is parsed, chained
+and committed by a writer process (`services.audit_log.writer`) so that the event loop, which
+costs about as much as a bare nats-py consumer, keeps a core of its own (issue 3's throughput
+goal).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
@@ -30,7 +34,8 @@ from services.audit_log.checkpoint import (
 from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
 from services.audit_log.settings import AuditSettings, mirror_path
-from services.audit_log.store import AuditStore, IncomingEvent
+from services.audit_log.store import AuditStore
+from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter
 from shared.bus import ServiceRuntime
 from shared.envelope import decode
 from shared.errors import InputError, InvalidMessage
@@ -54,31 +59,39 @@ log = logging.getLogger("mlwarden.audit-log")
 
 
 class Ingestor:
-    """Moves messages from the three durable consumers into the store, one transaction a batch."""
+    """Moves messages from the three durable consumers into the store, one transaction a batch.
+
+    The event loop only fetches and acks; a `BatchWriter` parses, chains and commits (in its own
+    process by default, see `services.audit_log.writer`). Every message is acked only after the
+    writer confirmed the commit of its batch.
+    """
 
     def __init__(
         self,
-        store: AuditStore,
+        writer: BatchWriter,
         runtime: ServiceRuntime,
         batch: int,
         *,
         on_commit: Callable[[], Awaitable[None]] | None = None,
+        depth: int = 2,
     ) -> None:
-        self.store = store
+        self.writer = writer
         self.runtime = runtime
         self.batch = batch
+        #: Batches a stream may have at the writer at once: with 2, the writer already holds the
+        #: next batch when it finishes one, while the loop acks the first and fetches a third.
+        self.depth = depth
         #: Called after a batch that stored something was committed and acked (checkpointing).
         self.on_commit = on_commit
         self.stored = 0
         self.duplicates = 0
-        # One writer at a time: the hash chain links each row to the one before it.
-        self._write = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[JetStreamContext.PullSubscription] = []
         self._running = False
 
     async def start(self, js: JetStreamContext) -> None:
-        """Bind to every audit-log durable and start one fetch loop per stream."""
+        """Start the writer, bind to every audit-log durable and start one fetch loop per stream."""
+        await self.writer.start()
         self._running = True
         for spec in CONSUMERS[SERVICE]:
             sub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
@@ -86,7 +99,7 @@ class Ingestor:
             self._tasks.append(asyncio.create_task(self._loop(sub), name=f"audit:{spec.durable}"))
 
     async def stop(self) -> None:
-        """Stop fetching; a batch being written finishes first."""
+        """Stop fetching; batches at the writer are committed and acked first."""
         self._running = False
         for task in self._tasks:
             task.cancel()
@@ -97,19 +110,20 @@ class Ingestor:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+        await self.writer.stop()
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        # Pipelined: batch k is committed (in a thread, off the event loop) while batch k + 1 is
-        # fetched; k + 1 is written only after k is committed and acked, so commits stay in
-        # stream order and every ack still follows its commit.
-        pending: asyncio.Task[None] | None = None
+        # Pipelined: while the writer commits batch k (and already holds k + 1), this loop acks
+        # what was committed and fetches the next batch. The writer commits in submission order,
+        # so the chain follows the stream, and each batch is acked only after its own commit.
+        inflight: deque[asyncio.Task[None]] = deque()
         try:
             while self._running:
                 try:
                     msgs = await sub.fetch(self.batch, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
-                    await self._settle(pending)
-                    pending = None
+                    while inflight:
+                        await self._settle(inflight.popleft())
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -117,23 +131,24 @@ class Ingestor:
                     log.warning("audit-log: fetch failed: %r", exc)
                     await asyncio.sleep(0.5)
                     continue
-                # Adaptive group commit: while the previous batch is still being committed, keep
-                # fetching into this one (a fetch returns what is there, often a few messages).
-                while len(msgs) < self.batch and pending is not None and not pending.done():
+                # Adaptive group commit: while the writer is busy with this stream's earlier
+                # batches, keep fetching into this one (a fetch returns what is there, often
+                # only a few messages when producers trickle).
+                while len(msgs) < self.batch and len(inflight) >= self.depth and not inflight[0].done():
                     try:
                         msgs += await sub.fetch(self.batch - len(msgs), timeout=0.05)
                     except (TimeoutError, NatsTimeoutError):
                         break
-                await self._settle(pending)
-                pending = asyncio.create_task(self.ingest(msgs))
+                while len(inflight) >= self.depth or (inflight and inflight[0].done()):
+                    await self._settle(inflight.popleft())
+                # Submitted now, in order: the task hands the batch to the writer at once.
+                inflight.append(asyncio.create_task(self.ingest(msgs)))
         finally:
-            if pending is not None:
-                # Let a commit in flight finish and be acked; anything unacked is redelivered.
-                await asyncio.shield(self._settle(pending))
+            # Let the batches at the writer finish and be acked; anything unacked is redelivered.
+            if inflight:
+                await asyncio.shield(asyncio.gather(*(self._settle(task) for task in inflight)))
 
-    async def _settle(self, pending: asyncio.Task[None] | None) -> None:
-        if pending is None:
-            return
+    async def _settle(self, pending: asyncio.Task[None]) -> None:
         try:
             await pending
         except asyncio.CancelledError:
@@ -144,24 +159,15 @@ class Ingestor:
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
-        recorded_at = time.time()
-        items: list[IncomingEvent] = []
-        bad: list[tuple[Msg, str]] = []
-        for msg in msgs:
-            try:
-                items.append(IncomingEvent.from_bytes(msg.data, recorded_at=recorded_at))
-            except InvalidMessage as exc:
-                bad.append((msg, exc.reason))
-        async with self._write:
-            result = await asyncio.to_thread(self.store.append_batch, items)
-        self.stored += result.inserted
-        self.duplicates += result.duplicates
-        for msg, reason in bad:
+        outcome = await self.writer.write([msg.data for msg in msgs], time.time())
+        self.stored += outcome.inserted
+        self.duplicates += outcome.duplicates
+        for position, reason in outcome.refused:
             # The dead letter lands on MLW_VERDICTS and comes back through this very ingestor.
-            await self.runtime.dead_letter(msg, reason)
+            await self.runtime.dead_letter(msgs[position], reason)
         for msg in msgs:
             await msg.ack()
-        if result.inserted and self.on_commit is not None:
+        if outcome.inserted and self.on_commit is not None:
             await self.on_commit()
 
 
@@ -270,6 +276,7 @@ def create_app(
     svc = ServiceApp(SERVICE, settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     the_store = store or AuditStore(settings.audit_url)
+    writer = InlineWriter(the_store) if store is not None or the_store.in_memory else ProcessWriter(settings.audit_url)
     holder = svc.state
     holder["store"] = the_store
     mirror = CheckpointMirror(mirror_path(settings.data_dir))
@@ -307,7 +314,7 @@ def create_app(
                 await checkpoint_now()
 
         # Up to 1024 messages a transaction: the commit, not the fetch, is the cost per message.
-        ingestor = Ingestor(the_store, runtime, batch=max(settings.fetch_batch, 1024), on_commit=checkpoint_now)
+        ingestor = Ingestor(writer, runtime, batch=max(settings.fetch_batch, 1024), on_commit=checkpoint_now)
         holder["ingestor"] = ingestor
         await ingestor.start(runtime.js)
         # At once, not at the first entry: a database that lost signed entries is reported now.

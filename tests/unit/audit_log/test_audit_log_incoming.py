@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 
-from services.audit_log.store import LABEL_MAX, IncomingEvent
-from shared.envelope import new_event
+from services.audit_log.store import LABEL_MAX, IncomingEvent, _plain_envelope
+from shared.envelope import decode_any, new_event, parse_raw
 from shared.errors import InputError, InvalidMessage
 from shared.events import (
     AdmissionVerdict,
@@ -183,3 +184,114 @@ def test_non_finite_recorded_at_is_refused() -> None:
     body = b'{"specversion":"1.0","id":"x","source":"s","type":"t","time":"2024-05-01T12:00:00Z","data":{}}'
     with pytest.raises(InputError):
         IncomingEvent.from_bytes(body, recorded_at=float("nan"))
+
+
+# --- the fast path (`_plain_envelope`) against the model (`decode_any`) ------------------------------
+
+_BASE: dict[str, object] = {
+    "specversion": "1.0",
+    "id": "x",
+    "source": "mlwarden/data-guard",
+    "type": "t",
+    "time": "2024-05-01T12:00:00Z",
+    "data": {"uploader": "alice"},
+}
+
+
+def _variant(**changes: object) -> bytes:
+    """The base envelope with members replaced (or removed, where the value is `...`)."""
+    env = {**_BASE, **changes}
+    return orjson.dumps({k: v for k, v in env.items() if v is not ...})
+
+
+_VARIANTS = [
+    _variant(),
+    _variant(specversion=...),
+    _variant(specversion="0.3"),
+    _variant(datacontenttype="application/json"),
+    _variant(datacontenttype="text/plain"),
+    _variant(id="i" * 64),
+    _variant(id="i" * 65),
+    _variant(id=""),
+    _variant(id=7),
+    _variant(id=...),
+    _variant(source="s" * 256),
+    _variant(source="s" * 257),
+    _variant(type="t" * 128),
+    _variant(type="t" * 129),
+    _variant(subject=None),
+    _variant(subject="s" * 256),
+    _variant(subject="s" * 257),
+    _variant(subject=["a"]),
+    _variant(signer="k" * 128),
+    _variant(signer="k" * 129),
+    _variant(signature="z" * 256),
+    _variant(signature="z" * 257),
+    _variant(signature=3),
+    _variant(extra="member"),
+    _variant(data=None),
+    _variant(data=[]),
+    _variant(data={}),
+    _variant(data={"_private": 1, "model_config": 2}),
+    _variant(data=...),
+    _variant(time=...),
+    _variant(time=1_700_000_000),
+    _variant(time="1700000000"),
+    _variant(time="2024-05-01"),
+    _variant(time="2024-05-01T12:00"),
+    _variant(time="2024-05-01t12:00:00z"),
+    _variant(time="2024-05-01 12:00:00Z"),
+    _variant(time="2024-05-01T12:00:00"),
+    _variant(time="2024-05-01T12:00:00.5Z"),
+    _variant(time="2024-05-01T12:00:00.123456+02:00"),
+    _variant(time="2024-05-01T12:00:00.1234567Z"),
+    _variant(time="2024-05-01T12:00:00-00:00"),
+    _variant(time="2024-05-01T12:00:00+23:59"),
+    _variant(time="2024-05-01T12:00:00+24:00"),
+    _variant(time="2024-05-01T12:00:00+0200"),
+    _variant(time="2024-02-30T12:00:00Z"),
+    _variant(time="2024-05-01T24:00:00Z"),
+    _variant(time="2024-05-01T12:00:60Z"),
+    _variant(time="0001-01-01T00:00:00Z"),
+    _variant(time="9999-12-31T23:59:59+00:00"),
+]
+
+
+@pytest.mark.parametrize("body", _VARIANTS)
+def test_fast_envelope_path_accepts_only_what_the_model_accepts_and_reads_the_same(body: bytes) -> None:
+    fast = _plain_envelope(parse_raw(body))
+    if fast is None:
+        return  # the model decides, through `decode_any`
+    env = decode_any(body)
+    assert (fast.id, fast.type, fast.source, fast.subject, fast.signer) == (
+        env.id,
+        env.type,
+        env.source,
+        env.subject,
+        env.signer,
+    )
+    assert fast.data == (env.data.model_extra or {})
+    assert fast.time == env.time
+    assert fast.time.utcoffset() == env.time.utcoffset()
+
+
+def test_fast_envelope_path_takes_the_envelopes_producers_write() -> None:
+    # Otherwise ingestion silently pays for pydantic on every message again.
+    key = SigningKey.generate("data-guard")
+    verdict = DatasetVerdict(
+        dataset="iris", version="1", sha256=SHA, decision=Decision.PASS, uploader="a", in_reply_to="e"
+    )
+    env = new_event("mlw.verdict.dataset", verdict, source="mlwarden/data-guard", subject="dataset:iris:1").signed(key)
+    assert _plain_envelope(parse_raw(env.to_bytes())) is not None
+    assert _plain_envelope(parse_raw(_variant())) is not None
+
+
+@pytest.mark.parametrize("body", _VARIANTS)
+def test_from_bytes_refuses_exactly_what_decode_any_refuses(body: bytes) -> None:
+    try:
+        decode_any(body)
+    except InvalidMessage:
+        with pytest.raises(InvalidMessage):
+            IncomingEvent.from_bytes(body, recorded_at=0.0)
+    else:
+        IncomingEvent.from_bytes(body, recorded_at=0.0)
