@@ -75,8 +75,9 @@ class Gate:
         except ConflictingEvent as exc:
             await self.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event_id)
             return
-        await self.journal(kind, event_id, fact)
-        await self.decide(ids, event_id, always=always)
+        # The journal write and the verdicts go out together (one round trip, not two); both
+        # are stored before the event is acked.
+        await asyncio.gather(self.journal(kind, event_id, fact), self.decide(ids, event_id, always=always))
 
     async def decide(self, request_ids: list[str], cause: str, *, always: bool = False) -> None:
         """Evaluate each request and publish its verdict when it changed (or `always`)."""
@@ -223,9 +224,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
         Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
     }
-    # The gate's state is order-free (an approval that arrives before its request is kept), so a
-    # fetched batch may run concurrently; the gate's lock serialises the decisions themselves.
-    svc.consume_routes("mlw.registry.>", routes_events, batch=16, doc=on_promotion.__doc__)
+    # One at a time, in stream order. The decisions would come out the same in any order (the
+    # state is order-free), but the sequence of published verdicts would not: people read it.
+    svc.consume_routes("mlw.registry.>", routes_events, batch=1, doc=on_promotion.__doc__)
     routes_verdicts: dict[str, tuple[type[Any], Any]] = {
         Subjects.VERDICT_ARTIFACT: (ArtifactVerdict, on_artifact_verdict),
         Subjects.VERDICT_DATASET: (DatasetVerdict, on_dataset_verdict),
