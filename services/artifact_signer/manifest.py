@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, Self
 
@@ -22,6 +21,7 @@ from shared.errors import InputError, SignatureError
 from shared.events import DatasetRef, Frozen, Name, Sha256Hex
 from shared.signing import SigningKey, TrustStore, load_public_key, verify_signature
 
+from .changes import TreeChange, diff_by_content
 from .hashing import FileDigest, UnsafePathError, hash_tree, root_digest
 
 MANIFEST_TYPE: Final = "mlwarden.manifest/v1"
@@ -81,20 +81,6 @@ class VerifyResult(Frozen):
     problems: list[str] = Field(default_factory=list, description="every reason it failed")
 
 
-@dataclass(frozen=True)
-class TreeChange:
-    """One difference between a manifest and the files on disk."""
-
-    kind: Literal["changed", "added", "removed", "renamed"]
-    path: str
-    new_path: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "renamed":
-            return f"renamed: {self.path} -> {self.new_path}"
-        return f"{self.kind}: {self.path}"
-
-
 def manifest_bytes(manifest: Manifest) -> bytes:
     """The exact bytes a manifest signature covers."""
     return canonical_json(manifest.model_dump(mode="json"))
@@ -146,29 +132,11 @@ def verify_manifest(signed: SignedManifest, trust: TrustStore) -> None:
 
 
 def diff_files(expected: Sequence[FileDigest], actual: Sequence[FileDigest]) -> list[TreeChange]:
-    """Every change from `expected` to `actual`, sorted by path.
-
-    A removed file whose exact content (digest and size) reappears under a new path is
-    reported once as renamed, not as a removal plus an addition.
-    """
-    want = {item.path: item for item in expected}
-    have = {item.path: item for item in actual}
-    changes = [
-        TreeChange("changed", path)
-        for path in sorted(want.keys() & have.keys())
-        if (want[path].sha256, want[path].size) != (have[path].sha256, have[path].size)
-    ]
-    added = sorted(have.keys() - want.keys())
-    for path in sorted(want.keys() - have.keys()):
-        content = (want[path].sha256, want[path].size)
-        match = next((new for new in added if (have[new].sha256, have[new].size) == content), None)
-        if match is None:
-            changes.append(TreeChange("removed", path))
-        else:
-            added.remove(match)
-            changes.append(TreeChange("renamed", path, match))
-    changes.extend(TreeChange("added", path) for path in added)
-    return sorted(changes, key=lambda change: (change.path, change.kind))
+    """Every change from `expected` to `actual`, sorted by path (see `changes.diff_by_content`)."""
+    return diff_by_content(
+        {item.path: (item.sha256, item.size) for item in expected},
+        {item.path: (item.sha256, item.size) for item in actual},
+    )
 
 
 def verify_tree(root: str | os.PathLike[str], signed: SignedManifest) -> list[str]:

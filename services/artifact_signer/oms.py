@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from shared.canonical import canonical_json
 from shared.errors import InputError, MlwardenError
 
+from .changes import TreeChange, diff_by_content
 from .hashing import Piece, Progress, UnsafePathError, check_relative_path, hash_pieces, walk_tree
 
 BUNDLE_MEDIA_TYPE: Final = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -482,18 +483,8 @@ def sign_model(
     return manifest, sign_manifest(manifest, key)
 
 
-@dataclass(frozen=True)
-class Change:
-    """One difference between the signed resources and the files on disk."""
-
-    kind: Literal["changed", "added", "removed", "renamed"]
-    path: str
-    new_path: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "renamed":
-            return f"renamed: {self.path} -> {self.new_path}"
-        return f"{self.kind}: {self.path}"
+#: One difference between the signed resources and the files on disk.
+Change = TreeChange
 
 
 def diff_manifests(expected: ModelManifest, actual: ModelManifest) -> list[Change]:
@@ -510,18 +501,7 @@ def diff_manifests(expected: ModelManifest, actual: ModelManifest) -> list[Chang
             files.setdefault(r.path(), []).append((suffix, r.digest))
         return {path: tuple(sorted(items)) for path, items in files.items()}
 
-    want, have = per_file(expected), per_file(actual)
-    changes = [Change("changed", p) for p in sorted(want.keys() & have.keys()) if want[p] != have[p]]
-    added = sorted(have.keys() - want.keys())
-    for path in sorted(want.keys() - have.keys()):
-        match = next((new for new in added if have[new] == want[path]), None)
-        if match is None:
-            changes.append(Change("removed", path))
-        else:
-            added.remove(match)
-            changes.append(Change("renamed", path, match))
-    changes.extend(Change("added", path) for path in added)
-    return sorted(changes, key=lambda change: (change.path, change.kind))
+    return diff_by_content(per_file(expected), per_file(actual))
 
 
 @dataclass(frozen=True)
