@@ -8,6 +8,7 @@ its own copy: producers in any language follow the JSON schemas generated from h
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -80,6 +81,16 @@ class Finding(Frozen):
     evidence: dict[str, float | int | str | bool] = Field(
         default_factory=dict, description="numbers behind the finding (rates, thresholds, names)"
     )
+
+
+def decision_from(findings: Iterable[Finding]) -> Decision:
+    """The verdict findings imply: fail if any fails, warn if any warns, else pass."""
+    severities = {finding.severity for finding in findings}
+    if Severity.FAIL in severities:
+        return Decision.FAIL
+    if Severity.WARN in severities:
+        return Decision.WARN
+    return Decision.PASS
 
 
 class ObjectRef(Frozen):

@@ -35,6 +35,7 @@ from shared.events import (
     ModelBuilt,
     ObjectRef,
     Severity,
+    decision_from,
 )
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -72,12 +73,7 @@ def location_key(model: str, version: str) -> str:
 
 def artifact_decision(scan: ScanReport, deps: DependencyReport | None, extra: list[Finding]) -> Decision:
     """fail if anything failed, warn if anything warned, else pass."""
-    findings = [*scan.findings, *(deps.findings if deps else []), *extra]
-    if any(f.severity == Severity.FAIL for f in findings):
-        return Decision.FAIL
-    if any(f.severity == Severity.WARN for f in findings):
-        return Decision.WARN
-    return Decision.PASS
+    return decision_from([*scan.findings, *(deps.findings if deps else []), *extra])
 
 
 class Signer:

@@ -22,7 +22,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from pydantic import Field
 
-from shared.events import Decision, Finding, Frozen, Severity
+from shared.events import Decision, Finding, Frozen, Severity, decision_from
 
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,14 +60,8 @@ class LockReport(Frozen):
     findings: list[Finding] = Field(default_factory=list)
 
 
-def decide(findings: list[Finding]) -> Decision:
-    """FAIL if any finding fails, WARN if any warns, else PASS."""
-    severities = {finding.severity for finding in findings}
-    if Severity.FAIL in severities:
-        return Decision.FAIL
-    if Severity.WARN in severities:
-        return Decision.WARN
-    return Decision.PASS
+#: Kept under its old name for callers: the one rule lives in `shared.events`.
+decide = decision_from
 
 
 def _finding(check: str, message: str, *, severity: Severity = Severity.FAIL, **evidence: str | int) -> Finding:

@@ -16,7 +16,6 @@ reference, non-finite values) add their own findings. Decision = the worst findi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,7 +40,7 @@ from services.data_guard.outliers import (
     RowScorer,
     detect_outliers,
 )
-from shared.events import Decision, Finding, Severity
+from shared.events import Decision, Finding, Severity, decision_from
 
 Evidence = dict[str, float | int | str | bool]
 
@@ -209,7 +208,7 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
 
     all_flagged = np.unique(np.concatenate([a.astype(np.int64) for a in flagged]))
     return DatasetReport(
-        decision=_decide(findings),
+        decision=decision_from(findings),
         findings=findings,
         flagged_rows=[int(i) for i in all_flagged],
         rows=n,
@@ -559,15 +558,6 @@ def _count_test(flagged: int, n: int, expected_rate: float, cfg: DetectorSetting
     if excess >= cfg.warn_excess_rate and p_value <= cfg.warn_p_value:
         return Severity.WARN, p_value
     return Severity.INFO, p_value
-
-
-def _decide(findings: Iterable[Finding]) -> Decision:
-    severities = {f.severity for f in findings}
-    if Severity.FAIL in severities:
-        return Decision.FAIL
-    if Severity.WARN in severities:
-        return Decision.WARN
-    return Decision.PASS
 
 
 def _finding(
