@@ -8,12 +8,15 @@ special files (FIFOs, devices, sockets) are refused with an `UnsafePathError`.
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import itertools
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +29,8 @@ from pydantic import AfterValidator, Field
 from shared.canonical import canonical_json
 from shared.errors import InputError, MlwardenError
 from shared.events import Frozen, Sha256Hex
+
+from . import _hash_worker
 
 #: Read buffers are sized to the file, between these bounds: one read for small files, and a
 #: bounded buffer (constant memory) for large ones. hashlib releases the GIL for updates larger
@@ -199,7 +204,7 @@ def _open_regular(path: Path, *, follow_symlinks: bool) -> tuple[int, os.stat_re
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags)
+        fd = _hash_worker.open_noatime(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError("symlink refused", path=str(path)) from exc
@@ -290,6 +295,72 @@ def _shards(size: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, size)) for start in range(0, size, shard_size)]
 
 
+class _Helper:
+    """One `_hash_worker` process: hashes batches of small files outside this interpreter's GIL."""
+
+    def __init__(self) -> None:
+        # -I -S: no site, no environment, no current folder on sys.path: the worker needs only
+        # the standard library and starts in about 10 ms.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", _hash_worker.__file__, str(SMALL_FILE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+
+    def send(self, batch: Sequence[TreeEntry]) -> None:
+        """Queue `batch` for hashing; `receive` returns its answers, in the order sent."""
+        assert self.proc.stdin is not None
+        payload = b"\0".join(os.fsencode(entry.source) for entry in batch)
+        message = memoryview(len(payload).to_bytes(4, "big") + payload)
+        while message:  # an unbuffered pipe may take a long message in parts
+            message = message[self.proc.stdin.write(message) or 0 :]
+
+    def receive(self, count: int) -> list[tuple[str, int] | None]:
+        """Digest and size of each of the `count` files of the oldest batch sent, None if refused."""
+        assert self.proc.stdout is not None
+        want = _hash_worker.RECORD * count
+        data = bytearray()
+        while len(data) < want:
+            chunk = self.proc.stdout.read(want - len(data))
+            if not chunk:
+                raise OSError("hash worker exited")
+            data += chunk
+        out: list[tuple[str, int] | None] = []
+        for i in range(0, want, _hash_worker.RECORD):
+            record = data[i : i + _hash_worker.RECORD]
+            ok = record[0] == ord("K")
+            out.append((record[1:33].hex(), int.from_bytes(record[33:], "big")) if ok else None)
+        return out
+
+    def close(self) -> None:
+        """Ask the worker to exit and reap it (killed if it does not within a few seconds)."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.write(b"\0\0\0\0")
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+#: Use helper processes only from this many small files on: below it, starting one costs
+#: more than it saves.
+HELPER_MIN_FILES = 256
+
+
+@dataclass
+class _Task:
+    weight: int
+    run: Callable[[], list[Piece]]
+    #: Set for a batch of small files, which a helper process may take instead.
+    batch: list[TreeEntry] | None = None
+
+
 def hash_pieces(
     entries: Sequence[TreeEntry],
     *,
@@ -306,7 +377,7 @@ def hash_pieces(
     if shard_size is not None and shard_size <= 0:
         raise ValueError(f"shard size must be positive, got {shard_size}")
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    tasks: list[tuple[int, Callable[[], list[Piece]]]] = []
+    tasks: list[_Task] = []
 
     def whole(batch: list[TreeEntry]) -> Callable[[], list[Piece]]:
         def run() -> list[Piece]:
@@ -331,31 +402,120 @@ def hash_pieces(
 
     batch: list[TreeEntry] = []
     batch_bytes = 0
+    n_small = 0
     for entry in entries:
         # A file that fits in one shard is hashed whole: the same bytes, the same digest.
         if shard_size is not None and entry.size > min(shard_size, SMALL_FILE):
             bounds = _shards(entry.size, shard_size)
             for i, (start, end) in enumerate(bounds):
-                tasks.append((end - start, shard(entry, start, end, i == len(bounds) - 1)))
+                tasks.append(_Task(end - start, shard(entry, start, end, i == len(bounds) - 1)))
         elif entry.size >= SMALL_FILE:
-            tasks.append((entry.size, whole([entry])))
+            tasks.append(_Task(entry.size, whole([entry])))
         else:
+            n_small += 1
             batch.append(entry)
             batch_bytes += entry.size
             if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                tasks.append((batch_bytes, whole(batch)))
+                tasks.append(_Task(batch_bytes, whole(batch), batch))
                 batch, batch_bytes = [], 0
     if batch:
-        tasks.append((batch_bytes, whole(batch)))
+        tasks.append(_Task(batch_bytes, whole(batch), batch))
     # Largest first: the pool ends together instead of waiting on one big file picked last.
-    tasks.sort(key=lambda task: -task[0])
+    tasks.sort(key=lambda task: -task.weight)
     if n_workers == 1 or len(tasks) <= 1:
-        pieces = [piece for _, run in tasks for piece in run()]
+        pieces = [piece for task in tasks for piece in task.run()]
     else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mlw-hash") as pool:
-            pieces = [piece for result in pool.map(lambda task: task[1](), tasks) for piece in result]
+        n_helpers = n_workers - 1 if n_small >= HELPER_MIN_FILES else 0
+        # Threads only for what the helpers leave: with small files alone, more threads than
+        # cores would fight over the GIL; large files are hashed with the GIL released.
+        only_batches = all(task.batch is not None for task in tasks)
+        n_threads = max(1, n_workers - n_helpers) if only_batches else n_workers
+        pieces = _run_tasks(tasks, n_threads, n_helpers, progress)
     pieces.sort(key=lambda piece: (piece.path, piece.start))
     return pieces
+
+
+def _run_tasks(tasks: list[_Task], n_threads: int, n_helpers: int, progress: Progress | None) -> list[Piece]:
+    """Run `tasks` on `n_threads` threads (largest first) and `n_helpers` helper processes.
+
+    Helpers take batches of small files from the small end of the queue while the threads
+    start on the large files (hashlib releases the GIL on them), so in a folder of a few large
+    files and many small ones both kinds of work run at once. An error is raised only after
+    every task ran, and it is the one of the first failing task in queue order, as a
+    sequential run would raise it.
+    """
+    queue = collections.deque(enumerate(tasks))
+    lock = threading.Lock()
+    results: dict[int, list[Piece]] = {}
+    errors: dict[int, BaseException] = {}
+
+    def take(small_end: bool) -> tuple[int, _Task] | None:
+        with lock:
+            if not queue:
+                return None
+            if small_end:
+                return queue.pop() if queue[-1][1].batch is not None else None
+            return queue.popleft()
+
+    def run_one(index: int, task: _Task) -> None:
+        try:
+            results[index] = task.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller, in task order
+            errors[index] = exc
+
+    def run_in_thread() -> None:
+        while (item := take(small_end=False)) is not None:
+            run_one(*item)
+
+    def run_in_helper() -> None:
+        try:
+            helper = _Helper()
+        except OSError:
+            return  # no interpreter to start (a frozen build): the threads do all the work
+        # Two batches in flight: the worker hashes the next one while this thread decodes.
+        in_flight: collections.deque[tuple[int, _Task]] = collections.deque()
+        try:
+            while True:
+                while len(in_flight) < 2 and (item := take(small_end=True)) is not None:
+                    assert item[1].batch is not None
+                    helper.send(item[1].batch)
+                    in_flight.append(item)
+                if not in_flight:
+                    return
+                index, task = in_flight.popleft()
+                assert task.batch is not None
+                answers = helper.receive(len(task.batch))
+                _finish_batch(index, task.batch, answers)
+        except OSError:
+            # The worker died or could not be fed: this thread hashes its batches itself.
+            for index, task in in_flight:
+                run_one(index, task)
+            run_in_thread()
+        finally:
+            helper.close()
+
+    def _finish_batch(index: int, batch: list[TreeEntry], answers: list[tuple[str, int] | None]) -> None:
+        pieces = []
+        try:
+            for entry, answer in zip(batch, answers, strict=True):
+                # Refused by the worker: hashing it here raises the right error (or, if the
+                # file became readable meanwhile, hashes it).
+                sha256, size = answer or _hash_regular_file(entry.source, follow_symlinks=False)
+                pieces.append(Piece(entry.path, 0, size, sha256))
+                if progress is not None:
+                    progress(size)
+            results[index] = pieces
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller, in task order
+            errors[index] = exc
+
+    with ThreadPoolExecutor(max_workers=n_threads + n_helpers, thread_name_prefix="mlw-hash") as pool:
+        futures = [pool.submit(run_in_helper) for _ in range(n_helpers)]
+        futures += [pool.submit(run_in_thread) for _ in range(n_threads)]
+        for future in futures:
+            future.result()
+    if errors:
+        raise errors[min(errors)]
+    return [piece for index in sorted(results) for piece in results[index]]
 
 
 def hash_tree(

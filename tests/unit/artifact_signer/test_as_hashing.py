@@ -206,3 +206,30 @@ def test_a_file_that_grows_between_walk_and_shard_hashing_is_refused(tmp_path: P
         fh.write(b"appended after the walk")
     with pytest.raises(InputError, match="grew"):
         hash_pieces([entry], shard_size=256 * 1024)
+
+
+def test_many_small_files_hashed_by_helper_processes_match_hashlib(tmp_path: Path) -> None:
+    from services.artifact_signer.hashing import HELPER_MIN_FILES, hash_pieces
+
+    data = {f"d{i % 7}/f{i:04}.bin": os.urandom(i * 37 % 5000) for i in range(HELPER_MIN_FILES + 50)}
+    for name, content in data.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "large.bin").write_bytes(big := os.urandom(600_000))
+    data["large.bin"] = big
+    pieces = hash_pieces(walk_tree(tmp_path), workers=2)
+    assert [(p.path, p.sha256, p.size) for p in pieces] == [
+        (name, hashlib.sha256(data[name]).hexdigest(), len(data[name])) for name in sorted(data)
+    ]
+
+
+def test_a_fifo_swapped_in_after_the_walk_is_refused_with_helper_processes(tmp_path: Path) -> None:
+    from services.artifact_signer.hashing import HELPER_MIN_FILES, hash_pieces
+
+    for i in range(HELPER_MIN_FILES + 10):
+        (tmp_path / f"f{i:04}.bin").write_bytes(b"x" * i)
+    entries = walk_tree(tmp_path)
+    (tmp_path / "f0003.bin").unlink()
+    os.mkfifo(tmp_path / "f0003.bin")
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        hash_pieces(entries, workers=2)
