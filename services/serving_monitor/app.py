@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.serving_monitor.abuse import AbuseMonitor
+from services.serving_monitor.abuse import AbuseMonitor, AlertSpec
 from services.serving_monitor.admission import Admission
 from services.serving_monitor.auth import ApiKeyRecord, ApiKeyStore
 from services.serving_monitor.errors import ServingMonitorError
-from services.serving_monitor.keystore import SCHEMA_PREFIX, load_pepper
+from services.serving_monitor.extraction import ExtractionMonitor
+from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX, load_pepper
+from services.serving_monitor.ood import OodMonitor, ReferenceProfile
 from services.serving_monitor.ratelimit import GcraLimiter
 from services.serving_monitor.validation import FeatureSchema, SchemaRegistry
 from shared.bus import ServiceRuntime
@@ -48,6 +50,12 @@ class ServingSettings(BaseSettings):
     abuse_min_records: int = 20
     abuse_cooldown_s: float = 60.0
     denial_flush_s: float = 0.5
+    ood_rate_floor: float = 0.1
+    ood_alpha: float = 1e-4
+    ood_min_records: int = 30
+    extraction_w_threshold: float = 0.84
+    extraction_min_queries: int = 100
+    detector_cooldown_s: float = 300.0
 
 
 class Monitor:
@@ -62,6 +70,18 @@ class Monitor:
         self.abuse = AbuseMonitor(
             cfg.abuse_volume_per_minute, cfg.abuse_invalid_rate, cfg.abuse_min_records, cfg.abuse_cooldown_s
         )
+        self.profiles: dict[str, ReferenceProfile] = {}
+        self.ood = OodMonitor(
+            rate_floor=cfg.ood_rate_floor,
+            alpha=cfg.ood_alpha,
+            min_records=cfg.ood_min_records,
+            cooldown_s=cfg.detector_cooldown_s,
+        )
+        self.extraction = ExtractionMonitor(
+            w_threshold=cfg.extraction_w_threshold,
+            min_queries=cfg.extraction_min_queries,
+            cooldown_s=cfg.detector_cooldown_s,
+        )
         self.flush_s = cfg.denial_flush_s
         self.denials: Counter[tuple[str, str, str]] = Counter()
         self.tasks: list[asyncio.Task[None]] = []
@@ -73,9 +93,11 @@ class Monitor:
         state_kv = await js.key_value(STATE_BUCKET)
         key_watch = await keys_kv.watchall()
         schema_watch = await state_kv.watch(SCHEMA_PREFIX + ">")
+        profile_watch = await state_kv.watch(PROFILE_PREFIX + ">")
         self.tasks = [
             asyncio.create_task(self._follow(key_watch, self._on_key), name="sm:keys"),
             asyncio.create_task(self._follow(schema_watch, self._on_schema), name="sm:schemas"),
+            asyncio.create_task(self._follow(profile_watch, self._on_profile), name="sm:profiles"),
             asyncio.create_task(self._flush_loop(), name="sm:denials"),
         ]
         # The watchers deliver the current values first; wait briefly so the first requests
@@ -111,6 +133,25 @@ class Monitor:
         if SCHEMA_PREFIX + schema.model != key:
             raise ValueError(f"schema for {schema.model} stored under {key}")
         self.schemas.register(schema)
+
+    def _on_profile(self, key: str, value: bytes) -> None:
+        profile = ReferenceProfile.from_dict(orjson.loads(value))
+        if PROFILE_PREFIX + profile.model != key:
+            raise ValueError(f"profile for {profile.model} stored under {key}")
+        # A new reference changes what "OOD" and the standardised space mean: start clients afresh.
+        self.ood.forget_model(profile.model)
+        self.extraction.forget_model(profile.model)
+        self.profiles[profile.model] = profile
+
+    def observe(self, batch: PredictionBatch) -> list[AlertSpec]:
+        """Every detector over one logged batch: abuse always, OOD and extraction with a profile."""
+        now = time.monotonic()
+        alerts = self.abuse.observe_batch(batch, self.schemas.get(batch.model), now)
+        profile = self.profiles.get(batch.model)
+        if profile is not None:
+            alerts += self.ood.observe_batch(batch, profile, now)
+            alerts += self.extraction.observe_batch(batch, profile, now)
+        return alerts
 
     def admit(self, request: AdmitRequest) -> AdmitReply:
         """Decide one admission; remember a denial for the audit trail."""
@@ -163,11 +204,9 @@ def create_app(settings: Settings | None = None, cfg: ServingSettings | None = N
 
     @svc.consume(Subjects.PREDICTION_LOGGED, PredictionBatch)
     async def on_predictions(event: Envelope[PredictionBatch]) -> None:
-        """A batch of served predictions: per-client volume and invalid-input rate."""
+        """A batch of served predictions: per-client volume, invalid inputs, OOD inputs, extraction."""
         m = monitor()
-        batch = event.data
-        alerts = m.abuse.observe_batch(batch, m.schemas.get(batch.model), time.monotonic())
-        for spec in alerts:
+        for spec in m.observe(event.data):
             await m.runtime.emit(
                 Subjects.alert(SERVICE), spec.to_alert(), in_reply_to=event.id, kind=f"{spec.kind}:{spec.client}"
             )

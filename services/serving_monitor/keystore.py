@@ -15,11 +15,13 @@ import orjson
 from nats.js import JetStreamContext
 
 from services.serving_monitor.auth import MIN_PEPPER_BYTES, ApiKeyStore
+from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.validation import FeatureSchema
 from shared.settings import Settings
 from shared.topology import API_KEYS_BUCKET, STATE_BUCKET
 
 SCHEMA_PREFIX = "schema."
+PROFILE_PREFIX = "profile."
 
 
 def pepper_path(settings: Settings) -> Path:
@@ -62,3 +64,9 @@ async def register_schema_on_bus(js: JetStreamContext, schema: FeatureSchema) ->
     """Register (or replace) a model's input feature schema."""
     kv = await js.key_value(STATE_BUCKET)
     await kv.put(SCHEMA_PREFIX + schema.model, orjson.dumps(schema.model_dump(mode="json")))
+
+
+async def register_profile_on_bus(js: JetStreamContext, profile: ReferenceProfile) -> None:
+    """Register (or replace) a model's offline OOD/extraction reference profile."""
+    kv = await js.key_value(STATE_BUCKET)
+    await kv.put(PROFILE_PREFIX + profile.model, orjson.dumps(profile.to_dict()))

@@ -1,0 +1,220 @@
+"""Model-extraction detection after PRADA (Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting
+against DNN Model Stealing Attacks", IEEE EuroS&P 2019, arXiv:1805.02628).
+
+PRADA's observation: the minimum L2 distance of a benign client's new query to its earlier
+queries follows a roughly normal law, because benign queries are independent draws from the
+natural input distribution. An extraction attack synthesises its queries (Jacobian-based
+augmentation steps a fixed amount from earlier queries; random or grid probing covers the input
+box evenly), so those distances bunch up at a few values, and the Shapiro-Wilk statistic W of the
+distance set drops. Per client, following the paper's Algorithm 1 (one growing set per client
+rather than per predicted class: prediction logs may be regression outputs):
+
+1. standardise the query with the model's offline reference (`ood.ReferenceProfile`);
+2. ``d_min`` = its smallest L2 distance to the client's growing set G; append ``d_min`` to D;
+3. add the query to G only if ``d_min`` exceeds T = max(mean - std) of the distances that were
+   added to G, so near-duplicates do not crowd G;
+4. once D holds `min_queries` distances, alert `serving.extraction` when W(D) < `w_threshold`.
+
+Bounded memory (the paper's G and D grow without limit, which would let one client exhaust the
+service): G is a ring of the last `max_set` accepted queries and D a ring of the last
+`max_distances` distances. Last-N rather than a reservoir because the test is about the client's
+*current* behaviour: a reservoir keeps a uniform sample of its whole history, so an attack begun
+after a long benign spell would be diluted, and its per-query cost (distance to |G| points) is the
+same. An attacker can evade by interleaving natural queries; PRADA's own limitation, stated there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import shapiro
+
+from services.serving_monitor.abuse import AlertSpec
+from services.serving_monitor.errors import ConfigError
+from services.serving_monitor.ood import FloatArray, ReferenceProfile
+from shared.events import PredictionBatch, Severity
+
+KIND_EXTRACTION = "serving.extraction"
+DEFAULT_MAX_CLIENTS = 10_000
+# Distances whose spread is this small relative to their mean are all "the same distance": a grid
+# or fixed-step attack. Shapiro-Wilk is undefined on a constant sample, so score it W = 0.
+_DEGENERATE_SPREAD = 1e-9
+
+
+@dataclass(slots=True)
+class _ClientState:
+    """A client's growing set G (ring), distance set D (ring), and PRADA's threshold T."""
+
+    dims: int
+    max_set: int
+    max_distances: int
+    warmup: int
+    g: FloatArray = field(init=False)
+    g_len: int = 0
+    g_next: int = 0
+    d: FloatArray = field(init=False)
+    d_len: int = 0
+    d_next: int = 0
+    # Running sums of the distances admitted to G (for T = mean - std), decayed with the ring
+    # by keeping them over the admitted distances still in G.
+    g_dist: FloatArray = field(init=False)
+    threshold: float = 0.0
+    queries: int = 0
+    last_alert: float = -math.inf
+
+    def __post_init__(self) -> None:
+        self.g = np.zeros((self.max_set, self.dims), dtype=np.float64)
+        self.g_dist = np.zeros(self.max_set, dtype=np.float64)
+        self.d = np.zeros(self.max_distances, dtype=np.float64)
+
+    def add(self, z: FloatArray) -> None:
+        self.queries += 1
+        if self.g_len < self.warmup:
+            # The first distances measure how empty G is, not how the client queries: with a
+            # handful of points in G every natural query is "far", and those few large values
+            # alone push W down. PRADA's D starts after this warm-up here.
+            d_warm = float(np.sqrt(np.min(np.sum((self.g[: self.g_len] - z) ** 2, axis=1)))) if self.g_len else math.nan
+            self._admit(z, d_warm)
+            return
+        d_min = float(np.sqrt(np.min(np.sum((self.g[: self.g_len] - z) ** 2, axis=1))))
+        self.d[self.d_next] = d_min
+        self.d_next = (self.d_next + 1) % self.max_distances
+        self.d_len = min(self.d_len + 1, self.max_distances)
+        if d_min > self.threshold:
+            self._admit(z, d_min)
+
+    def _admit(self, z: FloatArray, d_min: float) -> None:
+        self.g[self.g_next] = z
+        self.g_dist[self.g_next] = d_min
+        self.g_next = (self.g_next + 1) % self.max_set
+        self.g_len = min(self.g_len + 1, self.max_set)
+        admitted = self.g_dist[: self.g_len]
+        admitted = admitted[np.isfinite(admitted)]
+        if admitted.size >= 2:
+            self.threshold = max(self.threshold, float(admitted.mean() - admitted.std()))
+
+    def distances(self) -> FloatArray:
+        return self.d[: self.d_len]
+
+
+def shapiro_w(distances: FloatArray) -> float:
+    """Shapiro-Wilk W of the distances; 0 for a degenerate (constant) sample."""
+    spread = float(np.ptp(distances))
+    if spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
+        return 0.0
+    return float(shapiro(distances).statistic)
+
+
+class ExtractionMonitor:
+    """PRADA per (model, client) over standardised queries, with bounded memory per client."""
+
+    def __init__(
+        self,
+        *,
+        w_threshold: float = 0.84,
+        min_queries: int = 100,
+        max_set: int = 256,
+        max_distances: int = 512,
+        warmup: int = 16,
+        cooldown_s: float = 300.0,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+    ) -> None:
+        if not 0 < w_threshold < 1:
+            raise ConfigError("w_threshold", w_threshold, "in (0, 1)")
+        # Shapiro-Wilk needs at least 3 values and scipy's p-values hold up to 5000.
+        if min_queries < 20:
+            raise ConfigError("min_queries", min_queries, ">= 20")
+        if not 1 <= warmup <= max_set:
+            raise ConfigError("warmup", warmup, f"in [1, max_set={max_set}]")
+        if not min_queries <= max_distances <= 5000:
+            raise ConfigError("max_distances", max_distances, f"in [min_queries={min_queries}, 5000]")
+        if not (math.isfinite(cooldown_s) and cooldown_s >= 0):
+            raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
+        if max_clients < 1:
+            raise ConfigError("max_clients", max_clients, ">= 1")
+        self.w_threshold = w_threshold
+        self.min_queries = min_queries
+        self.max_set = max_set
+        self.max_distances = max_distances
+        self.warmup = warmup
+        self.cooldown_s = cooldown_s
+        self.max_clients = max_clients
+        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+
+    def __len__(self) -> int:
+        """(model, client) pairs currently tracked."""
+        return len(self._clients)
+
+    def bytes_per_client(self, dims: int) -> int:
+        """Upper bound of the numeric state one client costs, for `dims` features."""
+        return 8 * (self.max_set * (dims + 1) + self.max_distances)
+
+    def forget_model(self, model: str) -> None:
+        """Drop every client's state for `model` (a new profile changes the standardised space)."""
+        for key in [k for k in self._clients if k[0] == model]:
+            del self._clients[key]
+
+    def _state(self, key: tuple[str, str], dims: int) -> _ClientState:
+        state = self._clients.get(key)
+        if state is None or state.dims != dims:
+            if state is None and len(self._clients) >= self.max_clients:
+                self._clients.popitem(last=False)
+            state = self._clients[key] = _ClientState(dims, self.max_set, self.max_distances, self.warmup)
+        self._clients.move_to_end(key)
+        return state
+
+    def observe(self, client: str, profile: ReferenceProfile, z: FloatArray, now: float) -> list[AlertSpec]:
+        """Fold in one client's standardised queries `z` (rows); test once after them."""
+        state = self._state((profile.model, client), len(profile.features))
+        for row in z:
+            # A query with a missing or non-finite feature has no distance; the OOD and
+            # invalid-input detectors judge it.
+            if np.isfinite(row).all():
+                state.add(row)
+        if state.d_len < self.min_queries or now - state.last_alert < self.cooldown_s:
+            return []
+        w = shapiro_w(state.distances())
+        if w >= self.w_threshold:
+            return []
+        state.last_alert = now
+        severity = Severity.FAIL if w < self.w_threshold - 0.1 else Severity.WARN
+        return [
+            AlertSpec(
+                kind=KIND_EXTRACTION,
+                severity=severity,
+                message=(
+                    f"client {client!r} queries {profile.model!r} like a model-extraction attack "
+                    f"(PRADA Shapiro-Wilk W={w:.3f} < {self.w_threshold})"
+                ),
+                client=client,
+                model=profile.model,
+                evidence={
+                    "shapiro_w": round(w, 4),
+                    "w_threshold": self.w_threshold,
+                    "distances": state.d_len,
+                    "queries": state.queries,
+                    "profile_version": profile.version,
+                },
+            )
+        ]
+
+    def observe_rows(
+        self, client: str, profile: ReferenceProfile, rows: Iterable[Mapping[str, float | None]], now: float
+    ) -> list[AlertSpec]:
+        """Standardise raw feature rows with `profile` and observe them."""
+        z = profile.standardise(profile.matrix(list(rows)))
+        return self.observe(client, profile, z, now)
+
+    def observe_batch(self, batch: PredictionBatch, profile: ReferenceProfile, now: float) -> list[AlertSpec]:
+        """Observe a logged batch, client by client, in record order."""
+        by_client: dict[str, list[Mapping[str, float | None]]] = {}
+        for record in batch.records:
+            by_client.setdefault(record.client, []).append(record.features)
+        alerts: list[AlertSpec] = []
+        for client, rows in by_client.items():
+            alerts.extend(self.observe_rows(client, profile, rows, now))
+        return alerts

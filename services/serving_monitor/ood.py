@@ -1,0 +1,319 @@
+"""Out-of-distribution and adversarial-input scoring against a reference fitted offline.
+
+A `ReferenceProfile` is fitted once, from a model's training data, by `fit_reference`:
+
+1. each feature is standardised robustly (median and MAD, so outliers in the training data do
+   not stretch the scale);
+2. the covariance of the standardised features is estimated with Ledoit-Wolf shrinkage
+   (Ledoit & Wolf, 2004), which stays well conditioned with few rows or correlated features;
+3. the squared Mahalanobis distance of a record to the reference centre is its OOD score;
+4. the flag threshold is the ``1 - false_flag_rate`` quantile of the scores of a held-out part of
+   the training data that the covariance never saw, so the stated false-flag rate is measured
+   rather than assumed from a chi-square law the data need not follow.
+
+The profile is a plain JSON document (`to_dict` / `from_dict`) kept under `profile.<model>` in the
+`mlw-state` bucket, versioned by whoever fits it. The monitor only reads it: a detector that
+refits on the traffic it judges can be walked away from its reference by that traffic (STYLE.md).
+
+`OodMonitor` keeps, per (model, client), two exponentially decayed counters (records and flagged
+records), as `abuse.AbuseMonitor` does, and raises `serving.ood` when the client's flagged share
+is above a floor and significantly above the calibrated false-flag rate (one-sided binomial test).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from scipy.stats import binomtest
+from sklearn.covariance import LedoitWolf
+
+from services.serving_monitor.abuse import AlertSpec
+from services.serving_monitor.errors import ConfigError
+from shared.events import Name, PredictionBatch, Severity
+
+KIND_OOD = "serving.ood"
+PROFILE_FORMAT = 1
+# MAD of a normal law is 0.6745 sigma: this factor makes the MAD a consistent sigma estimate.
+_MAD_TO_SIGMA = 1.4826
+# A constant training feature must not divide by zero; any movement of it is then far out.
+_MIN_SCALE = 1e-9
+DEFAULT_MAX_CLIENTS = 100_000
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class ReferenceProfile(BaseModel):
+    """The offline reference of one model's inputs: robust scaling, precision, calibrated threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = Field(default=PROFILE_FORMAT, description="profile layout version")
+    model: Name = Field(description="model name")
+    version: str = Field(default="1", max_length=64, description="who/when fitted it, free text")
+    features: list[Name] = Field(min_length=1, description="feature names, in the order below")
+    center: list[float] = Field(description="per-feature median of the training data")
+    scale: list[float] = Field(description="per-feature robust sigma (1.4826 MAD), floored")
+    location: list[float] = Field(description="Ledoit-Wolf mean of the standardised features")
+    precision: list[list[float]] = Field(description="inverse Ledoit-Wolf covariance (d x d)")
+    threshold: float = Field(gt=0, description="squared Mahalanobis distance above which a record is OOD")
+    false_flag_rate: float = Field(gt=0, lt=1, description="target share of clean records flagged")
+    calibrated_rate: float = Field(ge=0, le=1, description="share of held-out clean records flagged")
+    n_fit: int = Field(ge=2, description="training rows used for the covariance")
+    n_calibration: int = Field(ge=1, description="held-out rows used for the threshold")
+
+    _center: FloatArray = PrivateAttr()
+    _scale: FloatArray = PrivateAttr()
+    _location: FloatArray = PrivateAttr()
+    _precision: FloatArray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> ReferenceProfile:
+        d = len(self.features)
+        if len(set(self.features)) != d:
+            raise ValueError("duplicate feature names")
+        for name in ("center", "scale", "location"):
+            if len(getattr(self, name)) != d:
+                raise ValueError(f"{name} must have {d} entries")
+        if len(self.precision) != d or any(len(row) != d for row in self.precision):
+            raise ValueError(f"precision must be {d} x {d}")
+        arrays = {
+            "center": np.asarray(self.center, dtype=np.float64),
+            "scale": np.asarray(self.scale, dtype=np.float64),
+            "location": np.asarray(self.location, dtype=np.float64),
+            "precision": np.asarray(self.precision, dtype=np.float64),
+        }
+        if not all(np.isfinite(a).all() for a in arrays.values()) or not math.isfinite(self.threshold):
+            raise ValueError("profile values must be finite")
+        if (arrays["scale"] <= 0).any():
+            raise ValueError("scale must be > 0")
+        self._center, self._scale = arrays["center"], arrays["scale"]
+        self._location, self._precision = arrays["location"], arrays["precision"]
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, for the `mlw-state` bucket."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceProfile:
+        """Load and check a stored profile."""
+        return cls.model_validate(data)
+
+    def matrix(self, rows: Sequence[Mapping[str, float | None]]) -> FloatArray:
+        """Raw feature matrix in profile order; missing or None values become NaN."""
+        out = np.full((len(rows), len(self.features)), np.nan)
+        for i, row in enumerate(rows):
+            for j, name in enumerate(self.features):
+                value = row.get(name)
+                if value is not None:
+                    out[i, j] = value
+        return out
+
+    def standardise(self, x: FloatArray) -> FloatArray:
+        """Robustly standardised features (NaN stays NaN)."""
+        z: FloatArray = (x - self._center) / self._scale
+        return z
+
+    def scores(self, rows: Sequence[Mapping[str, float | None]]) -> FloatArray:
+        """Squared Mahalanobis distance per record; +inf when a feature is missing or not finite."""
+        return mahalanobis_sq(self.standardise(self.matrix(rows)), self._location, self._precision)
+
+    def is_ood(self, rows: Sequence[Mapping[str, float | None]]) -> npt.NDArray[np.bool_]:
+        """Which records are out of distribution."""
+        flagged: npt.NDArray[np.bool_] = self.scores(rows) > self.threshold
+        return flagged
+
+
+def mahalanobis_sq(z: FloatArray, location: FloatArray, precision: FloatArray) -> FloatArray:
+    """Row-wise squared Mahalanobis distance; rows with a non-finite value score +inf."""
+    bad: npt.NDArray[np.bool_] = np.asarray(~np.isfinite(z).all(axis=1), dtype=bool)
+    centred = np.where(bad[:, None], 0.0, z - location)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d2 = np.einsum("ij,jk,ik->i", centred, precision, centred)
+    d2 = np.where(bad | ~np.isfinite(d2), np.inf, np.maximum(d2, 0.0))
+    return np.asarray(d2, dtype=np.float64)
+
+
+def fit_reference(
+    x: npt.ArrayLike,
+    features: Sequence[str],
+    model: str,
+    *,
+    false_flag_rate: float = 0.01,
+    calibration_fraction: float = 0.3,
+    seed: int = 0,
+    version: str = "1",
+) -> ReferenceProfile:
+    """Fit a reference profile OFFLINE from training rows `x` (n x d, columns named `features`)."""
+    data = np.asarray(x, dtype=np.float64)
+    if data.ndim != 2 or data.shape[1] != len(features):
+        raise ConfigError("x columns", float(data.shape[-1]) if data.ndim else 0.0, f"== {len(features)} features")
+    if not np.isfinite(data).all():
+        raise ConfigError("x", float("nan"), "finite everywhere")
+    if not 0 < false_flag_rate < 0.5:
+        raise ConfigError("false_flag_rate", false_flag_rate, "in (0, 0.5)")
+    if not 0 < calibration_fraction < 1:
+        raise ConfigError("calibration_fraction", calibration_fraction, "in (0, 1)")
+    n = data.shape[0]
+    n_cal = round(n * calibration_fraction)
+    # The threshold quantile needs enough held-out rows to land beyond the last one.
+    min_cal = math.ceil(1.0 / false_flag_rate)
+    if n_cal < min_cal or n - n_cal < 2 * data.shape[1]:
+        raise ConfigError("rows", n, f"enough for {min_cal} calibration rows and {2 * data.shape[1]} fit rows")
+    order = np.random.default_rng(seed).permutation(n)
+    fit, cal = data[order[n_cal:]], data[order[:n_cal]]
+
+    center = np.median(fit, axis=0)
+    scale = np.maximum(_MAD_TO_SIGMA * np.median(np.abs(fit - center), axis=0), _MIN_SCALE)
+    lw = LedoitWolf().fit((fit - center) / scale)
+    location = np.asarray(lw.location_, dtype=np.float64)
+    precision = np.asarray(lw.precision_, dtype=np.float64)
+
+    cal_scores = mahalanobis_sq((cal - center) / scale, location, precision)
+    # "higher" takes an observed score, never one interpolated below it: the held-out flag rate
+    # is then at most the target.
+    threshold = float(np.quantile(cal_scores, 1.0 - false_flag_rate, method="higher"))
+    threshold = max(threshold, _MIN_SCALE)
+    return ReferenceProfile(
+        model=model,
+        version=version,
+        features=list(features),
+        center=center.tolist(),
+        scale=scale.tolist(),
+        location=location.tolist(),
+        precision=precision.tolist(),
+        threshold=threshold,
+        false_flag_rate=false_flag_rate,
+        calibrated_rate=float(np.mean(cal_scores > threshold)),
+        n_fit=int(fit.shape[0]),
+        n_calibration=int(n_cal),
+    )
+
+
+@dataclass(slots=True)
+class _ClientState:
+    records: float = 0.0
+    flagged: float = 0.0
+    updated: float = 0.0
+    last_alert: float = -math.inf
+
+
+class OodMonitor:
+    """Decayed per-(model, client) OOD rate, tested against the profile's calibrated rate."""
+
+    def __init__(
+        self,
+        *,
+        rate_floor: float = 0.1,
+        alpha: float = 1e-4,
+        min_records: int = 30,
+        cooldown_s: float = 60.0,
+        window_s: float = 300.0,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+    ) -> None:
+        if not 0 < rate_floor <= 1:
+            raise ConfigError("rate_floor", rate_floor, "in (0, 1]")
+        if not 0 < alpha < 1:
+            raise ConfigError("alpha", alpha, "in (0, 1)")
+        if min_records < 1:
+            raise ConfigError("min_records", min_records, ">= 1")
+        if not (math.isfinite(cooldown_s) and cooldown_s >= 0):
+            raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ConfigError("window_s", window_s, "finite and > 0")
+        if max_clients < 1:
+            raise ConfigError("max_clients", max_clients, ">= 1")
+        self.rate_floor = rate_floor
+        self.alpha = alpha
+        self.min_records = min_records
+        self.cooldown_s = cooldown_s
+        self.window_s = window_s
+        self.max_clients = max_clients
+        # Least recently seen first, evicted first when full (its counters have decayed the most).
+        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+
+    def __len__(self) -> int:
+        """(model, client) pairs currently tracked."""
+        return len(self._clients)
+
+    def forget_model(self, model: str) -> None:
+        """Drop every client's state for `model` (its profile changed, so did the meaning of 'OOD')."""
+        for key in [k for k in self._clients if k[0] == model]:
+            del self._clients[key]
+
+    def _state(self, key: tuple[str, str], now: float) -> _ClientState:
+        state = self._clients.get(key)
+        if state is None:
+            if len(self._clients) >= self.max_clients:
+                self._clients.popitem(last=False)
+            state = self._clients[key] = _ClientState(updated=now)
+        else:
+            self._clients.move_to_end(key)
+        return state
+
+    def observe(
+        self, client: str, profile: ReferenceProfile, records: int, flagged: int, now: float
+    ) -> list[AlertSpec]:
+        """Fold in `records` records of which `flagged` were OOD; return a new alert if any."""
+        if records < 0 or not 0 <= flagged <= records:
+            raise ConfigError("flagged", flagged, f"in [0, records={records}]")
+        if not math.isfinite(now):
+            raise ConfigError("now", now, "finite")
+        state = self._state((profile.model, client), now)
+        decay = math.exp(-max(0.0, now - state.updated) / self.window_s)
+        state.records = state.records * decay + records
+        state.flagged = state.flagged * decay + flagged
+        state.updated = max(state.updated, now)
+        if state.records < self.min_records or now - state.last_alert < self.cooldown_s:
+            return []
+        rate = state.flagged / state.records
+        if rate < self.rate_floor:
+            return []
+        # The decayed counts read as "records in the last window"; the test runs on them rounded.
+        n, k = round(state.records), min(round(state.flagged), round(state.records))
+        null_rate = max(profile.false_flag_rate, profile.calibrated_rate)
+        p_value = float(binomtest(k, n, null_rate, alternative="greater").pvalue)
+        if p_value >= self.alpha:
+            return []
+        state.last_alert = now
+        severity = Severity.FAIL if rate >= min(1.0, 2 * self.rate_floor) else Severity.WARN
+        return [
+            AlertSpec(
+                kind=KIND_OOD,
+                severity=severity,
+                message=(
+                    f"client {client!r} sent {rate:.0%} out-of-distribution inputs to {profile.model!r}, "
+                    f"expected about {null_rate:.1%} (p={p_value:.1e})"
+                ),
+                client=client,
+                model=profile.model,
+                evidence={
+                    "ood_rate": round(rate, 4),
+                    "expected_rate": null_rate,
+                    "p_value": p_value,
+                    "records_in_window": round(state.records, 3),
+                    "profile_version": profile.version,
+                    "window_s": self.window_s,
+                },
+            )
+        ]
+
+    def observe_batch(self, batch: PredictionBatch, profile: ReferenceProfile, now: float) -> list[AlertSpec]:
+        """Score a logged batch against `profile` and observe each client."""
+        flags = profile.is_ood([r.features for r in batch.records])
+        counts: dict[str, list[int]] = {}
+        for record, flag in zip(batch.records, flags, strict=True):
+            tally = counts.setdefault(record.client, [0, 0])
+            tally[0] += 1
+            tally[1] += bool(flag)
+        alerts: list[AlertSpec] = []
+        for client, (records, flagged) in counts.items():
+            alerts.extend(self.observe(client, profile, records, flagged, now))
+        return alerts

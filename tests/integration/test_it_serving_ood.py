@@ -1,0 +1,60 @@
+"""serving-monitor on a real bus: a registered reference profile turns on OOD and extraction alerts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from services.serving_monitor.keystore import register_profile_on_bus
+from services.serving_monitor.ood import fit_reference
+from shared.events import PredictionRecord
+from shared.topology import Subjects
+
+D = 5
+FEATURES = [f"f{i}" for i in range(D)]
+MIX = np.random.default_rng(1).normal(size=(D, D)) * 0.5 + np.eye(D)
+
+
+def natural(n: int, seed: int) -> Any:
+    return np.random.default_rng(seed).normal(size=(n, D)) @ MIX + np.arange(D) * 10.0
+
+
+def records(client: str, x: Any) -> list[PredictionRecord]:
+    return [
+        PredictionRecord(client=client, features=dict(zip(FEATURES, r.tolist(), strict=True)), prediction=0) for r in x
+    ]
+
+
+async def test_ood_and_extraction_clients_alert_and_a_benign_client_does_not(bus: Any) -> None:
+    running = await bus("serving-monitor")
+    train = natural(4000, 0)
+    profile = fit_reference(train, FEATURES, "fraud")
+    await register_profile_on_bus(running.client.js, profile)
+    await asyncio.sleep(0.3)  # the service follows the bucket through a watcher
+
+    lo, hi = train.min(axis=0), train.max(axis=0)
+    grid = np.stack(np.meshgrid(*[np.linspace(a, b, 4) for a, b in zip(lo, hi, strict=True)]), axis=-1)
+    probing = grid.reshape(-1, D)[:200]  # an even probe of the feature box: extraction-like
+    shifted = natural(200, 2) + 3.0 * np.asarray(profile.scale)  # far from the training data
+    benign = natural(200, 3)
+    async with running.client.watch() as watcher:
+        for i in range(0, 200, 50):
+            batch = (
+                records("thief", probing[i : i + 50])
+                + records("drifter", shifted[i : i + 50])
+                + records("user", benign[i : i + 50])
+            )
+            await running.client.log_predictions("fraud", batch)
+
+        def alert(kind: str, client: str) -> Any:
+            return lambda e: (
+                e.type == Subjects.alert("serving-monitor") and e.data.kind == kind and e.data.client == client
+            )
+
+        assert await watcher.wait(alert("serving.extraction", "thief"), 10) is not None
+        assert await watcher.wait(alert("serving.ood", "drifter"), 10) is not None
+        await asyncio.sleep(0.5)
+    alerted = {(e.data.kind, e.data.client) for e in watcher.events if e.type == Subjects.alert("serving-monitor")}
+    assert not any(client == "user" for _, client in alerted), alerted
