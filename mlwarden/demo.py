@@ -298,12 +298,19 @@ class Demo:
         """Good traffic, no key, a burst, invalid inputs, abusive prediction logs."""
         from sklearn.datasets import load_breast_cancer
 
-        from services.serving_monitor.keystore import issue_key_on_bus, register_schema_on_bus
+        from services.serving_monitor.keystore import (
+            issue_key_on_bus,
+            register_profile_on_bus,
+            register_schema_on_bus,
+        )
+        from services.serving_monitor.ood import fit_reference
         from services.serving_monitor.validation import schema_from_training
 
         x, _ = load_breast_cancer(return_X_y=True)
         names = [f"f{i}" for i in range(x.shape[1])]
         await register_schema_on_bus(self.c.js, schema_from_training(model, x, names))
+        # Fitted offline on the training data, never on the traffic it judges.
+        await register_profile_on_bus(self.c.js, fit_reference(x, names, model))
         key = await issue_key_on_bus(self.c.js, self.settings, "webapp", [model])
         await asyncio.sleep(0.5)  # serving-monitor follows the buckets
         row = {n: float(v) for n, v in zip(names, x[0], strict=True)}
@@ -359,6 +366,29 @@ class Demo:
             "200 logged predictions with invalid inputs",
             "alert",
             alert.data.kind if alert else "no alert",
+            alert is not None,
+        )
+        # Model extraction: fixed-size steps from a real input along a direction, the query
+        # pattern of Jacobian-based training-set augmentation (Papernot et al. 2017).
+        rng = np.random.default_rng(5)
+        direction = rng.normal(size=x.shape[1]) * x.std(axis=0) * 0.01
+        probes = [x[0] + k * direction for k in range(240)]
+        stolen = [
+            PredictionRecord(client="cloner", features=dict(zip(names, map(float, p), strict=True)), prediction=0)
+            for p in probes
+        ]
+        for start in range(0, len(stolen), 60):
+            await self.c.log_predictions(model, stolen[start : start + 60])
+        alert = await self.verdict(
+            lambda e: e.type == "mlw.alert.serving-monitor"
+            and (e.data.client or "") == "cloner"
+            and e.data.kind == "serving.extraction"
+        )
+        self.record(
+            "serving-monitor",
+            "240 Jacobian-style probing queries (model extraction)",
+            "alert",
+            f"{alert.data.kind}: {alert.data.message[:80]}" if alert else "no alert",
             alert is not None,
         )
 
