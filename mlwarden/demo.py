@@ -380,9 +380,11 @@ class Demo:
         for start in range(0, len(stolen), 60):
             await self.c.log_predictions(model, stolen[start : start + 60])
         alert = await self.verdict(
-            lambda e: e.type == "mlw.alert.serving-monitor"
-            and (e.data.client or "") == "cloner"
-            and e.data.kind == "serving.extraction"
+            lambda e: (
+                e.type == "mlw.alert.serving-monitor"
+                and (e.data.client or "") == "cloner"
+                and e.data.kind == "serving.extraction"
+            )
         )
         self.record(
             "serving-monitor",
