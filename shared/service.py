@@ -35,6 +35,7 @@ from shared.topology import CONSUMERS, Subjects, ensure_topology
 
 DataT = TypeVar("DataT", bound=BaseModel)
 ReqT = TypeVar("ReqT", bound=BaseModel)
+T = TypeVar("T")
 
 log = logging.getLogger("mlwarden.service")
 
@@ -87,6 +88,13 @@ class ServiceApp:
         self._flusher: asyncio.Task[None] | None = None
         self.app.on_startup(self._startup)
         self.app.on_shutdown(self._shutdown)
+
+    def get(self, key: str, kind: type[T]) -> T:
+        """The object a start-up hook put in `state[key]`, checked to be a `kind`."""
+        value = self.state.get(key)
+        if not isinstance(value, kind):
+            raise RuntimeError(f"{self.service} has not started ({key!r} is not set)")
+        return value
 
     @property
     def runtime(self) -> ServiceRuntime:

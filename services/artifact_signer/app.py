@@ -215,8 +215,7 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
     svc = ServiceApp(SERVICE, settings)
 
     def signer() -> Signer:
-        the_signer: Signer = svc.state["signer"]
-        return the_signer
+        return svc.get("signer", Signer)
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:

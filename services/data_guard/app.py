@@ -268,7 +268,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
 
     async def on_dataset_uploaded(event: Envelope[DatasetUploaded]) -> None:
         """Check an uploaded dataset for poisoning and policy breaches; publish the verdict."""
-        guard: Guard = svc.state["guard"]
+        guard = svc.get("guard", Guard)
         verdict = await guard.judge(event)
         await guard.remember(event.data, verdict)
         await guard.runtime.emit(
@@ -280,7 +280,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
 
     async def on_access_requested(event: Envelope[DataAccessRequested]) -> None:
         """Decide a dataset read by the sensitivity policy; publish the signed access verdict."""
-        guard: Guard = svc.state["guard"]
+        guard = svc.get("guard", Guard)
         verdict = await guard.decide(event)
         await guard.runtime.emit(
             Subjects.VERDICT_ACCESS,

@@ -159,8 +159,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     svc = ServiceApp(SERVICE, settings)
 
     def gate() -> Gate:
-        the_gate: Gate = svc.state["gate"]
-        return the_gate
+        return svc.get("gate", Gate)
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:

@@ -11,10 +11,10 @@ once and fades over a few windows, so a one-off burst is seen and then forgotten
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.serving_monitor.clients import ClientTable
 from services.serving_monitor.errors import ConfigError, ObservationError
 from services.serving_monitor.validation import FeatureSchema
 from shared.events import Alert, PredictionBatch, Severity
@@ -108,34 +108,21 @@ class AbuseMonitor:
             raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
         if not (math.isfinite(window_s) and window_s > 0):
             raise ConfigError("window_s", window_s, "finite and > 0")
-        if max_clients < 1:
-            raise ConfigError("max_clients", max_clients, ">= 1")
         self.volume_per_minute = volume_per_minute
         self.invalid_rate = invalid_rate
         self.min_records = min_records
         self.cooldown_s = cooldown_s
         self.window_s = window_s
-        self.max_clients = max_clients
         # Volume threshold for the decayed count, which reads as "records per window".
         self._volume_threshold = volume_per_minute * window_s / 60.0
-        # Least recently seen first: that client's counters have decayed the most, so evicting it
-        # when the table is full forgets the least.
-        self._clients: OrderedDict[str, _ClientState] = OrderedDict()
+        self._clients: ClientTable[str, _ClientState] = ClientTable(max_clients)
 
     def __len__(self) -> int:
         """Clients currently tracked."""
         return len(self._clients)
 
     def _state(self, client: str, now: float) -> _ClientState:
-        state = self._clients.get(client)
-        if state is None:
-            if len(self._clients) >= self.max_clients:
-                self._clients.popitem(last=False)
-            state = _ClientState(updated=now)
-            self._clients[client] = state
-        else:
-            self._clients.move_to_end(client)
-        return state
+        return self._clients.touch(client, lambda: _ClientState(updated=now))
 
     def observe(self, client: str, model: str, records: int, invalid: int, now: float) -> list[AlertSpec]:
         """Fold one batch of `records` (of which `invalid` were invalid) in; return new alerts."""

@@ -184,8 +184,7 @@ def create_app(settings: Settings | None = None, cfg: ServingSettings | None = N
     svc = ServiceApp(SERVICE, settings)
 
     def monitor() -> Monitor:
-        the_monitor: Monitor = svc.state["monitor"]
-        return the_monitor
+        return svc.get("monitor", Monitor)
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:

@@ -26,7 +26,6 @@ same. An attacker can evade by interleaving natural queries; PRADA's own limitat
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ import numpy as np
 from scipy.stats import shapiro
 
 from services.serving_monitor.abuse import AlertSpec
+from services.serving_monitor.clients import ClientTable
 from services.serving_monitor.errors import ConfigError
 from services.serving_monitor.ood import FloatArray, ReferenceProfile
 from shared.events import PredictionBatch, Severity
@@ -134,16 +134,13 @@ class ExtractionMonitor:
             raise ConfigError("max_distances", max_distances, f"in [min_queries={min_queries}, 5000]")
         if not (math.isfinite(cooldown_s) and cooldown_s >= 0):
             raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
-        if max_clients < 1:
-            raise ConfigError("max_clients", max_clients, ">= 1")
         self.w_threshold = w_threshold
         self.min_queries = min_queries
         self.max_set = max_set
         self.max_distances = max_distances
         self.warmup = warmup
         self.cooldown_s = cooldown_s
-        self.max_clients = max_clients
-        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+        self._clients: ClientTable[tuple[str, str], _ClientState] = ClientTable(max_clients)
 
     def __len__(self) -> int:
         """(model, client) pairs currently tracked."""
@@ -155,17 +152,14 @@ class ExtractionMonitor:
 
     def forget_model(self, model: str) -> None:
         """Drop every client's state for `model` (a new profile changes the standardised space)."""
-        for key in [k for k in self._clients if k[0] == model]:
-            del self._clients[key]
+        self._clients.forget(lambda key: key[0] == model)
 
     def _state(self, key: tuple[str, str], dims: int) -> _ClientState:
-        state = self._clients.get(key)
-        if state is None or state.dims != dims:
-            if state is None and len(self._clients) >= self.max_clients:
-                self._clients.popitem(last=False)
-            state = self._clients[key] = _ClientState(dims, self.max_set, self.max_distances, self.warmup)
-        self._clients.move_to_end(key)
-        return state
+        return self._clients.touch(
+            key,
+            lambda: _ClientState(dims, self.max_set, self.max_distances, self.warmup),
+            replace=lambda state: state.dims != dims,
+        )
 
     def observe(self, client: str, profile: ReferenceProfile, z: FloatArray, now: float) -> list[AlertSpec]:
         """Fold in one client's standardised queries `z` (rows); test once after them."""

@@ -23,7 +23,6 @@ is above a floor and significantly above the calibrated false-flag rate (one-sid
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from scipy.stats import binomtest
 from sklearn.covariance import LedoitWolf
 
 from services.serving_monitor.abuse import AlertSpec
+from services.serving_monitor.clients import ClientTable
 from services.serving_monitor.errors import ConfigError
 from shared.events import Name, PredictionBatch, Severity
 
@@ -228,16 +228,12 @@ class OodMonitor:
             raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
         if not (math.isfinite(window_s) and window_s > 0):
             raise ConfigError("window_s", window_s, "finite and > 0")
-        if max_clients < 1:
-            raise ConfigError("max_clients", max_clients, ">= 1")
         self.rate_floor = rate_floor
         self.alpha = alpha
         self.min_records = min_records
         self.cooldown_s = cooldown_s
         self.window_s = window_s
-        self.max_clients = max_clients
-        # Least recently seen first, evicted first when full (its counters have decayed the most).
-        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+        self._clients: ClientTable[tuple[str, str], _ClientState] = ClientTable(max_clients)
 
     def __len__(self) -> int:
         """(model, client) pairs currently tracked."""
@@ -245,18 +241,10 @@ class OodMonitor:
 
     def forget_model(self, model: str) -> None:
         """Drop every client's state for `model` (its profile changed, so did the meaning of 'OOD')."""
-        for key in [k for k in self._clients if k[0] == model]:
-            del self._clients[key]
+        self._clients.forget(lambda key: key[0] == model)
 
     def _state(self, key: tuple[str, str], now: float) -> _ClientState:
-        state = self._clients.get(key)
-        if state is None:
-            if len(self._clients) >= self.max_clients:
-                self._clients.popitem(last=False)
-            state = self._clients[key] = _ClientState(updated=now)
-        else:
-            self._clients.move_to_end(key)
-        return state
+        return self._clients.touch(key, lambda: _ClientState(updated=now))
 
     def observe(
         self, client: str, profile: ReferenceProfile, records: int, flagged: int, now: float

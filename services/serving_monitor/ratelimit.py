@@ -47,7 +47,7 @@ class GcraLimit:
             )
         # Precomputed once: `check` is on the serving hot path.
         object.__setattr__(self, "_interval", 1.0 / self.rate_per_second)
-        object.__setattr__(self, "_tolerance", self.burst / self.rate_per_second)
+        object.__setattr__(self, "_tolerance", self.burst * (1.0 / self.rate_per_second))
 
     @property
     def emission_interval(self) -> float:
