@@ -97,7 +97,7 @@ async def _read_bus_checkpoints(settings: Settings) -> Checkpoints:
 
     from shared.envelope import decode
     from shared.events import AuditCheckpoint
-    from shared.topology import CHECKPOINTS, TRUST_BUCKET, Subjects
+    from shared.topology import CHECKPOINTS, Subjects
 
     nc = await _connect_quick(settings)
     try:
@@ -112,12 +112,12 @@ async def _read_bus_checkpoints(settings: Settings) -> Checkpoints:
                     continue
                 if raw.subject == Subjects.AUDIT_CHECKPOINTS and raw.data:
                     items.append(decode(raw.data, AuditCheckpoint).data)
-        trusted: str | None = None
-        try:
-            entry = await (await js.key_value(TRUST_BUCKET)).get("audit-log")
-            trusted = entry.value.decode() if entry.value else None
-        except NotFoundError:
-            trusted = None
+        from shared.bus import load_trust
+        from shared.trust import load_root_public
+
+        # audit-log's key as the root-signed trust store holds it (a bare key there means nothing).
+        store = await load_trust(js, load_root_public(settings.trust_root, settings.keys_dir), ["audit-log"])
+        trusted = store.public_b64("audit-log")
         return Checkpoints(items, f"NATS stream {CHECKPOINTS.name} at {settings.nats_url}", trusted)
     finally:
         await nc.close()

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
+from mlwarden.keys_cli import add_keys_commands
 from shared.errors import MlwardenError
 from shared.topology import SERVICES
 
@@ -78,30 +79,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mlwarden.demo import run_demo
 
     return run_demo(_settings(args), nats_url=args.nats, console=out)
-
-
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    """Create service and demo actor keys (and register them when --nats is given)."""
-    from mlwarden.bootstrap import bootstrap, init_keys
-
-    settings = _settings(args)
-    keys = init_keys(settings)
-    if args.nats:
-
-        async def register() -> None:
-            from shared.bus import connect
-
-            nc = await connect(settings)
-            try:
-                await bootstrap(nc.jetstream(), settings)
-            finally:
-                await nc.drain()
-
-        asyncio.run(register())
-    for name, key in keys.items():
-        out.print(f"{name:16} {key.public_b64()}")
-    out.print(f"policy: {settings.registry_policy_path}")
-    return EXIT_OK
 
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
@@ -242,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo)
     common(p)
 
-    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
-    p = add("init", cmd_keys_init, keys)
-    common(p)
+    keys = add_keys_commands(sub, add, common)
     p = add("api-key", cmd_keys_apikey, keys)
     common(p)
     p.add_argument("client")
@@ -260,28 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing config (rotates every password)")
 
     pub = sub.add_parser("publish", help="publish an event").add_subparsers(dest="kind", required=True)
+
+    def signed(p: argparse.ArgumentParser) -> None:
+        common(p)
+        p.add_argument(
+            "--key", type=Path, help="your actor's Ed25519 private key, PEM (default $MLW_ACTOR_KEY; dev: demo actors)"
+        )
+        p.add_argument("--actor", help="your actor id in the trust store (default: the key file's name)")
+
     p = add("dataset", cmd_publish, pub)
-    common(p)
+    signed(p)
     p.add_argument("path", type=Path)
     p.add_argument("--name", required=True)
     p.add_argument("--version", default="1")
     p.add_argument("--label")
-    p.add_argument("--uploader", default=os.environ.get("USER", "unknown"))
+    p.add_argument("--uploader", help="actor id that uploads (default: the signing key's actor)")
     p.add_argument("--sensitivity", default="internal", choices=["public", "internal", "confidential", "restricted"])
     p.add_argument("--readers", default="", help="comma-separated allow-list of principals")
     p = add("model", cmd_publish, pub)
-    common(p)
+    signed(p)
     p.add_argument("path", type=Path)
     p.add_argument("--name", required=True)
     p.add_argument("--version", default="1")
     p.add_argument("--lockfile", type=Path)
     p.add_argument("--dataset", action="append", default=[], help="NAME:VERSION:SHA256 of a training dataset")
-    p.add_argument("--builder", default=os.environ.get("USER", "unknown"))
+    p.add_argument("--builder", help="actor id that built it (default: the signing key's actor)")
     for kind in ("promotion", "approval"):
         p = add(kind, cmd_publish, pub)
-        common(p)
-        p.add_argument("--key", type=Path, required=True, help="your Ed25519 private key (PEM)")
-        p.add_argument("--actor", required=True, help="your actor id in the registry policy")
+        signed(p)
         p.add_argument("--model", required=True)
         p.add_argument("--version", required=True)
         p.add_argument("--stage", default="production", choices=["staging", "production"])

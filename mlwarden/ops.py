@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,9 +17,17 @@ from shared.settings import Settings
 from shared.signing import SigningKey
 
 
+def publishing_keys(settings: Settings, args: argparse.Namespace) -> list[SigningKey] | None:
+    """The key `--key` names (its actor from `--actor` or the file's stem); None: the settings'."""
+    if getattr(args, "key", None) is None:
+        return None
+    return [SigningKey.from_pem(args.actor or Path(args.key).stem, Path(args.key).read_bytes())]
+
+
 async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]:
-    """Publish what `mlwarden publish KIND ...` describes."""
-    async with Client.connect(settings, source="mlwarden/cli") as client:
+    """Publish what `mlwarden publish KIND ...` describes, signed by the actor's key."""
+    async with Client.connect(settings, source="mlwarden/cli", keys=publishing_keys(settings, args)) as client:
+        actor = args.actor
         if args.kind == "dataset":
             from shared.crypto import load_or_create_master_key
 
@@ -28,7 +37,7 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
                 dataset=args.name,
                 version=args.version,
                 label=args.label,
-                uploader=args.uploader,
+                uploader=args.uploader or actor,
                 sensitivity=Sensitivity(args.sensitivity),
                 readers=[r for r in args.readers.split(",") if r],
                 master_key=load_or_create_master_key(settings.keys_dir),
@@ -42,11 +51,11 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
                 args.path,
                 model=args.name,
                 version=args.version,
-                builder=args.builder,
+                builder=args.builder or actor,
                 lockfile=args.lockfile,
                 datasets=datasets,
             )
-        key = SigningKey.from_pem(args.actor, args.key.read_bytes())
+        key = client.actor(actor)
         if args.kind == "promotion":
             return await client.request_promotion(
                 key, model=args.model, version=args.version, stage=args.stage, root_digest=args.root_digest
@@ -96,6 +105,7 @@ async def health(settings: Settings) -> list[str]:
     """What is wrong with the bus, if anything."""
     from shared.bus import load_trust
     from shared.topology import SERVICES, STREAMS
+    from shared.trust import load_root_public
 
     problems: list[str] = []
     async with Client.connect(settings, source="mlwarden/health") as client:
@@ -105,7 +115,7 @@ async def health(settings: Settings) -> list[str]:
             except Exception as exc:  # noqa: BLE001 - report, do not crash
                 problems.append(f"stream {spec.name}: {exc!r}")
         try:
-            trust = await load_trust(client.js)
+            trust = await load_trust(client.js, load_root_public(settings.trust_root, settings.keys_dir), SERVICES)
             problems += [f"no trusted key for {name}" for name in SERVICES if name not in trust]
         except Exception as exc:  # noqa: BLE001
             problems.append(f"trust store: {exc!r}")

@@ -3,6 +3,7 @@ process; Ctrl-C stops all of them cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlwarden.bootstrap import init_keys
+from mlwarden.bootstrap import bootstrap, init_keys, root_key_path
+from shared.bus import connect
 from shared.embedded import EmbeddedNats
 from shared.settings import Settings
 from shared.topology import SERVICES
@@ -20,6 +22,14 @@ READY_TIMEOUT_S = 60.0
 
 
 @dataclass
+async def _bootstrap(settings: Settings) -> None:
+    nc = await connect(settings, name="mlwarden/up")
+    try:
+        await bootstrap(nc.jetstream(), settings)
+    finally:
+        await nc.drain()
+
+
 class System:
     """A running mlwarden: the NATS server it may own and one process per service."""
 
@@ -44,6 +54,11 @@ class System:
         init_keys(Settings(data_dir=self.data_dir))
         if self.nats_url is None:
             self.nats = EmbeddedNats(self.data_dir / "nats", port=self.port).start()
+        settings = Settings(data_dir=self.data_dir, nats_url=self.url)
+        if root_key_path(settings).exists():
+            # The operator's root key is here (dev): register every service key, signed by it,
+            # before any service checks that its key is the trusted one.
+            asyncio.run(_bootstrap(settings))
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         env = {**os.environ, "MLW_DATA_DIR": str(self.data_dir), "MLW_NATS_URL": self.url}

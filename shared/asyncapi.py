@@ -13,12 +13,13 @@ from shared.topology import CONSUMERS, STREAMS, VERDICT_SIGNERS, Subjects, model
 
 #: Who sends and who receives each stored subject.
 _FLOWS: dict[str, tuple[str, list[str]]] = {
-    Subjects.DATASET_UPLOADED: ("producers", ["data-guard", "audit-log"]),
-    Subjects.DATASET_ACCESS: ("people and jobs reading data", ["data-guard", "audit-log"]),
-    Subjects.MODEL_BUILT: ("producers", ["artifact-signer", "audit-log"]),
+    Subjects.DATASET_UPLOADED: ("producers (signed)", ["data-guard", "audit-log"]),
+    Subjects.DATASET_ACCESS: ("people and jobs reading data (signed)", ["data-guard", "audit-log"]),
+    Subjects.DATASET_APPROVAL: ("data stewards and the identity provider (signed)", ["data-guard", "audit-log"]),
+    Subjects.MODEL_BUILT: ("producers (signed)", ["artifact-signer", "audit-log"]),
     Subjects.PROMOTION_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.APPROVAL_GIVEN: ("people (signed)", ["registry-gate", "audit-log"]),
-    Subjects.PREDICTION_LOGGED: ("model servers", ["serving-monitor", "audit-log"]),
+    Subjects.PREDICTION_LOGGED: ("model servers (signed)", ["serving-monitor", "audit-log"]),
     Subjects.VERDICT_DATASET: ("data-guard", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_ACCESS: ("data-guard", ["audit-log", "data owners"]),
     Subjects.VERDICT_ARTIFACT: ("artifact-signer", ["registry-gate", "audit-log", "subscribers"]),

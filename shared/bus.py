@@ -6,18 +6,20 @@ message with at-least-once-in / exactly-once-effect semantics and a dead-letter 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from shared.envelope import Envelope, decode, derived_id, new_event, preview_b64
@@ -26,6 +28,19 @@ from shared.events import Alert, DeadLetter, Severity
 from shared.settings import Settings
 from shared.signing import SigningKey, TrustStore, load_or_create_key
 from shared.topology import MAX_DELIVER, TRUST_BUCKET, VERDICT_SIGNERS, Subjects
+from shared.trust import (
+    Kind,
+    Rejected,
+    TrustEntry,
+    TrustError,
+    apply_update,
+    build_store,
+    load_root_public,
+    new_entry,
+    parse_entry,
+    revoked_entry,
+    sign_entry,
+)
 
 log = logging.getLogger("mlwarden.bus")
 
@@ -66,40 +81,106 @@ async def publish_event(js: JetStreamContext, subject: str, event: Envelope[Any]
     await js.publish(subject, event.to_bytes(), headers={"Nats-Msg-Id": event.id})
 
 
-async def load_trust(js: JetStreamContext) -> TrustStore:
-    """The trust store from its key-value bucket."""
-    trust = TrustStore()
-    kv = await js.key_value(TRUST_BUCKET)
-    try:
-        keys = await kv.keys()
-    except NotFoundError:
-        return trust
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            trust.add(key, entry.value.decode())
-    return trust
+async def read_trust_bucket(js: JetStreamContext, ids: Iterable[str] | None = None) -> list[tuple[str, bytes, int]]:
+    """Every revision of every trust-store entry, or the latest value of each of `ids`.
 
-
-async def register_key(js: JetStreamContext, key: SigningKey, *, replace: bool = False) -> None:
-    """Put `key`'s public half into the trust store.
-
-    Trust on first use: a different key already registered for the same id is refused (a rogue
-    process cannot take over a service's identity by re-registering), unless `replace` is given
-    by the operator rotating keys. In a secured deployment only the operator's credentials may
-    write the bucket at all.
+    Listing needs a watcher (services, the operator); producers and auditors may only get the
+    ids they need (the signer of a verdict), so they pass `ids`.
     """
     kv = await js.key_value(TRUST_BUCKET)
+    values: list[tuple[str, bytes, int]] = []
+    if ids is not None:
+        for key in ids:
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                continue
+            values.append((key, entry.value or b"", entry.revision or 0))
+        return values
+    watcher = await kv.watchall(include_history=True)
     try:
-        entry = await kv.get(key.key_id)
-        current = entry.value.decode() if entry.value else None
-    except KeyNotFoundError:
-        current = None
-    if current == key.public_b64():
-        return
-    if current is not None and not replace:
-        raise TrustConflict(f"a different key is already trusted for {key.key_id!r}")
-    await kv.put(key.key_id, key.public_b64().encode())
+        while True:
+            update = await watcher.updates(timeout=10.0)
+            if update is None:  # the end of what the bucket held when the watch began
+                break
+            values.append((update.key, update.value or b"", update.revision or 0))
+    finally:
+        await watcher.stop()
+    return values
+
+
+async def load_trust_checked(
+    js: JetStreamContext, root: Ed25519PublicKey, ids: Iterable[str] | None = None
+) -> tuple[TrustStore, list[Rejected]]:
+    """The trust store from its bucket, every entry verified against the root key, and the
+    values that were ignored because their root signature does not hold."""
+    return build_store(await read_trust_bucket(js, ids), root)
+
+
+async def load_trust(js: JetStreamContext, root: Ed25519PublicKey, ids: Iterable[str] | None = None) -> TrustStore:
+    """The trust store from its bucket (root-signed entries only; others are logged and ignored)."""
+    store, rejected = await load_trust_checked(js, root, ids)
+    for bad in rejected:
+        log.warning("trust store: ignored %s (revision %d): %s", bad.key, bad.revision, bad.reason)
+    return store
+
+
+async def put_entry(js: JetStreamContext, root: SigningKey, entry: TrustEntry) -> None:
+    """Write one root-signed entry (the operator's `keys` commands)."""
+    kv = await js.key_value(TRUST_BUCKET)
+    await kv.put(entry.id, sign_entry(root, entry))
+
+
+async def current_entry(js: JetStreamContext, root: Ed25519PublicKey, identity: str) -> TrustEntry | None:
+    """The valid entry of `identity` with the highest serial in the bucket history (None when none)."""
+    values = [v for v in await read_trust_bucket(js) if v[0] == identity]
+    best: TrustEntry | None = None
+    for key, value, _revision in values:
+        if not value:
+            continue
+        try:
+            entry = parse_entry(value, key=key, root=root)
+        except TrustError:
+            continue
+        if best is None or entry.serial > best.serial:
+            best = entry
+    return best
+
+
+async def register_key(
+    js: JetStreamContext,
+    root: SigningKey,
+    key_id: str,
+    public_b64: str,
+    *,
+    kind: Kind,
+    roles: Iterable[str] = (),
+    replace: bool = False,
+) -> TrustEntry:
+    """Register (or keep) `public_b64` for `key_id`, signed by the root.
+
+    The same key again only updates roles. A different key for an existing identity is refused
+    unless `replace` (the operator rotating it: the old key keeps verifying history).
+    """
+    previous = await current_entry(js, root.private.public_key(), key_id)
+    if previous is not None and previous.revoked_at is None:
+        if previous.current.public_key == public_b64 and previous.kind == kind and set(previous.roles) == set(roles):
+            return previous
+        if previous.current.public_key != public_b64 and not replace:
+            raise TrustConflict(f"a different key is already trusted for {key_id!r}")
+    entry = new_entry(key_id, kind, public_b64, roles=roles, previous=previous)
+    await put_entry(js, root, entry)
+    return entry
+
+
+async def revoke_key(js: JetStreamContext, root: SigningKey, key_id: str, reason: str) -> TrustEntry:
+    """Revoke `key_id`: nothing it signs from now on verifies."""
+    previous = await current_entry(js, root.private.public_key(), key_id)
+    if previous is None:
+        raise TrustError(f"{key_id!r} is not in the trust store", key=key_id)
+    entry = revoked_entry(previous, reason)
+    await put_entry(js, root, entry)
+    return entry
 
 
 @dataclass
@@ -111,9 +192,12 @@ class ServiceRuntime:
     trust: TrustStore
     js: JetStreamContext
     nc: Client
+    root: Ed25519PublicKey
     processed: int = 0
     dead_letters: int = 0
     _trust_refresh: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _trust_task: asyncio.Task[None] | None = None
+    _reported: set[tuple[str, int]] = field(default_factory=set)
 
     @property
     def source(self) -> str:
@@ -173,20 +257,27 @@ class ServiceRuntime:
         self.dead_letters += 1
         log.warning("%s: dead letter from %s: %s", self.service, msg.subject, reason)
 
+    async def _refresh_trust(self, signer: str | None) -> None:
+        # An unknown signer triggers one re-read (an identity registered a moment ago may not
+        # have reached the watcher yet); every entry read is checked against the root again.
+        if signer and signer not in self.trust:
+            async with self._trust_refresh:
+                if signer not in self.trust:
+                    store, rejected = await load_trust_checked(self.js, self.root)
+                    self.trust = _merge(self.trust, store)
+                    await self.report_untrusted(rejected)
+
     async def verify_verdict(self, event: Envelope[Any]) -> str:
-        """Verify a verdict's signature and that its signer may sign that type.
+        """Verify a verdict's signature and that its signer is the service that may sign that type.
 
         A forged verdict raises SignatureError after an alert is published; nothing else is done
-        with it. An unknown signer triggers one re-read of the trust store first (a service may
-        have registered after we started).
+        with it.
         """
         allowed = VERDICT_SIGNERS.get(event.type)
         allowed_set = {allowed} if allowed else set()
         try:
-            if event.signer and event.signer not in self.trust:
-                async with self._trust_refresh:
-                    self.trust = await load_trust(self.js)
-            return event.verify(self.trust, allowed_signers=allowed_set)
+            await self._refresh_trust(event.signer)
+            return event.verify(self.trust, allowed_signers=allowed_set, kind="service")
         except SignatureError as exc:
             await self.alert(
                 "forged_verdict",
@@ -197,6 +288,82 @@ class ServiceRuntime:
                 event_type=event.type,
             )
             raise
+
+    async def verify_actor(self, event: Envelope[Any], claimed: str | None, *, role: str | None = None) -> str:
+        """Verify a producer event: signed by a registered, unrevoked actor's current key, whose
+        id equals the identity the event claims (`claimed`, e.g. `uploader`) and who holds `role`.
+
+        Return the verified actor id. On failure, alert and raise SignatureError: the caller
+        answers with its signed rejection. Identity comes from the key, never from the field.
+        """
+        try:
+            if not event.signer or not event.signature:
+                raise SignatureError("event is not signed by its actor")
+            await self._refresh_trust(event.signer)
+            signer = event.verify(self.trust, kind="actor")
+            if claimed is not None and claimed != signer:
+                raise SignatureError(f"event claims to be from {claimed!r} but is signed by {signer!r}", signer=signer)
+            if role is not None and role not in self.trust.roles_of(signer):
+                raise SignatureError(f"{signer!r} does not hold the {role!r} role", signer=signer)
+            return signer
+        except SignatureError as exc:
+            await self.alert(
+                "forged_identity",
+                Severity.FAIL,
+                f"refused {event.type} {event.id}: {exc.reason}",
+                in_reply_to=event.id,
+                signer=event.signer or "",
+                claimed=claimed or "",
+                event_type=event.type,
+            )
+            raise
+
+    async def report_untrusted(self, rejected: Iterable[Rejected]) -> None:
+        """Alert once per trust-store value that was ignored (no valid root signature)."""
+        for bad in rejected:
+            if (bad.key, bad.revision) in self._reported:
+                continue
+            self._reported.add((bad.key, bad.revision))
+            log.warning("%s: ignored trust entry %s: %s", self.service, bad.key, bad.reason)
+            await self.alert(
+                "untrusted_key",
+                Severity.FAIL,
+                f"trust-store entry {bad.key!r} ignored: {bad.reason}",
+                in_reply_to=f"trust:{bad.key}:{bad.revision}",
+                key=bad.key,
+                revision=bad.revision,
+            )
+
+    def follow_trust(self) -> None:
+        """Apply trust-store changes (registrations, rotations, revocations) as they happen."""
+        if self._trust_task is None:
+            self._trust_task = asyncio.create_task(self._follow_trust(), name=f"{self.service}:trust")
+
+    async def stop(self) -> None:
+        """Stop following the trust store."""
+        if self._trust_task is not None:
+            self._trust_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._trust_task
+            self._trust_task = None
+
+    async def _follow_trust(self) -> None:
+        kv = await self.js.key_value(TRUST_BUCKET)
+        watcher = await kv.watchall()
+        try:
+            async for update in watcher:
+                if update is None or not update.value:
+                    continue
+                try:
+                    identity = apply_update(self.trust, update.key, update.value, self.root)
+                except TrustError as exc:
+                    await self.report_untrusted([Rejected(update.key, exc.reason, update.revision or 0)])
+                    continue
+                if identity is not None:
+                    log.info("%s: trust store: %s now serial %d", self.service, identity.id, identity.serial)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
     async def process(
         self,
@@ -241,25 +408,36 @@ def _delivery_info(msg: Msg) -> tuple[int, int | None]:
     return int(meta.num_delivered or 1), int(meta.sequence.stream) if meta.sequence else None
 
 
-async def start_runtime(service: str, settings: Settings, nc: Client) -> ServiceRuntime:
-    """Load or create the service key, register it, and load the trust store.
+def _merge(current: TrustStore, fresh: TrustStore) -> TrustStore:
+    # Keep the higher serial of each identity: a re-read never undoes a revocation already seen.
+    for key_id in current.ids():
+        known = current.identity(key_id)
+        other = fresh.identity(key_id)
+        if known is not None and (other is None or other.serial < known.serial):
+            fresh.put(known)
+    return fresh
 
-    Without `settings.declare_topology` (a secured deployment, where services may not write the
-    trust store) the operator registered the key beforehand; a service whose key is not the
-    trusted one refuses to start rather than publish verdicts every consumer would reject.
+
+async def start_runtime(service: str, settings: Settings, nc: Client) -> ServiceRuntime:
+    """Load the service key, the root key and the trust store, and check the key is trusted.
+
+    Services never register themselves: only the operator's root key puts an entry in the trust
+    store (`mlwarden keys init`). A service whose key is not the trusted one refuses to start
+    rather than publish verdicts every consumer would reject.
     """
     js = nc.jetstream()
+    root = load_root_public(settings.trust_root, settings.keys_dir)
     key = load_or_create_key(settings.keys_dir / f"{service}.pem", service)
-    if settings.declare_topology:
-        await register_key(js, key)
-    trust = await load_trust(js)
-    if not settings.declare_topology:
-        probe = b"mlwarden start-up key check"
-        try:
-            trust.verify(key.key_id, probe, key.sign(probe))
-        except SignatureError as exc:
-            raise TrustConflict(
-                f"{service}'s key in {settings.keys_dir} is not the trusted one ({exc.reason}); "
-                "the operator registers service keys with `mlwarden keys init --nats URL`"
-            ) from exc
-    return ServiceRuntime(service=service, key=key, trust=trust, js=js, nc=nc)
+    trust, rejected = await load_trust_checked(js, root)
+    probe = b"mlwarden start-up key check"
+    try:
+        trust.verify(key.key_id, probe, key.sign(probe), kind="service")
+    except SignatureError as exc:
+        raise TrustConflict(
+            f"{service}'s key in {settings.keys_dir} is not the trusted one ({exc.reason}); "
+            "the operator registers service keys with `mlwarden keys init --nats URL`"
+        ) from exc
+    runtime = ServiceRuntime(service=service, key=key, trust=trust, js=js, nc=nc, root=root)
+    await runtime.report_untrusted(rejected)
+    runtime.follow_trust()
+    return runtime

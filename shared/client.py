@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from shared.events import (
     ApprovalGiven,
     AuditPage,
     AuditQuery,
+    DataAccessApproved,
+    DataAccessRequested,
     DatasetRef,
     DatasetUploaded,
     ErrorReply,
@@ -48,31 +50,65 @@ class RequestFailed(InputError):
         self.reply = reply
 
 
+def actor_keys(settings: Settings) -> list[SigningKey]:
+    """The actor keys a client of these settings signs with: `MLW_ACTOR_KEY` (named by
+    `MLW_ACTOR`, else by the file's stem), or in the dev profile every demo actor key."""
+    if settings.actor_key is not None:
+        try:
+            pem = settings.actor_key.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read the actor key {settings.actor_key}: {exc}") from exc
+        return [SigningKey.from_pem(settings.actor or settings.actor_key.stem, pem)]
+    if settings.profile != "dev" or not settings.actors_dir.is_dir():
+        return []
+    return [SigningKey.from_pem(p.stem, p.read_bytes()) for p in sorted(settings.actors_dir.glob("*.pem"))]
+
+
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
 
 class Client:
     """A connection to an mlwarden bus."""
 
-    def __init__(self, nc: Nats, *, source: str = "mlwarden/client") -> None:
+    def __init__(self, nc: Nats, *, source: str = "mlwarden/client", keys: Iterable[SigningKey] = ()) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.source = source
+        #: The actor keys this client signs with, by actor id (usually one).
+        self.keys: dict[str, SigningKey] = {key.key_id: key for key in keys}
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, settings: Settings, *, source: str = "mlwarden/client") -> AsyncIterator[Client]:
-        """Connect, yield a client, drain on exit."""
+    async def connect(
+        cls, settings: Settings, *, source: str = "mlwarden/client", keys: Iterable[SigningKey] | None = None
+    ) -> AsyncIterator[Client]:
+        """Connect, yield a client, drain on exit. Without `keys`, the actor key of the settings
+        (`MLW_ACTOR_KEY`) signs, or in the dev profile every demo actor key in the data dir."""
         nc = await connect(settings, name=source)
         try:
-            yield cls(nc, source=source)
+            yield cls(nc, source=source, keys=actor_keys(settings) if keys is None else keys)
         finally:
             await nc.drain()
+
+    def actor(self, claimed: str | None) -> SigningKey:
+        """The key to sign as `claimed` (or as this client's only actor when None)."""
+        if claimed is None:
+            if len(self.keys) != 1:
+                raise InputError(f"say which actor publishes this (this client holds {len(self.keys)} actor keys)")
+            return next(iter(self.keys.values()))
+        key = self.keys.get(claimed)
+        if key is None:
+            raise InputError(f"no key for actor {claimed!r}: pass --key or set MLW_ACTOR_KEY")
+        return key
 
     async def publish(
         self, subject: str, data: Any, *, about: str | None = None, key: SigningKey | None = None
     ) -> Envelope[Any]:
-        """Wrap `data` in an envelope (signed when `key` is given) and publish it to JetStream."""
+        """Wrap `data` in an envelope (signed when `key` is given) and publish it to JetStream.
+
+        Services refuse unsigned producer events: this low-level call exists for any-language
+        parity and attack tests; the typed methods below always sign.
+        """
         event = new_event(subject, data, source=self.source, subject=about)
         if key is not None:
             event = event.signed(key)
@@ -86,7 +122,7 @@ class Client:
         dataset: str,
         version: str,
         label: str | None,
-        uploader: str,
+        uploader: str | None = None,
         sensitivity: Sensitivity = Sensitivity.INTERNAL,
         readers: list[str] | None = None,
         reference: DatasetRef | None = None,
@@ -99,6 +135,7 @@ class Client:
         (`shared.crypto.load_or_create_master_key(settings.keys_dir)`); the announced sha256 is
         the plaintext's. Without a key they are stored as given, and data-guard fails them.
         """
+        signer = self.actor(uploader)
         fmt = fmt or FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise InputError(f"cannot tell the format of {path}; pass fmt=csv|parquet|npz")
@@ -123,12 +160,12 @@ class Client:
             format=fmt,  # type: ignore[arg-type]
             label_column=label,
             sensitivity=sensitivity,
-            uploader=uploader,
+            uploader=signer.key_id,
             allowed_readers=readers or [],
             reference=ref_location,
             reference_sha256=reference.sha256 if reference else None,
         )
-        return await self.publish(Subjects.DATASET_UPLOADED, event, about=f"dataset:{dataset}:{version}")
+        return await self.publish(Subjects.DATASET_UPLOADED, event, about=f"dataset:{dataset}:{version}", key=signer)
 
     async def model_built(
         self,
@@ -136,22 +173,23 @@ class Client:
         *,
         model: str,
         version: str,
-        builder: str,
+        builder: str | None = None,
         lockfile: Path | None = None,
         datasets: list[DatasetRef] | None = None,
         source_commit: str | None = None,
     ) -> Envelope[Any]:
-        """Announce a model build whose artifact is a local file or folder."""
+        """Announce a model build whose artifact is a local file or folder, signed by its builder."""
+        signer = self.actor(builder)
         event = ModelBuilt(
             model=model,
             version=version,
             artifact=ObjectRef(kind="file", path=str(artifact.resolve())),
             lockfile=ObjectRef(kind="file", path=str(lockfile.resolve())) if lockfile else None,
             datasets=datasets or [],
-            builder=builder,
+            builder=signer.key_id,
             source_commit=source_commit,
         )
-        return await self.publish(Subjects.MODEL_BUILT, event, about=f"model:{model}:{version}")
+        return await self.publish(Subjects.MODEL_BUILT, event, about=f"model:{model}:{version}", key=signer)
 
     async def request_promotion(
         self, key: SigningKey, *, model: str, version: str, stage: str, root_digest: str, reason: str = ""
@@ -181,11 +219,52 @@ class Client:
         )
         return await self.publish(Subjects.APPROVAL_GIVEN, data, about=f"model:{model}:{version}", key=key)
 
-    async def log_predictions(self, model: str, records: list[PredictionRecord]) -> Envelope[Any]:
-        """Log a batch of served predictions."""
+    async def log_predictions(
+        self, model: str, records: list[PredictionRecord], *, server: str | None = None
+    ) -> Envelope[Any]:
+        """Log a batch of served predictions, signed by the model server (an actor holding the
+        `model-server` role; `server` names it when this client holds several keys)."""
+        if server is None and "model-server" in self.keys and len(self.keys) > 1:
+            server = "model-server"
         return await self.publish(
-            Subjects.PREDICTION_LOGGED, PredictionBatch(model=model, records=records), about=f"model:{model}"
+            Subjects.PREDICTION_LOGGED,
+            PredictionBatch(model=model, records=records),
+            about=f"model:{model}",
+            key=self.actor(server),
         )
+
+    async def request_access(
+        self, *, dataset: str, version: str, purpose: str, principal: str | None = None, bytes_requested: int = 0
+    ) -> Envelope[Any]:
+        """Ask to read a dataset version, signed by the principal."""
+        key = self.actor(principal)
+        data = DataAccessRequested(
+            principal=key.key_id, dataset=dataset, version=version, purpose=purpose, bytes_requested=bytes_requested
+        )
+        return await self.publish(Subjects.DATASET_ACCESS, data, about=f"dataset:{dataset}:{version}", key=key)
+
+    async def approve_access(
+        self,
+        *,
+        request_id: str,
+        dataset: str,
+        version: str,
+        kind: str = "approval",
+        approver: str | None = None,
+        comment: str = "",
+    ) -> Envelope[Any]:
+        """Approve an access request (a data steward) or assert MFA for it (the identity
+        provider), signed by that actor."""
+        key = self.actor(approver)
+        data = DataAccessApproved(
+            request_id=request_id,
+            dataset=dataset,
+            version=version,
+            approver=key.key_id,
+            kind=kind,  # type: ignore[arg-type]
+            comment=comment,
+        )
+        return await self.publish(Subjects.DATASET_APPROVAL, data, about=f"dataset:{dataset}:{version}", key=key)
 
     async def request(self, subject: str, body: bytes, timeout: float = 5.0) -> bytes:
         """A raw request/reply."""

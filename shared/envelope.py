@@ -67,17 +67,24 @@ class Envelope(BaseModel, Generic[DataT]):
         signed._raw = None
         return signed
 
-    def verify(self, trust: TrustStore, *, allowed_signers: set[str] | None = None) -> str:
+    def verify(
+        self,
+        trust: TrustStore,
+        *,
+        allowed_signers: set[str] | None = None,
+        kind: Literal["service", "actor"] | None = None,
+    ) -> str:
         """Check the signature against the trust store; return the signer id.
 
         `allowed_signers` restricts who may sign this kind of event (a serving-monitor key
-        must not be able to sign a data-guard verdict).
+        must not be able to sign a data-guard verdict); `kind` whether a service or an actor
+        must have signed it (an actor's key never vouches for a verdict).
         """
         if not self.signer or not self.signature:
             raise SignatureError("event is not signed")
         if allowed_signers is not None and self.signer not in allowed_signers:
             raise SignatureError(f"{self.signer!r} may not sign {self.type}", signer=self.signer)
-        trust.verify(self.signer, self.signing_bytes(), self.signature)
+        trust.verify(self.signer, self.signing_bytes(), self.signature, kind=kind)
         return self.signer
 
 

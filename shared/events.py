@@ -437,17 +437,28 @@ class AuditCheckpointReply(Frozen):
 
 
 class DataAccessRequested(Frozen):
-    """`mlw.dataset.access`: a principal asks to read a dataset version, for a purpose."""
+    """`mlw.dataset.access`: a principal asks to read a dataset version, for a purpose; signed by
+    the principal. Approvals and MFA are separate signed events (`DataAccessApproved`): nothing
+    the requester writes here grants anything."""
 
-    principal: str = Field(min_length=1, max_length=128, description="who wants to read")
+    principal: str = Field(min_length=1, max_length=128, description="who wants to read; must be the signer")
     dataset: Name = Field(description="dataset name")
     version: str = Field(min_length=1, max_length=64, description="dataset version")
     purpose: str = Field(min_length=1, max_length=500, description="why, in a few words (audited)")
-    approval_ids: list[str] = Field(
-        default_factory=list, max_length=16, description="ids of approvals granted for this read"
-    )
-    mfa: bool = Field(default=False, description="the identity provider's claim that MFA was passed")
     bytes_requested: int = Field(default=0, ge=0, description="read volume, for exfiltration monitoring")
+
+
+class DataAccessApproved(Frozen):
+    """`mlw.dataset.approval`: an actor approves one access request (`kind=approval`, a data
+    steward) or asserts that its requester passed multi-factor authentication (`kind=mfa`, the
+    identity provider); signed by that actor and bound to the request's event id."""
+
+    request_id: str = Field(min_length=1, max_length=64, description="id of the access request event")
+    dataset: Name = Field(description="dataset name, as in the request")
+    version: str = Field(min_length=1, max_length=64, description="dataset version, as in the request")
+    approver: Name = Field(description="actor id; must be the signer")
+    kind: Literal["approval", "mfa"] = Field(default="approval", description="an approval or an MFA assertion")
+    comment: str = Field(default="", max_length=2000, description="free text")
 
 
 class AccessVerdict(Frozen):

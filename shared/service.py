@@ -160,6 +160,8 @@ class ServiceApp:
         self._reply_subs.clear()
         for hook in self._shutdown_hooks:
             await hook()
+        if self._runtime is not None:
+            await self._runtime.stop()
 
     def consume(
         self,

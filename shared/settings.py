@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         ),
     )
     fetch_batch: int = Field(default=64, ge=1, le=4096, description="messages per JetStream fetch")
+    trust_root: str | None = Field(
+        default=None,
+        description=(
+            "the operator's root public key (base64, PEM, or a file holding either) that signs every"
+            " trust-store entry; default: keys/root.pub in the data dir"
+        ),
+    )
+    actor: str | None = Field(default=None, description="the actor id this process publishes as (producers)")
+    actor_key: Path | None = Field(default=None, description="the actor's Ed25519 private key (PEM, mode 0600)")
     file_roots: list[Path] = Field(
         default_factory=list,
         description="folders services may read file references from (default: the data dir only)",

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -95,34 +96,120 @@ def verify_signature(public: Ed25519PublicKey, message: bytes, signature_b64: st
         raise SignatureError("signature does not verify") from exc
 
 
+IdentityKind = Literal["service", "actor", "any"]
+
+
+@dataclass(frozen=True)
+class KeyPeriod:
+    """One public key of an identity and when it may sign (`until` None: it signs now)."""
+
+    public: Ed25519PublicKey
+    since: float = 0.0
+    until: float | None = None
+    public_b64: str = ""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A signer the trust store knows: its kind, roles, key history and revocation."""
+
+    id: str
+    kind: IdentityKind
+    roles: frozenset[str] = frozenset()
+    keys: tuple[KeyPeriod, ...] = ()
+    revoked_at: float | None = None
+    serial: int = 0
+
+    @property
+    def current(self) -> KeyPeriod | None:
+        """The key that may sign now, or None when revoked or every key was rotated away."""
+        if self.revoked_at is not None or not self.keys or self.keys[-1].until is not None:
+            return None
+        return self.keys[-1]
+
+
 class TrustStore:
-    """Maps signer ids (service names, actor ids) to their public keys."""
+    """Maps signer ids (service names, actor ids) to their identities and public keys.
+
+    Built from root-signed entries by `shared.trust`; a plain `{id: public_key}` mapping makes an
+    in-memory store for offline tools and tests (identities of kind `any`).
+    """
 
     def __init__(self, keys: Mapping[str, str] | None = None) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._ids: dict[str, Identity] = {}
         for key_id, value in (keys or {}).items():
             self.add(key_id, value)
 
-    def add(self, key_id: str, public_b64: str) -> None:
-        """Trust `public_b64` for `key_id` (replacing any earlier key)."""
-        self._keys[key_id] = load_public_key(public_b64)
+    def add(
+        self, key_id: str, public_b64: str, *, kind: IdentityKind = "any", roles: frozenset[str] = frozenset()
+    ) -> None:
+        """Trust `public_b64` for `key_id` from now on (replacing any earlier identity)."""
+        period = KeyPeriod(load_public_key(public_b64), 0.0, None, public_b64)
+        self._ids[key_id] = Identity(key_id, kind, roles, (period,))
+
+    def put(self, identity: Identity) -> None:
+        """Install (or replace) one identity."""
+        self._ids[identity.id] = identity
+
+    def identity(self, key_id: str) -> Identity | None:
+        """The identity of `key_id`, revoked ones included (None when unknown)."""
+        return self._ids.get(key_id)
 
     def __contains__(self, key_id: object) -> bool:
-        return key_id in self._keys
+        return key_id in self._ids
 
     def ids(self) -> list[str]:
-        """Every trusted signer id."""
-        return sorted(self._keys)
+        """Every known signer id (revoked ones included)."""
+        return sorted(self._ids)
 
-    def verify(self, key_id: str, message: bytes, signature_b64: str) -> None:
-        """Raise SignatureError unless `key_id` is trusted and signed `message`."""
-        public = self._keys.get(key_id)
-        if public is None:
+    def roles_of(self, key_id: str) -> frozenset[str]:
+        """The roles of an active identity (none when unknown or revoked)."""
+        found = self._ids.get(key_id)
+        return found.roles if found is not None and found.current is not None else frozenset()
+
+    def public_b64(self, key_id: str) -> str | None:
+        """The current public key of `key_id`, base64 (None when unknown or revoked)."""
+        found = self._ids.get(key_id)
+        current = found.current if found is not None else None
+        return public_key_b64(current.public) if current is not None else None
+
+    def verify(self, key_id: str, message: bytes, signature_b64: str, *, kind: IdentityKind | None = None) -> None:
+        """Raise SignatureError unless `key_id` is trusted now, of `kind`, and signed `message`
+        with its current key (a rotated-away or revoked key signs nothing new)."""
+        found = self._ids.get(key_id)
+        if found is None:
             raise SignatureError(f"unknown signer {key_id!r}", signer=key_id)
+        if kind is not None and found.kind not in (kind, "any"):
+            raise SignatureError(f"{key_id!r} is a {found.kind}, not a {kind}", signer=key_id)
+        if found.revoked_at is not None:
+            raise SignatureError(f"{key_id!r} was revoked", signer=key_id)
+        current = found.current
+        if current is None:
+            raise SignatureError(f"{key_id!r} has no current key", signer=key_id)
         try:
-            verify_signature(public, message, signature_b64)
+            verify_signature(current.public, message, signature_b64)
         except SignatureError as exc:
             raise SignatureError(exc.reason, signer=key_id) from exc
+
+    def verify_at(self, key_id: str, message: bytes, signature_b64: str, at: float) -> None:
+        """Raise SignatureError unless one of `key_id`'s keys valid at `at` signed `message`.
+
+        For history (audit entries, old checkpoints): a rotated key still verifies what it signed
+        while it was current; a revoked identity verifies nothing signed from its revocation on.
+        """
+        found = self._ids.get(key_id)
+        if found is None:
+            raise SignatureError(f"unknown signer {key_id!r}", signer=key_id)
+        if found.revoked_at is not None and at >= found.revoked_at:
+            raise SignatureError(f"{key_id!r} was revoked before {at}", signer=key_id)
+        for period in found.keys:
+            if period.since <= at and (period.until is None or at < period.until):
+                try:
+                    verify_signature(period.public, message, signature_b64)
+                    return
+                except SignatureError:
+                    continue
+        raise SignatureError(f"no key of {key_id!r} valid at {at} verifies the signature", signer=key_id)
 
 
 def load_or_create_key(path: Path, key_id: str) -> SigningKey:

@@ -27,6 +27,7 @@ from shared.events import (
     Alert,
     ApprovalGiven,
     ArtifactVerdict,
+    DataAccessApproved,
     DataAccessRequested,
     DatasetUploaded,
     DatasetVerdict,
@@ -43,6 +44,7 @@ class Subjects:
 
     DATASET_UPLOADED = "mlw.dataset.uploaded"
     DATASET_ACCESS = "mlw.dataset.access"
+    DATASET_APPROVAL = "mlw.dataset.approval"
     MODEL_BUILT = "mlw.model.built"
     PROMOTION_REQUESTED = "mlw.registry.promotion"
     APPROVAL_GIVEN = "mlw.registry.approval"
@@ -260,5 +262,6 @@ _MODELS: dict[str, type[BaseModel]] = {
     Subjects.VERDICT_PROMOTION: PromotionVerdict,
     Subjects.VERDICT_ADMISSION: AdmissionVerdict,
     Subjects.DATASET_ACCESS: DataAccessRequested,
+    Subjects.DATASET_APPROVAL: DataAccessApproved,
     Subjects.VERDICT_ACCESS: AccessVerdict,
 }

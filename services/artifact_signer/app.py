@@ -25,7 +25,7 @@ from services.artifact_signer.osv import OsvDatabase
 from services.artifact_signer.scanner import ScanReport, scan_path
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
-from shared.errors import InputError
+from shared.errors import InputError, SignatureError
 from shared.events import (
     ArtifactVerdict,
     ArtifactVerifyReply,
@@ -208,6 +208,22 @@ class Signer:
         )
 
 
+def refused_build(event: Envelope[ModelBuilt], reason: str) -> ArtifactVerdict:
+    """The signed rejection of a build whose builder signature does not hold: nothing is read."""
+    build = event.data
+    problem = Finding(check="identity.builder", severity=Severity.FAIL, message=f"build refused: {reason}")
+    return ArtifactVerdict(
+        model=build.model,
+        version=build.version,
+        root_digest="",
+        decision=Decision.FAIL,
+        findings=[problem],
+        datasets=build.datasets,
+        builder=build.builder,
+        in_reply_to=event.id,
+    )
+
+
 def create_app(settings: Settings | None = None, cfg: SignerSettings | None = None) -> ServiceApp:
     """Build artifact-signer."""
     settings = settings or Settings()
@@ -224,8 +240,13 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
 
     @svc.consume(Subjects.MODEL_BUILT, ModelBuilt, batch=2)
     async def on_model_built(event: Envelope[ModelBuilt]) -> None:
-        """Hash, scan and sign a model build; publish the signed verdict."""
-        verdict = await signer().judge(event)
+        """Hash, scan and sign a model build signed by its builder; publish the signed verdict."""
+        try:
+            await signer().runtime.verify_actor(event, event.data.builder)
+        except SignatureError as exc:
+            verdict = refused_build(event, exc.reason)
+        else:
+            verdict = await signer().judge(event)
         await signer().runtime.emit(
             Subjects.VERDICT_ARTIFACT, verdict, in_reply_to=event.id, about=f"model:{verdict.model}:{verdict.version}"
         )

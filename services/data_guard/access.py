@@ -3,9 +3,11 @@ exfiltration.
 
 `decide_access` applies the sensitivity policy (`policy.AccessPolicy`) to one request, default
 deny, and gives every reason: the principal's role must be cleared for the level and on the
-dataset's allow-list; levels in `approval_required` need an approval id that is not the
-requester's own; levels in `mfa_required` need the identity provider's MFA claim; a dataset
-data-guard never judged, or failed, is not readable at all (quarantine).
+dataset's allow-list; levels in `approval_required` need a signed approval by an actor holding
+an approver role who is not the requester; levels in `mfa_required` need a signed MFA assertion
+from the identity provider; a dataset data-guard never judged, or failed, is not readable at all
+(quarantine). Approvals and MFA reach this module as `AccessEvidence`: verified signers only,
+never a field the requester wrote.
 
 `ReadVolumeMonitor` keeps, per principal, an exponentially weighted mean and variance of the log
 of bytes read (West, "Updating mean and variance estimates", CACM 1979, in its exponentially
@@ -37,6 +39,14 @@ class DatasetRecord:
 
 
 @dataclass(frozen=True)
+class AccessEvidence:
+    """What verified, signed events say about one request: who approved it, who asserted MFA."""
+
+    approvers: frozenset[str] = frozenset()
+    mfa_asserted_by: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class AccessOutcome:
     """Allowed or not, with every reason (audited as an `AccessVerdict`)."""
 
@@ -44,7 +54,12 @@ class AccessOutcome:
     reasons: tuple[str, ...]
 
 
-def decide_access(request: DataAccessRequested, record: DatasetRecord | None, policy: AccessPolicy) -> AccessOutcome:
+def decide_access(
+    request: DataAccessRequested,
+    record: DatasetRecord | None,
+    policy: AccessPolicy,
+    evidence: AccessEvidence = AccessEvidence(),
+) -> AccessOutcome:
     """Decide one read request; deny unless every rule holds."""
     if record is None:
         return AccessOutcome(False, (f"unknown dataset {request.dataset}:{request.version}: nothing to read",))
@@ -54,16 +69,19 @@ def decide_access(request: DataAccessRequested, record: DatasetRecord | None, po
     read = check_read(request.principal, level, list(record.allowed_readers), policy)
     if not read.allowed:
         denied.append(read.reason)
-    # (2) approvals: at least one, and not granted by the requester to themself
+    # (2) approvals: signed by an approver role, never by the requester to themself
     if level in policy.approval_required:
-        approvals = [a for a in request.approval_ids if a.strip()]
-        if not approvals:
-            denied.append(f"{level.value} data needs an approval id")
-        elif all(a.strip().lower() == request.principal.lower() for a in approvals):
-            denied.append("a requester cannot approve their own read")
-    # (3) MFA claim
-    if level in policy.mfa_required and not request.mfa:
-        denied.append(f"{level.value} data needs multi-factor authentication")
+        valid = sorted(
+            a for a in evidence.approvers if a != request.principal and policy.roles_of(a) & policy.approver_roles
+        )
+        if not valid:
+            roles = ", ".join(sorted(policy.approver_roles))
+            denied.append(f"{level.value} data needs a signed approval by another actor holding {roles}")
+    # (3) MFA: asserted by the identity provider's signed event, not claimed by the requester
+    if level in policy.mfa_required and not any(
+        policy.roles_of(a) & policy.mfa_roles for a in evidence.mfa_asserted_by
+    ):
+        denied.append(f"{level.value} data needs multi-factor authentication asserted by the identity provider")
     # (4) quarantine: only data that passed (or warned) may be read
     if record.decision not in (Decision.PASS, Decision.WARN):
         denied.append(f"dataset verdict is {record.decision.value}: quarantined")

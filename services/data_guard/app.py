@@ -23,15 +23,17 @@ import orjson
 from nats.js.errors import KeyNotFoundError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.data_guard.access import DatasetRecord, ReadVolumeMonitor, decide_access
+from services.data_guard.access import AccessEvidence, DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.detect import DatasetReport, DetectorSettings, analyze
 from services.data_guard.loader import DatasetError, Table, load_table, sha256_hex
 from services.data_guard.policy import DEFAULT_POLICY, AccessPolicy, check_upload
 from shared.bus import ServiceRuntime
 from shared.crypto import DecryptionError, decrypt_object, is_encrypted, load_or_create_master_key
 from shared.envelope import Envelope
+from shared.errors import SignatureError
 from shared.events import (
     AccessVerdict,
+    DataAccessApproved,
     DataAccessRequested,
     DatasetUploaded,
     DatasetVerdict,
@@ -83,6 +85,7 @@ class Guard:
         self.master_key = load_or_create_master_key(settings.keys_dir)
         self.records: dict[tuple[str, str], DatasetRecord] = {}
         self.volumes = ReadVolumeMonitor()
+        self.approvals_lock = asyncio.Lock()
 
     async def _load(self, upload: DatasetUploaded, *, reference: bool) -> tuple[Table, str, bool]:
         ref = upload.reference if reference else upload.location
@@ -204,11 +207,62 @@ class Guard:
         self.records[(dataset, version)] = found
         return found
 
-    async def decide(self, event: Envelope[DataAccessRequested]) -> AccessVerdict:
+    def policy_now(self) -> AccessPolicy:
+        """The access policy with the role assignments of the root-signed trust store added."""
+        trust = self.runtime.trust
+        return self.policy.with_roles({actor: trust.roles_of(actor) for actor in trust.ids()})
+
+    async def _kv_json(self, key: str) -> Any:
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return orjson.loads(entry.value) if entry.value else None
+
+    async def _kv_put(self, key: str, value: Any) -> None:
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        await kv.put(key, orjson.dumps(value))
+
+    async def evidence(self, request_id: str) -> AccessEvidence:
+        """The verified approvals and MFA assertions recorded for one access request."""
+        raw = await self._kv_json(_approvals_key(request_id)) or []
+        return AccessEvidence(
+            approvers=frozenset(a["signer"] for a in raw if a["kind"] == "approval"),
+            mfa_asserted_by=frozenset(a["signer"] for a in raw if a["kind"] == "mfa"),
+        )
+
+    async def remember_request(self, event: Envelope[DataAccessRequested]) -> None:
+        """Keep a verified access request, so that an approval arriving later can decide it."""
+        await self._kv_put(_request_key(event.id), event.data.model_dump(mode="json"))
+
+    async def remember_approval(self, event: Envelope[DataAccessApproved], signer: str) -> DataAccessRequested | None:
+        """Record a verified approval or MFA assertion; return the request it is for, if known."""
+        async with self.approvals_lock:
+            key = _approvals_key(event.data.request_id)
+            raw: list[dict[str, str]] = await self._kv_json(key) or []
+            if not any(a["event_id"] == event.id for a in raw):
+                raw.append({"event_id": event.id, "signer": signer, "kind": event.data.kind})
+                await self._kv_put(key, raw)
+        found = await self._kv_json(_request_key(event.data.request_id))
+        return DataAccessRequested.model_validate(found) if found is not None else None
+
+    async def decide(self, request_id: str, request: DataAccessRequested, *, observe: bool = True) -> AccessVerdict:
         """The verdict on one access request; alerts on an anomalous read volume."""
-        request = event.data
         record = await self.record(request.dataset, request.version)
-        outcome = decide_access(request, record, self.policy)
+        outcome = decide_access(request, record, self.policy_now(), await self.evidence(request_id))
+        verdict = AccessVerdict(
+            principal=request.principal,
+            dataset=request.dataset,
+            version=request.version,
+            purpose=request.purpose,
+            allowed=outcome.allowed,
+            reasons=list(outcome.reasons),
+            sensitivity=record.sensitivity if record else None,
+            in_reply_to=request_id,
+        )
+        if not observe:
+            return verdict
         size = request.bytes_requested or (record.size if record else 0)
         anomaly = self.volumes.observe(request.principal, size)
         if anomaly is not None:
@@ -217,22 +271,51 @@ class Guard:
                 Severity.WARN,
                 f"{anomaly.principal} asked to read {anomaly.bytes} bytes, far above their usual "
                 f"{anomaly.typical_bytes:.0f} (z {anomaly.z:.1f} over {anomaly.reads} reads)",
-                in_reply_to=event.id,
+                in_reply_to=request_id,
                 principal=anomaly.principal,
                 bytes=anomaly.bytes,
                 z=round(anomaly.z, 3),
                 dataset=request.dataset,
             )
-        return AccessVerdict(
-            principal=request.principal,
-            dataset=request.dataset,
-            version=request.version,
-            purpose=request.purpose,
-            allowed=outcome.allowed,
-            reasons=list(outcome.reasons),
-            sensitivity=record.sensitivity if record else None,
-            in_reply_to=event.id,
-        )
+        return verdict
+
+
+def _request_key(request_id: str) -> str:
+    return "data-guard.access." + hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+def _approvals_key(request_id: str) -> str:
+    return "data-guard.approvals." + hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+def refused_access(event: Envelope[DataAccessRequested], reason: str) -> AccessVerdict:
+    """The signed denial of an access request whose signature does not hold."""
+    request = event.data
+    return AccessVerdict(
+        principal=request.principal,
+        dataset=request.dataset,
+        version=request.version,
+        purpose=request.purpose,
+        allowed=False,
+        reasons=[f"request refused: {reason}"],
+        in_reply_to=event.id,
+    )
+
+
+def refused_upload(event: Envelope[DatasetUploaded], reason: str) -> DatasetVerdict:
+    """The signed rejection of an upload whose uploader signature does not hold: nothing is read
+    and nothing is recorded (a forged upload must not replace what data-guard judged)."""
+    upload = event.data
+    problem = Finding(check="identity.uploader", severity=Severity.FAIL, message=f"upload refused: {reason}")
+    return DatasetVerdict(
+        dataset=upload.dataset,
+        version=upload.version,
+        sha256="",
+        decision=Decision.FAIL,
+        findings=[problem],
+        uploader=upload.uploader,
+        in_reply_to=event.id,
+    )
 
 
 def _record_key(dataset: str, version: str) -> str:
@@ -267,10 +350,16 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
         svc.state["guard"] = Guard(runtime, settings, cfg, policy)
 
     async def on_dataset_uploaded(event: Envelope[DatasetUploaded]) -> None:
-        """Check an uploaded dataset for poisoning and policy breaches; publish the verdict."""
+        """Check an uploaded dataset, signed by its uploader, for poisoning and policy breaches;
+        publish the verdict."""
         guard = svc.get("guard", Guard)
-        verdict = await guard.judge(event)
-        await guard.remember(event.data, verdict)
+        try:
+            await guard.runtime.verify_actor(event, event.data.uploader)
+        except SignatureError as exc:
+            verdict = refused_upload(event, exc.reason)
+        else:
+            verdict = await guard.judge(event)
+            await guard.remember(event.data, verdict)
         await guard.runtime.emit(
             Subjects.VERDICT_DATASET,
             verdict,
@@ -279,9 +368,34 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
         )
 
     async def on_access_requested(event: Envelope[DataAccessRequested]) -> None:
-        """Decide a dataset read by the sensitivity policy; publish the signed access verdict."""
+        """Decide a dataset read, signed by its principal, by the sensitivity policy and the
+        signed approvals; publish the signed access verdict."""
         guard = svc.get("guard", Guard)
-        verdict = await guard.decide(event)
+        try:
+            await guard.runtime.verify_actor(event, event.data.principal)
+        except SignatureError as exc:
+            verdict = refused_access(event, exc.reason)
+        else:
+            await guard.remember_request(event)
+            verdict = await guard.decide(event.id, event.data)
+        await guard.runtime.emit(
+            Subjects.VERDICT_ACCESS,
+            verdict,
+            in_reply_to=event.id,
+            about=f"dataset:{verdict.dataset}:{verdict.version}",
+        )
+
+    async def on_access_approved(event: Envelope[DataAccessApproved]) -> None:
+        """A signed approval (or MFA assertion) of an access request: decide the request again."""
+        guard = svc.get("guard", Guard)
+        try:
+            signer = await guard.runtime.verify_actor(event, event.data.approver)
+        except SignatureError:
+            return  # alerted by verify_actor; a forged approval counts for nothing
+        request = await guard.remember_approval(event, signer)
+        if request is None:
+            return  # kept: it counts when the request it names arrives
+        verdict = await guard.decide(event.data.request_id, request, observe=False)
         await guard.runtime.emit(
             Subjects.VERDICT_ACCESS,
             verdict,
@@ -292,6 +406,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
     routes: dict[str, tuple[type[Any], Any]] = {
         Subjects.DATASET_UPLOADED: (DatasetUploaded, on_dataset_uploaded),
         Subjects.DATASET_ACCESS: (DataAccessRequested, on_access_requested),
+        Subjects.DATASET_APPROVAL: (DataAccessApproved, on_access_approved),
     }
     # Few at a time: each message is CPU work in a thread, two cores.
     svc.consume_routes("mlw.dataset.>", routes, batch=2, doc=on_dataset_uploaded.__doc__)

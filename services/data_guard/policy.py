@@ -59,7 +59,13 @@ class AccessPolicy(BaseModel):
         description="levels whose reads need at least one approval",
     )
     mfa_required: frozenset[Sensitivity] = Field(
-        default=frozenset({Sensitivity.RESTRICTED}), description="levels whose reads need an MFA claim"
+        default=frozenset({Sensitivity.RESTRICTED}), description="levels whose reads need an MFA assertion"
+    )
+    approver_roles: frozenset[str] = Field(
+        default=frozenset({"data-steward"}), description="roles whose signed approval of a read counts"
+    )
+    mfa_roles: frozenset[str] = Field(
+        default=frozenset({"identity-provider"}), description="roles whose signed MFA assertion counts"
     )
 
     @classmethod
@@ -89,6 +95,13 @@ class AccessPolicy(BaseModel):
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicyError(f"cannot read policy file: {exc}", source=str(path)) from exc
         return cls.from_yaml(text, source=str(path))
+
+    def with_roles(self, extra: Mapping[str, frozenset[str]]) -> AccessPolicy:
+        """This policy with more role assignments (the root-signed trust store's) added."""
+        merged = dict(self.principals)
+        for principal, roles in extra.items():
+            merged[principal] = merged.get(principal, frozenset()) | roles
+        return self.model_copy(update={"principals": merged})
 
     def roles_of(self, principal: str) -> frozenset[str]:
         """The principal's roles (empty when unknown)."""

@@ -50,11 +50,15 @@ class Gate:
     def __init__(self, runtime: ServiceRuntime, policy: RegistryPolicy, state: RegistryState) -> None:
         self.runtime = runtime
         self.policy = policy
-        self.actors = policy.trust_store()
         self.state = state
         self.lock = asyncio.Lock()
         # The last decision published per request: re-evaluations that change nothing stay quiet.
         self.last: dict[str, PromotionVerdict] = {}
+
+    def policy_now(self) -> RegistryPolicy:
+        """The policy with the actors and roles the trust store holds right now (a revoked
+        actor's request or approval stops counting at once)."""
+        return self.policy.with_trust(self.runtime.trust)
 
     async def journal(self, kind: str, ident: str, fact: BaseModel) -> None:
         """Persist one recorded fact before acking the event that carried it.
@@ -84,7 +88,7 @@ class Gate:
         for request_id in request_ids:
             if self.state.request(request_id) is None:
                 continue
-            decision = evaluate(request_id, self.state, self.policy)
+            decision = evaluate(request_id, self.state, self.policy_now())
             verdict = decision.to_verdict(in_reply_to=cause)
             previous = self.last.get(request_id)
             if not always and previous is not None and _same(previous, verdict):
@@ -98,7 +102,7 @@ class Gate:
             )
 
     async def reject_unsigned(self, event: Envelope[PromotionRequested], reason: str) -> None:
-        """A request whose signature does not hold is rejected outright, and alerted."""
+        """A request whose signature does not hold is rejected outright (verify_actor alerted)."""
         data = event.data
         verdict = PromotionVerdict(
             model=data.model,
@@ -112,12 +116,6 @@ class Gate:
         )
         await self.runtime.emit(
             Subjects.VERDICT_PROMOTION, verdict, in_reply_to=event.id, about=f"model:{data.model}:{data.version}"
-        )
-        await self.runtime.alert(
-            "forged_request",
-            Severity.FAIL,
-            f"promotion request {event.id} claims {data.requester!r}: {reason}",
-            in_reply_to=event.id,
         )
 
 
@@ -171,7 +169,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         g = gate()
         async with g.lock:
             try:
-                signer = event.verify(g.actors)
+                signer = await g.runtime.verify_actor(event, event.data.requester)
             except SignatureError as exc:
                 await g.reject_unsigned(event, exc.reason)
                 return
@@ -184,15 +182,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         g = gate()
         async with g.lock:
             try:
-                signer = event.verify(g.actors)
-            except SignatureError as exc:
-                await g.runtime.alert(
-                    "forged_approval",
-                    Severity.FAIL,
-                    f"approval {event.id} claims {event.data.approver!r}: {exc.reason}",
-                    in_reply_to=event.id,
-                )
-                return
+                signer = await g.runtime.verify_actor(event, event.data.approver)
+            except SignatureError:
+                return  # alerted by verify_actor; a forged approval counts for nothing
             fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data)
             record = partial(g.state.record_approval, event.id, event.data, signer)
             await g.apply(event.id, "approval", record, fact, always=True)
@@ -238,13 +230,14 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         g = gate()
         async with g.lock:
             found = []
+            policy = g.policy_now()
             for request_id in g.state.request_ids():
                 recorded = g.state.request(request_id)
                 if recorded is None or recorded.request.model != request.model:
                     continue
                 if request.version is not None and recorded.request.version != request.version:
                     continue
-                found.append(evaluate(request_id, g.state, g.policy).to_verdict(in_reply_to=request_id))
+                found.append(evaluate(request_id, g.state, policy).to_verdict(in_reply_to=request_id))
         return RegistryStatus(promotions=found)
 
     return svc

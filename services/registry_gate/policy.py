@@ -165,6 +165,20 @@ class RegistryPolicy(Frozen):
         """Whether `actor_id` holds a role whose approval counts for `stage`."""
         return bool(set(self.roles_of(actor_id)) & set(self.stage(stage).approver_roles))
 
+    def with_trust(self, trust: TrustStore) -> RegistryPolicy:
+        """This policy with its actors taken from the root-signed trust store: their current keys
+        and the roles this policy declares (revoked actors hold none). Roles come from there in a
+        running registry-gate; an `actors` section in the file is for offline use only."""
+        declared = set(self.roles)
+        actors: dict[str, ActorPolicy] = {}
+        for actor_id in trust.ids():
+            identity = trust.identity(actor_id)
+            if identity is None or identity.kind == "service" or identity.current is None:
+                continue
+            roles = tuple(sorted(identity.roles & declared))
+            actors[actor_id] = ActorPolicy.model_construct(public_key=identity.current.public_b64, roles=roles)
+        return self.model_copy(update={"actors": actors})
+
     def trust_store(self) -> TrustStore:
         """A trust store of the actors' public keys, to verify requests and approvals."""
         return TrustStore({actor_id: actor.public_key for actor_id, actor in self.actors.items()})
@@ -221,7 +235,8 @@ def policy_for_actors(
 def render_policy(actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: StagesPolicy | None = None) -> str:
     """Policy YAML for `{actor_id: (public_key_b64, roles)}`, validated before it is written."""
     header = (
-        "# mlwarden registry-gate policy: actors (Ed25519 public keys, roles) and stage requirements.\n"
-        "# Requests and approvals must be signed by the actor's own key; roles come only from here.\n"
+        "# mlwarden registry-gate policy: the roles that exist and what each stage needs.\n"
+        "# Actors, their keys and their roles live in the root-signed trust store (`mlwarden keys`);\n"
+        "# requests and approvals must be signed by the actor's own key.\n"
     )
     return header + policy_for_actors(actors, stages=stages).to_yaml()

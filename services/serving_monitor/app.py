@@ -29,12 +29,15 @@ from services.serving_monitor.ratelimit import GcraLimiter
 from services.serving_monitor.validation import FeatureSchema, SchemaRegistry
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
+from shared.errors import SignatureError
 from shared.events import AdmissionVerdict, AdmitReply, AdmitRequest, PredictionBatch
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.topology import API_KEYS_BUCKET, STATE_BUCKET, Subjects
 
 SERVICE = "serving-monitor"
+#: The trust-store role an actor needs to log predictions.
+MODEL_SERVER_ROLE = "model-server"
 log = logging.getLogger("mlwarden.serving-monitor")
 
 
@@ -203,8 +206,15 @@ def create_app(settings: Settings | None = None, cfg: ServingSettings | None = N
 
     @svc.consume(Subjects.PREDICTION_LOGGED, PredictionBatch)
     async def on_predictions(event: Envelope[PredictionBatch]) -> None:
-        """A batch of served predictions: per-client volume, invalid inputs, OOD inputs, extraction."""
+        """A batch of served predictions, signed by a model server: per-client volume, invalid
+        inputs, OOD inputs, extraction."""
         m = monitor()
+        try:
+            # Forged logs could frame an honest client or hide an attacker: only an actor holding
+            # the model-server role may log predictions (verify_actor alerts on a refusal).
+            await m.runtime.verify_actor(event, None, role=MODEL_SERVER_ROLE)
+        except SignatureError:
+            return
         for spec in m.observe(event.data):
             await m.runtime.emit(
                 Subjects.alert(SERVICE), spec.to_alert(), in_reply_to=event.id, kind=f"{spec.kind}:{spec.client}"

@@ -21,7 +21,8 @@ from shared.bus import load_trust
 from shared.events import AuditCheckpointReply, AuditInclusionProof, DatasetRef
 from shared.service import reply_or_error
 from shared.signing import load_public_key
-from shared.topology import TRUST_BUCKET, Subjects
+from shared.topology import Subjects
+from shared.trust import load_root_public
 
 N = 12
 
@@ -51,7 +52,7 @@ async def audit(bus: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 async def test_checkpoints_are_published_signed_and_consistent(audit: Any) -> None:
     running, _, store = audit
-    trust = await load_trust(running.client.js)
+    trust = await load_trust(running.client.js, load_root_public(None, running.settings.keys_dir))
     assert "audit-log" in trust
     # Every entry is covered; the stream and the mirror agree on the newest one.
     raw = await running.client.request(Subjects.AUDIT_CHECKPOINT, orjson.dumps({"from_size": 5}))
@@ -73,10 +74,10 @@ async def test_proof_over_the_bus_checks_offline(audit: Any) -> None:
     proof = reply_or_error(raw, AuditInclusionProof)
     assert isinstance(proof, AuditInclusionProof)
     # The auditor's copy of the public key: the trust store entry.
-    kv = await running.client.js.key_value(TRUST_BUCKET)
-    entry = await kv.get("audit-log")
-    assert entry.value is not None
-    public = load_public_key(entry.value.decode())
+    trust = await load_trust(running.client.js, load_root_public(None, running.settings.keys_dir), ["audit-log"])
+    public_b64 = trust.public_b64("audit-log")
+    assert public_b64 is not None
+    public = load_public_key(public_b64)
     checked = check_inclusion_proof(proof, public)
     assert checked.event["id"] == sent[7].id
     raw = await running.client.request(Subjects.AUDIT_PROOF, orjson.dumps({"event_id": "missing"}))

@@ -82,7 +82,7 @@ async def test_tampered_bytes_fail_the_hash_check(bus: Any, tmp_path: Path) -> N
         uploader="pipeline",
     )
     async with client.watch() as watcher:
-        event = await client.publish(Subjects.DATASET_UPLOADED, upload)
+        event = await client.publish(Subjects.DATASET_UPLOADED, upload, key=client.actor("pipeline"))
         verdict = await watcher.wait(_verdict_for(event.id), 20)
     assert verdict is not None and verdict.data.decision == "fail"
     assert verdict.data.findings[0].check == "input.hash_mismatch"
@@ -99,7 +99,7 @@ async def test_file_reference_outside_the_allowed_roots_is_refused(bus: Any) -> 
         uploader="pipeline",
     )
     async with running.client.watch() as watcher:
-        event = await running.client.publish(Subjects.DATASET_UPLOADED, upload)
+        event = await running.client.publish(Subjects.DATASET_UPLOADED, upload, key=running.client.actor("pipeline"))
         verdict = await watcher.wait(_verdict_for(event.id), 20)
     assert verdict is not None and verdict.data.decision == "fail"
     assert verdict.data.findings[0].check == "input.path_outside_roots"

@@ -38,10 +38,28 @@ async def _upload(running: Any, tmp_path: Path, version: str, **kw: Any) -> Any:
 
 
 async def _access(running: Any, **kw: Any) -> Any:
-    request = DataAccessRequested(dataset="patients", purpose="train churn model", **kw)
     async with running.client.watch() as watcher:
-        event = await running.client.publish(Subjects.DATASET_ACCESS, request)
+        event = await running.client.request_access(dataset="patients", purpose="train churn model", **kw)
         verdict = await watcher.wait(_answers(event.id, Subjects.VERDICT_ACCESS), 20)
+    assert verdict is not None and verdict.signer == "data-guard"
+    return verdict
+
+
+async def _approve(running: Any, request_id: str, approver: str, kind: str = "approval") -> Any:
+    """A signed approval (or MFA assertion); returns the access verdict it causes."""
+    async with running.client.watch() as watcher:
+        event = await running.client.approve_access(
+            request_id=request_id, dataset="patients", version="1", kind=kind, approver=approver
+        )
+        verdict = await watcher.wait(
+            lambda e: (
+                e.type == Subjects.VERDICT_ACCESS
+                and e.data.in_reply_to == request_id
+                and e.id != request_id
+                and e.time >= event.time
+            ),
+            20,
+        )
     assert verdict is not None and verdict.signer == "data-guard"
     return verdict
 
@@ -95,33 +113,66 @@ async def test_plaintext_restricted_upload_fails(bus: Any, tmp_path: Path) -> No
     assert any(f.check == "encryption.at_rest" and f.severity == "fail" for f in verdict.data.findings)
 
 
-async def test_access_requests_are_decided_signed_and_audited(bus: Any, tmp_path: Path) -> None:
+async def test_access_is_granted_by_signed_approval_and_asserted_mfa_only(bus: Any, tmp_path: Path) -> None:
     running = await bus("audit-log", "data-guard")
     key = load_or_create_master_key(running.settings.keys_dir)
     await _upload(
-        running, tmp_path, "1", uploader="alice", sensitivity=Sensitivity.RESTRICTED, readers=["bob"], master_key=key
+        running, tmp_path, "1", uploader="pipeline", sensitivity=Sensitivity.RESTRICTED, readers=["bob"], master_key=key
     )
-    allowed = await _access(running, principal="bob", version="1", approval_ids=["apr-7"], mfa=True)
-    assert allowed.data.allowed, allowed.data.reasons
-    no_mfa = await _access(running, principal="bob", version="1", approval_ids=["apr-7"])
-    assert not no_mfa.data.allowed and any("multi-factor" in r for r in no_mfa.data.reasons)
-    outsider = await _access(running, principal="carol", version="1", approval_ids=["apr-7"], mfa=True)
+    first = await _access(running, principal="bob", version="1")
+    assert not first.data.allowed
+    assert any("approval" in r for r in first.data.reasons) and any("multi-factor" in r for r in first.data.reasons)
+    request_id = first.data.in_reply_to
+    # mallory (no role) approving and asserting MFA grants nothing; bob cannot approve for himself
+    still = await _approve(running, request_id, "mallory")
+    assert not still.data.allowed
+    still = await _approve(running, request_id, "mallory", kind="mfa")
+    assert not still.data.allowed and any("multi-factor" in r for r in still.data.reasons)
+    approved = await _approve(running, request_id, "dana")  # the data steward
+    assert not approved.data.allowed and not any("approval" in r for r in approved.data.reasons)
+    granted = await _approve(running, request_id, "idp", kind="mfa")  # the identity provider
+    assert granted.data.allowed, granted.data.reasons
+    outsider = await _access(running, principal="carol", version="1")
     assert not outsider.data.allowed
-    unknown = await _access(running, principal="bob", version="99", approval_ids=["apr-7"], mfa=True)
+    unknown = await _access(running, principal="bob", version="99")
     assert not unknown.data.allowed
     rows: list[Any] = []
     for _ in range(100):
         page = await running.client.audit_query(AuditQuery(type=Subjects.VERDICT_ACCESS, limit=100))
         rows = page.entries
-        if len(rows) >= 4:
+        if len(rows) >= 7:
             break
         await asyncio.sleep(0.1)
-    assert len(rows) == 4
+    assert len(rows) == 7
+
+
+async def test_access_request_claiming_another_principal_is_refused(bus: Any, tmp_path: Path) -> None:
+    """The attack: a producer sends `principal: "bob"` (once unsigned, once signed by mallory)."""
+    running = await bus("audit-log", "data-guard")
+    await _upload(running, tmp_path, "1", uploader="pipeline", sensitivity=Sensitivity.PUBLIC)
+    client = running.client
+    claim = DataAccessRequested(principal="bob", dataset="patients", version="1", purpose="exfiltrate")
+    async with client.watch() as watcher:
+        unsigned = await client.publish(Subjects.DATASET_ACCESS, claim)
+        forged = await client.publish(Subjects.DATASET_ACCESS, claim, key=client.actor("mallory"))
+        verdicts = [await watcher.wait(_answers(e.id, Subjects.VERDICT_ACCESS), 20) for e in (unsigned, forged)]
+        alert = await watcher.wait(
+            lambda e: (
+                e.type == "mlw.alert.data-guard" and e.data.kind == "forged_identity" and "mallory" in e.data.message
+            ),
+            20,
+        )
+    for verdict in verdicts:
+        assert verdict is not None and not verdict.data.allowed
+        assert verdict.data.reasons[0].startswith("request refused")
+    assert verdicts[0] is not None and "not signed" in verdicts[0].data.reasons[0]
+    assert verdicts[1] is not None and "signed by 'mallory'" in verdicts[1].data.reasons[0]
+    assert alert is not None
 
 
 async def test_anomalous_read_volume_raises_an_alert(bus: Any, tmp_path: Path) -> None:
     running = await bus("audit-log", "data-guard")
-    await _upload(running, tmp_path, "1", uploader="alice", sensitivity=Sensitivity.PUBLIC)
+    await _upload(running, tmp_path, "1", uploader="pipeline", sensitivity=Sensitivity.PUBLIC)
     rng = np.random.default_rng(0)
     for size in rng.integers(900_000, 1_100_000, 6):
         await _access(running, principal="carol", version="1", bytes_requested=int(size))

@@ -107,7 +107,9 @@ async def test_request_signed_by_someone_else_is_rejected(bus: Any) -> None:
         )
         verdict = await watcher.wait(_promotion_for(request.id), 10)
         assert verdict is not None and verdict.data.decision == "rejected"
-        assert await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "forged_request", 10)
+        assert await watcher.wait(
+            lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "forged_identity", 10
+        )
 
 
 async def test_state_survives_a_restart(bus: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.data_guard.access import DatasetRecord, ReadVolumeMonitor, decide_access
+from services.data_guard.access import AccessEvidence, DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.policy import DEFAULT_POLICY
 from shared.events import DataAccessRequested, Decision, Sensitivity
 
@@ -17,22 +17,37 @@ def _request(principal: str, **kw: object) -> DataAccessRequested:
     return DataAccessRequested(principal=principal, dataset="ds", version="1", purpose="training", **kw)  # type: ignore[arg-type]
 
 
-def test_restricted_read_needs_role_allow_list_approval_and_mfa() -> None:
+POLICY = DEFAULT_POLICY.with_roles(
+    {"dana": frozenset({"data-steward"}), "idp": frozenset({"identity-provider"}), "bob": frozenset({"data-steward"})}
+)
+APPROVED = AccessEvidence(approvers=frozenset({"dana"}), mfa_asserted_by=frozenset({"idp"}))
+
+
+def test_restricted_read_needs_role_allow_list_signed_approval_and_asserted_mfa() -> None:
     record = _record(Sensitivity.RESTRICTED, ("bob",))
-    ok = decide_access(_request("bob", approval_ids=["apr-1"], mfa=True), record, DEFAULT_POLICY)
-    assert ok.allowed
-    no_mfa = decide_access(_request("bob", approval_ids=["apr-1"]), record, DEFAULT_POLICY)
+    assert decide_access(_request("bob"), record, POLICY, APPROVED).allowed
+    no_mfa = decide_access(_request("bob"), record, POLICY, AccessEvidence(approvers=frozenset({"dana"})))
     assert not no_mfa.allowed and any("multi-factor" in r for r in no_mfa.reasons)
-    no_approval = decide_access(_request("bob", mfa=True), record, DEFAULT_POLICY)
+    no_approval = decide_access(_request("bob"), record, POLICY, AccessEvidence(mfa_asserted_by=frozenset({"idp"})))
     assert not no_approval.allowed and any("approval" in r for r in no_approval.reasons)
-    self_approved = decide_access(_request("bob", approval_ids=["bob"], mfa=True), record, DEFAULT_POLICY)
-    assert not self_approved.allowed
-    not_listed = decide_access(_request("alice", approval_ids=["apr-1"], mfa=True), record, DEFAULT_POLICY)
+    # bob holds the steward role, but nobody approves their own read
+    self_approved = AccessEvidence(approvers=frozenset({"bob"}), mfa_asserted_by=frozenset({"idp"}))
+    assert not decide_access(_request("bob"), record, POLICY, self_approved).allowed
+    not_listed = decide_access(_request("alice"), record, POLICY, APPROVED)
     assert not not_listed.allowed and any("allow-list" in r for r in not_listed.reasons)
-    auditor = decide_access(
-        _request("dave", approval_ids=["apr-1"], mfa=True), _record(Sensitivity.RESTRICTED, ("dave",)), DEFAULT_POLICY
-    )
+    auditor = decide_access(_request("dave"), _record(Sensitivity.RESTRICTED, ("dave",)), POLICY, APPROVED)
     assert not auditor.allowed  # the auditor role is never cleared for restricted data
+
+
+def test_approvals_and_mfa_count_only_from_the_roles_that_grant_them() -> None:
+    record = _record(Sensitivity.RESTRICTED, ("bob",))
+    # carol approving and mallory "asserting MFA" grant nothing: neither holds the role
+    wrong_roles = AccessEvidence(approvers=frozenset({"carol"}), mfa_asserted_by=frozenset({"mallory"}))
+    outcome = decide_access(_request("bob"), record, POLICY, wrong_roles)
+    assert not outcome.allowed
+    assert any("approval" in r for r in outcome.reasons) and any("multi-factor" in r for r in outcome.reasons)
+    # and without evidence, nothing the request says can help (it has no approval or MFA fields)
+    assert not decide_access(_request("bob"), record, POLICY).allowed
 
 
 def test_public_read_needs_only_a_cleared_role_and_unknown_principals_are_denied() -> None:
