@@ -9,9 +9,14 @@ runs every flow against a real server and fails on any permissions violation.
 What the lists cannot express, and why it is acceptable:
 
 - A JetStream API request names its stream (and consumer) in the subject, but a message get or a
-  purge carries its filter in the payload: read access to a bucket is all of the bucket, and an
-  object-store writer may purge chunks of its own store (nats-py's `ObjectStore.put` purges the
-  chunks of the object it replaces).
+  purge carries its filter in the payload: read access to a bucket is all of the bucket, and a
+  right to purge some chunks (nats-py's `ObjectStore.put` purges the chunks of the object it
+  replaces) is a right to purge the whole store. So only artifact-signer, a service, purges (its
+  own store); producers never do (issue 8: one producer purged `OBJ_mlw-datasets`) and store each
+  dataset version once (`shared.storage.put_once`). The object streams also set `deny_delete`.
+- An object's meta subject is `$O.<bucket>.M.<base64(name)>`, one token, so a writer of a store
+  may rewrite the meta of any object in it (replace or mark deleted; the chunks stay, as it may
+  not purge). Consumers re-hash what they read against the sha256 the signed event names.
 - Replies come back on a per-identity inbox, `_INBOX.<identity>.>` (`Settings.inbox_prefix`
   sets the client's prefix from its NATS user), so no identity reads replies meant for another.
 """
@@ -160,11 +165,13 @@ def object_read(bucket: str) -> list[str]:
     ]
 
 
-def object_write(bucket: str) -> list[str]:
-    """`put`: the replaced object's info, chunks and meta on `$O.<bucket>.>`, then a purge of
-    the replaced object's chunks."""
+def object_write(bucket: str, *, purge: bool) -> list[str]:
+    """`put`: the replaced object's info, chunks and meta on `$O.<bucket>.>`, then (with `purge`)
+    a purge of the replaced object's chunks. Without `purge`, a writer can add objects but not
+    replace them: the purge API cannot be limited to one object's chunks."""
     stream = object_stream(bucket)
-    return [*_stream_info(stream), _api(f"STREAM.MSG.GET.{stream}"), f"$O.{bucket}.>", _api(f"STREAM.PURGE.{stream}")]
+    subjects = [*_stream_info(stream), _api(f"STREAM.MSG.GET.{stream}"), f"$O.{bucket}.>"]
+    return subjects + ([_api(f"STREAM.PURGE.{stream}")] if purge else [])
 
 
 def _unique(items: list[str]) -> tuple[str, ...]:
@@ -192,7 +199,8 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
         *kv_read(STATE_BUCKET, watch=False),  # a judged version, after a restart
         *kv_write(STATE_BUCKET, "data-guard."),
     ],
-    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET)],
+    # It replaces its own signed bundles when a build is re-signed: the one identity that purges.
+    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET, purge=True)],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
     "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
@@ -230,6 +238,9 @@ def operator_permissions() -> Permissions:
     # ensure_topology updates mlwarden's own streams when they exist (a second keys init);
     # buckets it only creates.
     publish += [_api(f"STREAM.UPDATE.{spec.name}") for spec in STREAMS]
+    # ... and sets `deny_delete` on the object stores nats-py created (ObjectStoreConfig has no
+    # such field).
+    publish += [_api(f"STREAM.UPDATE.{object_stream(bucket)}") for bucket in OBJECT_STORES]
     for specs in CONSUMERS.values():
         # ConsumerSpec sets a durable name and no consumer name: nats-py's DURABLE.CREATE form.
         publish += [_api(f"CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}") for spec in specs]
@@ -246,7 +257,8 @@ def producer_permissions() -> Permissions:
     publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
     # A subscriber verifies a verdict with its signer's key: a get, no listing.
-    publish += [*object_write(DATASETS_BUCKET), *kv_read(TRUST_BUCKET, watch=False)]
+    # Datasets are added, never replaced: no purge right (see the module docstring).
+    publish += [*object_write(DATASETS_BUCKET, purge=False), *kv_read(TRUST_BUCKET, watch=False)]
     return Permissions(PRODUCER, _unique(publish), (inbox(PRODUCER), "mlw.verdict.>"))
 
 

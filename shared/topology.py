@@ -214,6 +214,17 @@ async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
     await js.update_stream(spec.config())
 
 
+async def _deny_object_deletes(js: JetStreamContext, bucket: str) -> None:
+    # No single-message deletes through the JetStream API on an object store (issue 8). Not
+    # `deny_purge`: the server then refuses the roll-up header every object put and delete
+    # sends ("roll-ups require the purge permission"). Who may purge is the permissions' job.
+    stream = f"OBJ_{bucket}"
+    config = (await js.stream_info(stream)).config
+    if not config.deny_delete:
+        config.deny_delete = True
+        await js.update_stream(config)
+
+
 async def ensure_topology(js: JetStreamContext) -> None:
     """Create or update every stream, consumer, object store and key-value bucket."""
     for spec in STREAMS:
@@ -233,6 +244,7 @@ async def ensure_topology(js: JetStreamContext) -> None:
             await js.object_store(bucket)
         except NotFoundError:
             await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE))
+        await _deny_object_deletes(js, bucket)
     for bucket in KV_BUCKETS:
         try:
             await js.key_value(bucket)

@@ -33,11 +33,26 @@ from services.serving_monitor.keystore import issue_key_on_bus
 from shared.bus import TrustConflict, connect
 from shared.client import Client
 from shared.embedded import free_port, nats_server_binary
-from shared.events import AdmitRequest, ArtifactVerifyReply, ArtifactVerifyRequest, AuditQuery, DatasetRef
+from shared.errors import InputError
+from shared.events import (
+    AdmitRequest,
+    ArtifactVerifyReply,
+    ArtifactVerifyRequest,
+    AuditQuery,
+    DatasetRef,
+)
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.signing import SigningKey
-from shared.topology import CHECKPOINTS, CONSUMERS, TRUST_BUCKET, VERDICTS, Subjects
+from shared.topology import (
+    ARTIFACTS_BUCKET,
+    CHECKPOINTS,
+    CONSUMERS,
+    DATASETS_BUCKET,
+    TRUST_BUCKET,
+    VERDICTS,
+    Subjects,
+)
 
 LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
 # nats-server 2.15 logs: ... - "$G/user:data-guard" - Publish Violation - Subject "mlw.verdict.artifact"
@@ -357,3 +372,77 @@ async def test_service_without_a_registered_key_refuses_to_start(secured: Secure
     (secured.data_dir / "keys" / "data-guard.pem").unlink()  # a fresh key nobody trusts
     with pytest.raises(TrustConflict, match="keys init"):
         await secured.start("data-guard")
+
+
+# --- object stores (issue 8, "The bus") --------------------------------------------------------
+
+
+async def _dataset_bytes(system: Secured, stack: AsyncExitStack, key: str) -> bytes:
+    guard, _ = await _raw(system, "data-guard", stack)  # the reader of the datasets
+    store = await guard.jetstream().object_store(DATASETS_BUCKET)
+    return bytes((await store.get(key)).data or b"")
+
+
+async def test_producer_cannot_purge_or_delete_the_object_stores(secured: Secured) -> None:
+    # Before: the producer's allow-list held $JS.API.STREAM.PURGE.OBJ_mlw-datasets (nats-py's
+    # put purges the chunks of the object it replaces), so one producer wiped every dataset.
+    data = _csv(secured.data_dir / "iris.csv")
+    async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        js = nc.jetstream(timeout=1.0)
+        for bucket in (DATASETS_BUCKET, ARTIFACTS_BUCKET):
+            stream = f"OBJ_{bucket}"
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.purge_stream(stream)
+            await refusals.wait_for(f"$JS.API.STREAM.PURGE.{stream}")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.purge_stream(stream, subject=f"$O.{bucket}.C.>")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.delete_stream(stream)
+            await refusals.wait_for(f"$JS.API.STREAM.DELETE.{stream}")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.delete_msg(stream, 1)
+            await refusals.wait_for(f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        assert await _dataset_bytes(secured, stack, "iris/1") == data.read_bytes()
+    assert {("producer", "Publish")} == {(user, kind) for user, kind, _ in secured.violations()}
+
+
+async def test_object_stores_refuse_message_deletes_but_keep_replacement(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        signer, _ = await _raw(secured, "artifact-signer", stack)
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        for bucket in (DATASETS_BUCKET, ARTIFACTS_BUCKET):
+            info = await operator.jetstream().stream_info(f"OBJ_{bucket}")
+            # deny_delete: no single-message delete through the API, whoever asks. Not deny_purge:
+            # the server refuses the roll-up every object put sends ("roll-ups require the purge
+            # permission"), so a stream-level purge ban would make the stores read-only.
+            assert info.config.deny_delete and not info.config.deny_purge
+        # artifact-signer replaces its own objects (a re-signed bundle): the old chunks go.
+        store = await signer.jetstream().object_store(ARTIFACTS_BUCKET)
+        await store.put("iris/1/model.sig", b"first")
+        await store.put("iris/1/model.sig", b"second")
+        assert (await store.get("iris/1/model.sig")).data == b"second"
+        state = (await operator.jetstream().stream_info(f"OBJ_{ARTIFACTS_BUCKET}")).state
+        assert state.messages == 2  # one chunk and one meta: the first version is gone
+    assert secured.violations() == []
+
+
+async def test_producer_uploads_are_idempotent_and_never_overwrite(secured: Secured) -> None:
+    data = _csv(secured.data_dir / "iris.csv")
+    other = secured.data_dir / "other.csv"
+    other.write_text(data.read_text().replace("label", "target"))
+    async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+        # A retried upload of the same bytes is a no-op, not a replacement (which needs a purge).
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+        # Different bytes under a version that exists: refused; publish a new version instead.
+        with pytest.raises(InputError, match="already stored"):
+            await client.upload_dataset(other, dataset="iris", version="1", label="target", uploader="pipeline")
+        await client.upload_dataset(other, dataset="iris", version="2", label="target", uploader="pipeline")
+    async with AsyncExitStack() as stack:
+        assert await _dataset_bytes(secured, stack, "iris/1") == data.read_bytes()
+        assert await _dataset_bytes(secured, stack, "iris/2") == other.read_bytes()
+    assert secured.violations() == []

@@ -97,6 +97,15 @@ def test_producer_and_auditor_change_no_evidence() -> None:
     assert not any(may_publish(operator, f"$JS.API.STREAM.{v}.MLW_VERDICTS") for v in ("DELETE", "PURGE"))
 
 
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_only_artifact_signer_may_purge_an_object_store(identity: str) -> None:
+    # A purge's filter is in its payload: the right to purge some chunks is the right to purge all.
+    for bucket in ("mlw-datasets", "mlw-artifacts"):
+        for verb in ("PURGE", "DELETE", "MSG.DELETE"):
+            allowed = may_publish(permissions_for(identity), f"$JS.API.STREAM.{verb}.OBJ_{bucket}")
+            assert allowed == (identity == "artifact-signer" and verb == "PURGE" and bucket == "mlw-artifacts")
+
+
 def test_every_identity_has_a_user_and_an_env_file(tmp_path: Path) -> None:
     config = write_config(tmp_path / "cfg", url="nats://a:4222,nats://b:4222")
     assert set(all_permissions()) == set(IDENTITIES) == set(config.env_files)
