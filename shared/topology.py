@@ -156,7 +156,12 @@ class ConsumerSpec:
         return cfg
 
 
-EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", "mlw.registry.>"))
+#: The registry subjects that are events (stored and consumed). Not `mlw.registry.>`: that also
+#: captured the `mlw.registry.status` requests, so JetStream answered each with a publish ack
+#: (the requester's reply) and registry-gate's durable dead-lettered it (issue 8). A stored
+#: registry subject added later goes here; `ensure_topology` updates the stream in place.
+REGISTRY_EVENTS: tuple[str, ...] = (Subjects.PROMOTION_REQUESTED, Subjects.APPROVAL_GIVEN)
+EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", *REGISTRY_EVENTS))
 PREDICTIONS = StreamSpec(
     "MLW_PREDICTIONS",
     ("mlw.prediction.>",),

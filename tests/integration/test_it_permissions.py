@@ -40,7 +40,10 @@ from shared.events import (
     ArtifactVerifyRequest,
     AuditQuery,
     DatasetRef,
+    RegistryStatus,
+    RegistryStatusRequest,
 )
+from shared.permissions import subject_matches
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.signing import SigningKey
@@ -49,9 +52,11 @@ from shared.topology import (
     CHECKPOINTS,
     CONSUMERS,
     DATASETS_BUCKET,
+    EVENTS,
     TRUST_BUCKET,
     VERDICTS,
     Subjects,
+    ensure_topology,
 )
 
 LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
@@ -445,4 +450,58 @@ async def test_producer_uploads_are_idempotent_and_never_overwrite(secured: Secu
     async with AsyncExitStack() as stack:
         assert await _dataset_bytes(secured, stack, "iris/1") == data.read_bytes()
         assert await _dataset_bytes(secured, stack, "iris/2") == other.read_bytes()
+    assert secured.violations() == []
+
+
+# --- request/reply subjects are not stored (issue 8, "The bus") ------------------------------
+
+
+async def test_registry_status_requests_are_not_stored_or_dead_lettered(secured: Secured) -> None:
+    # Before: MLW_EVENTS captured mlw.registry.>, so each status request was stored, fetched by
+    # registry-gate's durable as an event it cannot parse, and dead-lettered (200 requests, 200
+    # dead letters).
+    await secured.start("registry-gate")
+    spec = CONSUMERS["registry-gate"][0]
+    async with AsyncExitStack() as stack:
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        ojs = operator.jetstream()
+        before = (await ojs.stream_info(EVENTS.name)).state.messages
+        async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+            body = RegistryStatusRequest(model="iris").model_dump_json().encode()
+            for _ in range(200):
+                reply = RegistryStatus.model_validate_json(await client.request(Subjects.REGISTRY_STATUS, body))
+                assert reply.promotions == []
+        assert (await ojs.stream_info(EVENTS.name)).state.messages == before
+        # Whatever registry-gate's durable had to do, it has done: then count the dead letters.
+        gate, _ = await _raw(secured, "registry-gate", stack)
+        deadline = time.monotonic() + 20
+        while (info := await gate.jetstream().consumer_info(spec.stream, spec.durable)).num_pending or (
+            info.num_ack_pending
+        ):
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.1)
+        dead = (await ojs.stream_info(VERDICTS.name, subjects_filter=f"{Subjects.DEADLETTER_PREFIX}.>")).state
+        assert not dead.subjects and dead.messages == 0
+    assert secured.violations() == []
+
+
+async def test_an_existing_events_stream_is_narrowed_in_place(secured: Secured) -> None:
+    # A deployment upgraded from the old topology: ensure_topology updates the stream in place,
+    # and the durables (and their positions) survive.
+    async with AsyncExitStack() as stack:
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        js = operator.jetstream()
+        old = EVENTS.config()
+        old.subjects = ["mlw.dataset.>", "mlw.model.>", "mlw.registry.>"]
+        await js.update_stream(old)
+        await ensure_topology(js)
+        info = await js.stream_info(EVENTS.name)
+        assert sorted(info.config.subjects or []) == sorted(EVENTS.subjects)
+        assert not any(subject_matches(s, Subjects.REGISTRY_STATUS) for s in info.config.subjects or [])
+        for owner, specs in CONSUMERS.items():
+            nc, _ = await _raw(secured, owner, stack)
+            for spec in (s for s in specs if s.stream == EVENTS.name):
+                assert (await nc.jetstream().consumer_info(spec.stream, spec.durable)).config.durable_name
     assert secured.violations() == []

@@ -14,6 +14,7 @@ from services.registry_gate.app import JOURNAL_PREFIX
 from services.serving_monitor.keystore import SCHEMA_PREFIX
 from shared.embedded import nats_server_binary
 from shared.permissions import (
+    ENDPOINTS,
     IDENTITIES,
     OPERATOR_STATE_PREFIXES,
     all_permissions,
@@ -162,3 +163,18 @@ def test_each_identity_receives_replies_only_on_its_own_inbox() -> None:
         assert "_INBOX.>" not in subscribe
     assert Settings(nats_url="nats://producer:pw@h:4222").inbox_prefix == "_INBOX.producer"
     assert Settings(nats_url="nats://h:4222").inbox_prefix == "_INBOX"
+
+
+def test_request_reply_subjects_are_not_stored_and_every_durable_filter_meets_its_stream() -> None:
+    # A stored request gets a JetStream publish ack as its reply and is dead-lettered by the
+    # durable that reads it (issue 8: 200 status requests, 200 dead letters).
+    for subject in ENDPOINT_SUBJECTS:
+        assert not any(subject_matches(s, subject) for spec in STREAMS for s in spec.subjects), subject
+    streams = {spec.name: spec.subjects for spec in STREAMS}
+    for specs in CONSUMERS.values():
+        for spec in specs:
+            for wanted in spec.filter_subjects:
+                assert any(subject_matches(wanted, s) or subject_matches(s, wanted) for s in streams[spec.stream])
+
+
+ENDPOINT_SUBJECTS = [subject for subjects in ENDPOINTS.values() for subject in subjects]
