@@ -23,9 +23,11 @@ What the lists cannot express, and why it is acceptable:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from shared.errors import InputError
 from shared.topology import (
     API_KEYS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -251,15 +253,50 @@ def operator_permissions() -> Permissions:
     return Permissions(OPERATOR, _unique(publish), (inbox(OPERATOR),))
 
 
-def producer_permissions() -> Permissions:
-    """Data pipelines, training jobs, model servers and people: publish events, put datasets,
-    call the public endpoints, and wait for verdicts (verifying them with the trust store)."""
+def _producer(identity: Identity) -> Permissions:
     publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
-    # A subscriber verifies a verdict with its signer's key: a get, no listing.
-    # Datasets are added, never replaced: no purge right (see the module docstring).
+    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets are
+    # added, never replaced: no purge right (see the module docstring).
     publish += [*object_write(DATASETS_BUCKET, purge=False), *kv_read(TRUST_BUCKET, watch=False)]
-    return Permissions(PRODUCER, _unique(publish), (inbox(PRODUCER), "mlw.verdict.>"))
+    return Permissions(identity, _unique(publish), (inbox(identity), "mlw.verdict.>"))
+
+
+def producer_permissions() -> Permissions:
+    """Data pipelines, training jobs, model servers and people: publish events, put datasets,
+    call the public endpoints, and wait for verdicts (verifying them with the trust store).
+    The shared `producer` user is for a single producer; give each actor its own
+    (`actor_permissions`) as soon as there are several."""
+    return _producer(PRODUCER)
+
+
+#: An actor's NATS user name: one inbox token (no `.`, `*`, `>` or spaces), as `keys` names actors.
+_ACTOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class InvalidActorName(InputError):
+    """A name that cannot be an actor's NATS user: not one subject token, or a built-in identity."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"actor name {name[:80]!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def actor_identity(name: str) -> Identity:
+    """`name` as an actor's identity, refused unless it is one subject token and no built-in one."""
+    if _ACTOR_RE.fullmatch(name) is None:
+        raise InvalidActorName(name, "letters, digits, '_' and '-' only, at most 64, not starting with '-'")
+    if name in IDENTITIES:
+        raise InvalidActorName(name, "taken by a built-in identity")
+    return Identity(name)
+
+
+def actor_permissions(name: str) -> Permissions:
+    """One producer (a person, pipeline or model server) with its own NATS user: the producer's
+    rights, but replies on `_INBOX.<name>.>`, so no actor reads another's replies (issue 8: on
+    the shared `producer` user every producer could subscribe to `_INBOX.producer.>`)."""
+    return _producer(actor_identity(name))
 
 
 def auditor_permissions() -> Permissions:

@@ -26,7 +26,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from mlwarden.bootstrap import actor_key, bootstrap
-from mlwarden.nats_config import NatsConfig, read_env, write_config
+from mlwarden.nats_config import NatsConfig, add_actor_identity, read_env, reload_server, write_config
 from mlwarden.ops import health
 from mlwarden.services import factory
 from services.serving_monitor.keystore import issue_key_on_bus
@@ -71,11 +71,12 @@ class Secured:
     config: NatsConfig
     data_dir: Path
     log: Path
+    pid: int
     apps: dict[str, ServiceApp] = field(default_factory=dict)
 
     def settings(self, identity: str) -> Settings:
-        """Settings of one identity, from its generated env file."""
-        env = read_env(self.config.env_files[identity])  # type: ignore[index]
+        """Settings of one identity, from its generated env file (or one added since)."""
+        env = read_env(self.config.out_dir / f"{identity}.env")
         return Settings(
             data_dir=self.data_dir,
             nats_url=env["MLW_NATS_URL"],
@@ -99,10 +100,13 @@ class Secured:
 
 
 @pytest.fixture
-def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
-    """nats-server with JetStream on a free port, configured by `write_config`."""
+def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path, int]]:
+    """nats-server with JetStream on a free port, configured by `write_config` (with two actors
+    that have their own users)."""
     port = free_port()
-    config = write_config(tmp_path / "nats-config", url=f"nats://127.0.0.1:{port}", store_dir=tmp_path / "js")
+    config = write_config(
+        tmp_path / "nats-config", url=f"nats://127.0.0.1:{port}", store_dir=tmp_path / "js", actors=("alice", "bob")
+    )
     log = tmp_path / "nats-server.log"
     process = subprocess.Popen(
         [nats_server_binary(), "-c", str(config.server_conf), "-l", str(log)],
@@ -120,7 +124,7 @@ def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
             except OSError:
                 assert time.monotonic() < deadline, "nats-server did not listen"
                 time.sleep(0.05)
-        yield config, log
+        yield config, log, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -131,10 +135,10 @@ def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
 
 
 @pytest.fixture
-async def secured(secured_server: tuple[NatsConfig, Path], tmp_path: Path) -> AsyncIterator[Secured]:
+async def secured(secured_server: tuple[NatsConfig, Path, int], tmp_path: Path) -> AsyncIterator[Secured]:
     """The operator has declared the topology and registered every service key."""
-    config, log = secured_server
-    system = Secured(config, tmp_path / "data", log)
+    config, log, pid = secured_server
+    system = Secured(config, tmp_path / "data", log, pid)
     nc = await connect(system.settings("operator"))
     await bootstrap(nc.jetstream(), system.settings("operator"))
     await nc.drain()
@@ -505,3 +509,51 @@ async def test_an_existing_events_stream_is_narrowed_in_place(secured: Secured) 
             for spec in (s for s in specs if s.stream == EVENTS.name):
                 assert (await nc.jetstream().consumer_info(spec.stream, spec.durable)).config.durable_name
     assert secured.violations() == []
+
+
+# --- per-actor reply inboxes (issue 8, "The bus") --------------------------------------------
+
+
+async def test_one_actor_cannot_read_another_actors_replies(secured: Secured) -> None:
+    # Before: every producer shared the `producer` user, so any of them could subscribe to
+    # `_INBOX.producer.>` and read the replies (admission decisions, statuses) meant for another.
+    async with AsyncExitStack() as stack:
+        alice, refusals = await _raw(secured, "alice", stack)
+        for other in ("bob", "producer"):
+            await alice.subscribe(f"_INBOX.{other}.>")
+            await refusals.wait_for(f"_INBOX.{other}.>")
+        # Each actor's own request/reply round trips work: replies arrive on its own inbox.
+        for name in ("alice", "bob"):
+            nc, _ = await _raw(secured, name, stack)  # it may subscribe to `_INBOX.<name>.>` only
+            assert (await nc.jetstream().stream_info(f"OBJ_{DATASETS_BUCKET}")).config.deny_delete
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("alice", "Subscription")}
+
+
+async def _connect_when_admitted(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
+    url = system.settings(identity).nats_url
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        except (nats.errors.Error, OSError):
+            # Authorization is refused until the server has reloaded its users.
+            assert time.monotonic() < deadline, f"{identity} was never admitted"
+            await asyncio.sleep(0.1)
+            continue
+        await probe.close()
+        return await _raw(system, identity, stack)
+
+
+async def test_an_actor_added_to_a_running_server_gets_its_own_inbox(secured: Secured) -> None:
+    env = add_actor_identity(secured.config.out_dir, "carol")
+    assert env.stat().st_mode & 0o777 == 0o600
+    reload_server(secured.pid)
+    async with AsyncExitStack() as stack:
+        carol, refusals = await _connect_when_admitted(secured, "carol", stack)
+        assert (await carol.jetstream().stream_info(f"OBJ_{DATASETS_BUCKET}")).config.name
+        await carol.subscribe("_INBOX.alice.>")
+        await refusals.wait_for("_INBOX.alice.>")
+        # The users that existed keep their passwords through the reload.
+        for name in ("alice", "producer", "operator"):
+            await _raw(secured, name, stack)
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("carol", "Subscription")}
