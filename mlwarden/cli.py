@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
@@ -135,16 +136,6 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_keys_apikey(args: argparse.Namespace) -> int:
-    """Issue an API key for a client; only its hash is stored."""
-    from mlwarden.ops import issue_api_key
-
-    settings = _settings(args)
-    plaintext = asyncio.run(issue_api_key(settings, args.client, args.models.split(",")))
-    out.print(plaintext)
-    return EXIT_OK
-
-
 # --- producers and subscribers --------------------------------------------------------------
 
 
@@ -255,10 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
     p = add("init", cmd_keys_init, keys)
     common(p)
-    p = add("api-key", cmd_keys_apikey, keys)
-    common(p)
-    p.add_argument("client")
-    p.add_argument("--models", default="*", help="comma-separated model names the key may call")
+    add_api_key_commands(keys, add, common)
 
     p = add("nats-config", cmd_nats_config)
     p.add_argument("--out", required=True, help="folder for nats-server.conf, auth.conf and <identity>.env")

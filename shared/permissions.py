@@ -247,7 +247,8 @@ def operator_permissions() -> Permissions:
         # ConsumerSpec sets a durable name and no consumer name: nats-py's DURABLE.CREATE form.
         publish += [_api(f"CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}") for spec in specs]
     publish += [*kv_read(TRUST_BUCKET), *kv_write(TRUST_BUCKET)]  # keys init, health
-    publish += [*kv_read(API_KEYS_BUCKET, watch=False), *kv_write(API_KEYS_BUCKET)]  # keys api-key, revoke
+    # keys api-key: issue, list (`kv.keys` is a watcher), revoke (a delete or purge marker)
+    publish += [*kv_read(API_KEYS_BUCKET), *kv_write(API_KEYS_BUCKET)]
     for prefix in OPERATOR_STATE_PREFIXES:
         publish += kv_write(STATE_BUCKET, prefix)
     return Permissions(OPERATOR, _unique(publish), (inbox(OPERATOR),))

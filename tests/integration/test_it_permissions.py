@@ -29,7 +29,7 @@ from mlwarden.bootstrap import actor_key, bootstrap
 from mlwarden.nats_config import NatsConfig, add_actor_identity, read_env, reload_server, write_config
 from mlwarden.ops import health
 from mlwarden.services import factory
-from services.serving_monitor.keystore import issue_key_on_bus
+from services.serving_monitor.keystore import delete_key_on_bus, issue_key_on_bus, list_keys_on_bus
 from shared.bus import TrustConflict, connect
 from shared.client import Client
 from shared.embedded import free_port, nats_server_binary
@@ -48,6 +48,7 @@ from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.signing import SigningKey
 from shared.topology import (
+    API_KEYS_BUCKET,
     ARTIFACTS_BUCKET,
     CHECKPOINTS,
     CONSUMERS,
@@ -557,3 +558,21 @@ async def test_an_actor_added_to_a_running_server_gets_its_own_inbox(secured: Se
         for name in ("alice", "producer", "operator"):
             await _raw(secured, name, stack)
     assert {(user, kind) for user, kind, _ in secured.violations()} == {("carol", "Subscription")}
+
+
+async def test_operator_lists_and_revokes_api_keys_within_its_rights(secured: Secured) -> None:
+    operator = secured.settings("operator")
+    async with Client.connect(operator, source="tests/operator") as ops:
+        api_key = await issue_key_on_bus(ops.js, operator, "webapp", ["iris"])
+        records, unreadable = await list_keys_on_bus(ops.js)
+        assert [r.client for r in records] == ["webapp"] and unreadable == []
+        assert api_key.startswith(f"mlw_{records[0].key_id}_")
+        await delete_key_on_bus(ops.js, records[0].key_id)
+        assert await list_keys_on_bus(ops.js) == ([], [])
+    async with AsyncExitStack() as stack:
+        # The producer can do neither: API keys are the operator's.
+        nc, refusals = await _raw(secured, "producer", stack)
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream(timeout=1.0).key_value(API_KEYS_BUCKET)
+        await refusals.wait_for(f"$JS.API.STREAM.INFO.KV_{API_KEYS_BUCKET}")
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("producer", "Publish")}

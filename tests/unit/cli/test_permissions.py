@@ -234,3 +234,14 @@ def test_nats_config_command_adds_actors(tmp_path: Path) -> None:
     assert main(["nats-config", "--out", out, "--add-actor", "bob"]) == 0
     assert {p.stem for p in (tmp_path / "cfg").glob("*.env")} >= {"alice", "bob", "producer"}
     assert main(["nats-config", "--out", out, "--add-actor", "a.b"]) == 2
+
+
+def test_api_key_commands_refuse_what_they_cannot_do_before_connecting() -> None:
+    assert main(["keys", "api-key", "revoke", "--nats", "nats://127.0.0.1:1"]) == 2  # no KEY_ID
+    assert main(["keys", "api-key", "webapp", "extra", "--nats", "nats://127.0.0.1:1"]) == 2
+    operator = permissions_for("operator")
+    for verb in ("CONSUMER.CREATE.KV_mlw-apikeys", "STREAM.MSG.GET.KV_mlw-apikeys"):
+        assert may_publish(operator, f"$JS.API.{verb}")
+    assert not any(
+        may_publish(permissions_for(i), "$KV.mlw-apikeys.0123456789abcdef") for i in IDENTITIES if i != "operator"
+    )
