@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
@@ -83,9 +84,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
     """Write a nats-server config for the secured deployment: one user per identity (services,
-    operator, producer, auditor) with least-privilege permissions, and one env file each."""
-    from mlwarden.nats_config import write_config
+    operator, producer, auditor, and each --actor) with least-privilege permissions, and one env
+    file each. With --add-actor, add actors' users to an existing folder instead."""
+    from mlwarden.nats_config import add_actor_identity, reload_server, write_config
 
+    if args.add_actor:
+        for name in args.add_actor:
+            out.print(f"{name:16} {add_actor_identity(Path(args.out), name)}")
+        if args.reload_pid is not None:
+            reload_server(args.reload_pid)
+        else:
+            out.print("reload the server to admit them: nats-server --signal reload=PID (or SIGHUP)")
+        return EXIT_OK
     config = write_config(
         Path(args.out),
         url=args.url,
@@ -94,21 +104,12 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         force=args.force,
+        actors=args.actor,
     )
     out.print(f"server:  nats-server -c {config.server_conf}")
     for identity, path in config.env_files.items():
         out.print(f"{identity:16} {path}")
     out.print("then, with operator.env: mlwarden keys init --nats $MLW_NATS_URL")
-    return EXIT_OK
-
-
-def cmd_keys_apikey(args: argparse.Namespace) -> int:
-    """Issue an API key for a client; only its hash is stored."""
-    from mlwarden.ops import issue_api_key
-
-    settings = _settings(args)
-    plaintext = asyncio.run(issue_api_key(settings, args.client, args.models.split(",")))
-    out.print(plaintext)
     return EXIT_OK
 
 
@@ -220,10 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     keys = add_keys_commands(sub, add, common)
-    p = add("api-key", cmd_keys_apikey, keys)
-    common(p)
-    p.add_argument("client")
-    p.add_argument("--models", default="*", help="comma-separated model names the key may call")
+    add_api_key_commands(keys, add, common)
 
     p = add("nats-config", cmd_nats_config)
     p.add_argument("--out", required=True, help="folder for nats-server.conf, auth.conf and <identity>.env")
@@ -233,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="server TLS certificate (PEM); clients then dial tls://")
     p.add_argument("--tls-key", help="server TLS private key (PEM)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config (rotates every password)")
+    p.add_argument(
+        "--actor", action="append", default=[], help="give this actor its own producer user and inbox (repeatable)"
+    )
+    p.add_argument("--add-actor", action="append", default=[], help="add an actor's user to the existing --out")
+    p.add_argument("--reload-pid", type=int, help="with --add-actor: signal this local nats-server to reload")
 
     pub = sub.add_parser("publish", help="publish an event").add_subparsers(dest="kind", required=True)
 

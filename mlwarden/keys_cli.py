@@ -77,6 +77,11 @@ def cmd_keys_add_actor(args: argparse.Namespace) -> int:
     out.print(f"actor {entry.id}: roles {', '.join(entry.roles) or '-'}; serial {entry.serial}")
     if key_path is not None:
         out.print(f"private key: {key_path} (give it to {args.name}; it signs as MLW_ACTOR_KEY or --key)")
+    if args.nats_secrets:
+        from mlwarden.nats_config import add_actor_identity
+
+        env = add_actor_identity(Path(args.nats_secrets), args.name)
+        out.print(f"NATS user and env file: {env} (reload nats-server to admit it)")
     return EXIT_OK
 
 
@@ -208,6 +213,7 @@ def add_keys_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], com
     p.add_argument("--roles", default="", help="comma-separated roles, e.g. ml-engineer or reviewer (default: none)")
     p.add_argument("--public-key", help="register this base64 Ed25519 public key instead of creating a key")
     p.add_argument("--key-out", help="where to write the new private key (default DATA_DIR/actors/NAME.pem)")
+    p.add_argument("--nats-secrets", help="nats-config folder: also give the actor its own NATS user and env file")
     p = add("list", cmd_keys_list, keys)
     common(p)
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default text)")

@@ -9,6 +9,12 @@ It writes, into one folder (mode 0700, files 0600):
 - `<identity>.env`: the identity's `MLW_NATS_URL` with its user and password (services also get
   `MLW_DECLARE_TOPOLOGY=false`: the operator declares the topology and registers their keys).
 
+Actors (people, pipelines, model servers) may each get their own user (`--actor NAME`, or
+`add_actor_identity` on an existing folder): producer rights, replies on `_INBOX.<name>.>`. The
+env files are the record of who exists: `add_actor_identity` reads every user and password back
+from them, adds one, and re-renders `auth.conf`; the running server then needs a reload
+(`reload_server(pid)`, i.e. SIGHUP; in compose `docker compose kill -s SIGHUP nats-1 nats-2 nats-3`).
+
 Passwords rather than NKEYs: nats-py signs NKEY challenges only with the `nkeys` package, which
 mlwarden does not depend on. The passwords are 192-bit random tokens; the config holds them in
 clear, so it is as secret as the env files.
@@ -19,12 +25,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from shared.errors import InputError
-from shared.permissions import IDENTITIES, Identity, Permissions, all_permissions
+from shared.permissions import (
+    IDENTITIES,
+    Identity,
+    Permissions,
+    actor_identity,
+    actor_permissions,
+    permissions_for,
+)
 from shared.topology import SERVICES
 
 #: Largest message the server accepts; the embedded server uses the same (shared.embedded).
@@ -102,10 +117,27 @@ def client_url(urls: str, identity: str, password: str) -> str:
 
 
 def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written beside the target and renamed over it: a server reloading meanwhile reads the old
+    # file or the new one, never half of one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    path.chmod(0o600)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def _permissions(identities: Sequence[Identity]) -> dict[Identity, Permissions]:
+    return {i: permissions_for(i) if i in IDENTITIES else actor_permissions(i) for i in identities}
+
+
+def _write_env(out_dir: Path, identity: Identity, url: str, password: str) -> Path:
+    lines = [f"MLW_NATS_URL={client_url(url, identity, password)}"]
+    if identity in SERVICES:
+        lines.append("MLW_DECLARE_TOPOLOGY=false")
+    path = out_dir / f"{identity}.env"
+    _write_secret(path, "\n".join(lines) + "\n")
+    return path
 
 
 def write_config(
@@ -117,15 +149,17 @@ def write_config(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     force: bool = False,
+    actors: Sequence[str] = (),
 ) -> NatsConfig:
     """Write the server configuration and one env file per identity into `out_dir`.
 
     `url` is what clients dial (comma-separated for a cluster); `listen` defaults to
-    127.0.0.1 on the first URL's port. Existing files are refused unless `force`: rewriting
-    them rotates every password.
+    127.0.0.1 on the first URL's port. Each of `actors` gets its own producer user. Existing
+    files are refused unless `force`: rewriting them rotates every password.
     """
     if (tls_cert is None) != (tls_key is None):
         raise NatsConfigError("--tls-cert and --tls-key go together")
+    identities = [*IDENTITIES, *dict.fromkeys(actor_identity(a) for a in actors)]
     first = urlsplit(url.split(",")[0].strip())
     if listen is None:
         listen = f"127.0.0.1:{first.port or 4222}"
@@ -135,9 +169,9 @@ def write_config(
     out_dir.mkdir(parents=True, exist_ok=True)
     out_dir.chmod(0o700)
     store = (store_dir or out_dir / "jetstream").resolve()
-    passwords = {identity: secrets.token_urlsafe(24) for identity in IDENTITIES}
+    passwords = {identity: secrets.token_urlsafe(24) for identity in identities}
     auth_conf = out_dir / "auth.conf"
-    _write_secret(auth_conf, render_users(all_permissions(), passwords))
+    _write_secret(auth_conf, render_users(_permissions(identities), passwords))
     _write_secret(
         server_conf,
         render_server(
@@ -147,15 +181,57 @@ def write_config(
             tls_key=tls_key.resolve() if tls_key else None,
         ),
     )
-    env_files: dict[Identity, Path] = {}
-    for identity in IDENTITIES:
-        lines = [f"MLW_NATS_URL={client_url(url, identity, passwords[identity])}"]
-        if identity in SERVICES:
-            lines.append("MLW_DECLARE_TOPOLOGY=false")
-        path = out_dir / f"{identity}.env"
-        _write_secret(path, "\n".join(lines) + "\n")
-        env_files[identity] = path
+    env_files = {identity: _write_env(out_dir, identity, url, passwords[identity]) for identity in identities}
     return NatsConfig(out_dir, server_conf, auth_conf, env_files, passwords)
+
+
+def _read_users(out_dir: Path) -> tuple[str, dict[Identity, str]]:
+    """The URL clients dial and every user's password, read back from the env files."""
+    urls: str | None = None
+    passwords: dict[Identity, str] = {}
+    for path in sorted(out_dir.glob("*.env")):
+        nats_url = read_env(path).get("MLW_NATS_URL")
+        if nats_url is None:
+            continue
+        plain = []
+        for one in nats_url.split(","):
+            parts = urlsplit(one.strip())
+            if parts.username is None or parts.password is None or parts.hostname is None:
+                raise NatsConfigError(f"{path} has no user and password in MLW_NATS_URL")
+            host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+            plain.append(urlunsplit((parts.scheme, host, parts.path, "", "")))
+            passwords[Identity(unquote(parts.username))] = unquote(parts.password)
+        urls = urls or ",".join(plain)
+    missing = [i for i in IDENTITIES if i not in passwords]
+    if urls is None or missing:
+        raise NatsConfigError(f"{out_dir} is not a `mlwarden nats-config` folder (no env file for {missing})")
+    return urls, passwords
+
+
+def add_actor_identity(secrets_dir: Path, name: str) -> Path:
+    """Give actor `name` its own NATS user in an existing `nats-config` folder; returns its env file.
+
+    Writes `<name>.env` (0600) and re-renders `auth.conf` with every other password unchanged.
+    Idempotent: an actor that has a user keeps it and its password. The running server picks
+    the user up on a reload (`reload_server`), not before.
+    """
+    identity = actor_identity(name)
+    url, passwords = _read_users(secrets_dir)
+    path = secrets_dir / f"{identity}.env"
+    if identity not in passwords:
+        passwords[identity] = secrets.token_urlsafe(24)
+        _write_env(secrets_dir, identity, url, passwords[identity])
+    # Rendered every time, from the env files: a call that stopped between the two writes is
+    # completed by the next one.
+    identities = [*IDENTITIES, *sorted(i for i in passwords if i not in IDENTITIES)]
+    _write_secret(secrets_dir / "auth.conf", render_users(_permissions(identities), passwords))
+    return path
+
+
+def reload_server(pid: int) -> None:
+    """Ask a local nats-server to re-read its configuration (what `nats-server --signal
+    reload=PID` does). A server in another container or host is reloaded by its operator."""
+    os.kill(pid, signal.SIGHUP)
 
 
 def read_env(path: Path) -> dict[str, str]:

@@ -38,6 +38,7 @@ from shared.events import (
 from shared.service import reply_or_error
 from shared.settings import Settings
 from shared.signing import SigningKey
+from shared.storage import put_once
 from shared.topology import DATASETS_BUCKET, Subjects, model_for_type
 
 
@@ -146,7 +147,8 @@ class Client:
         if master_key is not None and sensitivity in (Sensitivity.CONFIDENTIAL, Sensitivity.RESTRICTED):
             stored = encrypt_object(data, master_key, name=location.describe())
         store = await self.js.object_store(DATASETS_BUCKET)
-        await store.put(key, stored)
+        # A stored version is never overwritten (producers hold no purge right): a retry is a no-op.
+        await put_once(store, DATASETS_BUCKET, key, stored, content_sha256=hashlib.sha256(data).hexdigest())
         ref_location = None
         if reference is not None:
             ref_location = ObjectRef(

@@ -9,18 +9,25 @@ runs every flow against a real server and fails on any permissions violation.
 What the lists cannot express, and why it is acceptable:
 
 - A JetStream API request names its stream (and consumer) in the subject, but a message get or a
-  purge carries its filter in the payload: read access to a bucket is all of the bucket, and an
-  object-store writer may purge chunks of its own store (nats-py's `ObjectStore.put` purges the
-  chunks of the object it replaces).
+  purge carries its filter in the payload: read access to a bucket is all of the bucket, and a
+  right to purge some chunks (nats-py's `ObjectStore.put` purges the chunks of the object it
+  replaces) is a right to purge the whole store. So only artifact-signer, a service, purges (its
+  own store); producers never do (issue 8: one producer purged `OBJ_mlw-datasets`) and store each
+  dataset version once (`shared.storage.put_once`). The object streams also set `deny_delete`.
+- An object's meta subject is `$O.<bucket>.M.<base64(name)>`, one token, so a writer of a store
+  may rewrite the meta of any object in it (replace or mark deleted; the chunks stay, as it may
+  not purge). Consumers re-hash what they read against the sha256 the signed event names.
 - Replies come back on a per-identity inbox, `_INBOX.<identity>.>` (`Settings.inbox_prefix`
   sets the client's prefix from its NATS user), so no identity reads replies meant for another.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from shared.errors import InputError
 from shared.topology import (
     API_KEYS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -160,11 +167,13 @@ def object_read(bucket: str) -> list[str]:
     ]
 
 
-def object_write(bucket: str) -> list[str]:
-    """`put`: the replaced object's info, chunks and meta on `$O.<bucket>.>`, then a purge of
-    the replaced object's chunks."""
+def object_write(bucket: str, *, purge: bool) -> list[str]:
+    """`put`: the replaced object's info, chunks and meta on `$O.<bucket>.>`, then (with `purge`)
+    a purge of the replaced object's chunks. Without `purge`, a writer can add objects but not
+    replace them: the purge API cannot be limited to one object's chunks."""
     stream = object_stream(bucket)
-    return [*_stream_info(stream), _api(f"STREAM.MSG.GET.{stream}"), f"$O.{bucket}.>", _api(f"STREAM.PURGE.{stream}")]
+    subjects = [*_stream_info(stream), _api(f"STREAM.MSG.GET.{stream}"), f"$O.{bucket}.>"]
+    return subjects + ([_api(f"STREAM.PURGE.{stream}")] if purge else [])
 
 
 def _unique(items: list[str]) -> tuple[str, ...]:
@@ -192,7 +201,8 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
         *kv_read(STATE_BUCKET, watch=False),  # a judged version, after a restart
         *kv_write(STATE_BUCKET, "data-guard."),
     ],
-    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET)],
+    # It replaces its own signed bundles when a build is re-signed: the one identity that purges.
+    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET, purge=True)],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
     "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
@@ -230,24 +240,64 @@ def operator_permissions() -> Permissions:
     # ensure_topology updates mlwarden's own streams when they exist (a second keys init);
     # buckets it only creates.
     publish += [_api(f"STREAM.UPDATE.{spec.name}") for spec in STREAMS]
+    # ... and sets `deny_delete` on the object stores nats-py created (ObjectStoreConfig has no
+    # such field).
+    publish += [_api(f"STREAM.UPDATE.{object_stream(bucket)}") for bucket in OBJECT_STORES]
     for specs in CONSUMERS.values():
         # ConsumerSpec sets a durable name and no consumer name: nats-py's DURABLE.CREATE form.
         publish += [_api(f"CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}") for spec in specs]
     publish += [*kv_read(TRUST_BUCKET), *kv_write(TRUST_BUCKET)]  # keys init, health
-    publish += [*kv_read(API_KEYS_BUCKET, watch=False), *kv_write(API_KEYS_BUCKET)]  # keys api-key, revoke
+    # keys api-key: issue, list (`kv.keys` is a watcher), revoke (a delete or purge marker)
+    publish += [*kv_read(API_KEYS_BUCKET), *kv_write(API_KEYS_BUCKET)]
     for prefix in OPERATOR_STATE_PREFIXES:
         publish += kv_write(STATE_BUCKET, prefix)
     return Permissions(OPERATOR, _unique(publish), (inbox(OPERATOR),))
 
 
-def producer_permissions() -> Permissions:
-    """Data pipelines, training jobs, model servers and people: publish events, put datasets,
-    call the public endpoints, and wait for verdicts (verifying them with the trust store)."""
+def _producer(identity: Identity) -> Permissions:
     publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
-    # A subscriber verifies a verdict with its signer's key: a get, no listing.
-    publish += [*object_write(DATASETS_BUCKET), *kv_read(TRUST_BUCKET, watch=False)]
-    return Permissions(PRODUCER, _unique(publish), (inbox(PRODUCER), "mlw.verdict.>"))
+    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets are
+    # added, never replaced: no purge right (see the module docstring).
+    publish += [*object_write(DATASETS_BUCKET, purge=False), *kv_read(TRUST_BUCKET, watch=False)]
+    return Permissions(identity, _unique(publish), (inbox(identity), "mlw.verdict.>"))
+
+
+def producer_permissions() -> Permissions:
+    """Data pipelines, training jobs, model servers and people: publish events, put datasets,
+    call the public endpoints, and wait for verdicts (verifying them with the trust store).
+    The shared `producer` user is for a single producer; give each actor its own
+    (`actor_permissions`) as soon as there are several."""
+    return _producer(PRODUCER)
+
+
+#: An actor's NATS user name: one inbox token (no `.`, `*`, `>` or spaces), as `keys` names actors.
+_ACTOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class InvalidActorName(InputError):
+    """A name that cannot be an actor's NATS user: not one subject token, or a built-in identity."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"actor name {name[:80]!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def actor_identity(name: str) -> Identity:
+    """`name` as an actor's identity, refused unless it is one subject token and no built-in one."""
+    if _ACTOR_RE.fullmatch(name) is None:
+        raise InvalidActorName(name, "letters, digits, '_' and '-' only, at most 64, not starting with '-'")
+    if name in IDENTITIES:
+        raise InvalidActorName(name, "taken by a built-in identity")
+    return Identity(name)
+
+
+def actor_permissions(name: str) -> Permissions:
+    """One producer (a person, pipeline or model server) with its own NATS user: the producer's
+    rights, but replies on `_INBOX.<name>.>`, so no actor reads another's replies (issue 8: on
+    the shared `producer` user every producer could subscribe to `_INBOX.producer.>`)."""
+    return _producer(actor_identity(name))
 
 
 def auditor_permissions() -> Permissions:

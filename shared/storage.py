@@ -3,10 +3,14 @@ confined to configured roots (an event must not make a service read `/etc/shadow
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 from nats.js import JetStreamContext
+from nats.js.api import ObjectInfo, ObjectMeta
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
 
 from shared.errors import InputError
 from shared.events import ObjectRef
@@ -20,6 +24,50 @@ class UnreadableReference(InputError):
         self.reason = reason
         self.ref = ref
         self.code = code
+
+
+#: Object meta header with the sha256 of the content an object stands for (the plaintext, when
+#: the stored bytes are an encrypted envelope). In the `map[string][]string` shape Go clients use.
+CONTENT_SHA256_HEADER = "Mlw-Content-Sha256"
+
+
+class ObjectExists(InputError):
+    """A name that already holds other content: stored objects are never overwritten."""
+
+    def __init__(self, bucket: str, name: str) -> None:
+        super().__init__(f"{bucket}/{name} is already stored with other content; publish a new version")
+        self.bucket = bucket
+        self.name = name
+
+
+def _holds(info: ObjectInfo, data: bytes, content_sha256: str) -> bool:
+    declared = (info.headers or {}).get(CONTENT_SHA256_HEADER)
+    if declared is not None:
+        return content_sha256 in (declared if isinstance(declared, list) else [declared])
+    # An object stored before the header existed: compare what is stored.
+    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    return info.digest == digest
+
+
+async def put_once(store: ObjectStore, bucket: str, name: str, data: bytes, *, content_sha256: str) -> bool:
+    """Store `data` under `name` unless the name already holds the same content; True when it wrote.
+
+    Why not a plain `put`: replacing an object makes nats-py purge the old object's chunks, and a
+    JetStream purge right cannot be limited to one object (the filter is in the payload), so
+    producers hold none (issue 8: one producer purged every dataset). A retried upload of the same
+    content is a no-op; other content under an existing name raises `ObjectExists`. Two uploads
+    racing for one new name can still collide: the loser's put fails at the purge step.
+    """
+    try:
+        info: ObjectInfo | None = await store.get_info(name, show_deleted=True)
+    except ObjectNotFoundError:
+        info = None
+    if info is not None and not info.deleted:
+        if _holds(info, data, content_sha256):
+            return False
+        raise ObjectExists(bucket, name)
+    await store.put(name, data, meta=ObjectMeta(name=name, headers={CONTENT_SHA256_HEADER: [content_sha256]}))
+    return True
 
 
 def confined_path(ref: ObjectRef, roots: list[Path]) -> Path:

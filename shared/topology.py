@@ -158,7 +158,12 @@ class ConsumerSpec:
         return cfg
 
 
-EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", "mlw.registry.>"))
+#: The registry subjects that are events (stored and consumed). Not `mlw.registry.>`: that also
+#: captured the `mlw.registry.status` requests, so JetStream answered each with a publish ack
+#: (the requester's reply) and registry-gate's durable dead-lettered it (issue 8). A stored
+#: registry subject added later goes here; `ensure_topology` updates the stream in place.
+REGISTRY_EVENTS: tuple[str, ...] = (Subjects.PROMOTION_REQUESTED, Subjects.APPROVAL_GIVEN)
+EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", *REGISTRY_EVENTS))
 PREDICTIONS = StreamSpec(
     "MLW_PREDICTIONS",
     ("mlw.prediction.>",),
@@ -216,6 +221,17 @@ async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
     await js.update_stream(spec.config())
 
 
+async def _deny_object_deletes(js: JetStreamContext, bucket: str) -> None:
+    # No single-message deletes through the JetStream API on an object store (issue 8). Not
+    # `deny_purge`: the server then refuses the roll-up header every object put and delete
+    # sends ("roll-ups require the purge permission"). Who may purge is the permissions' job.
+    stream = f"OBJ_{bucket}"
+    config = (await js.stream_info(stream)).config
+    if not config.deny_delete:
+        config.deny_delete = True
+        await js.update_stream(config)
+
+
 async def ensure_topology(js: JetStreamContext) -> None:
     """Create or update every stream, consumer, object store and key-value bucket."""
     for spec in STREAMS:
@@ -235,6 +251,7 @@ async def ensure_topology(js: JetStreamContext) -> None:
             await js.object_store(bucket)
         except NotFoundError:
             await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE))
+        await _deny_object_deletes(js, bucket)
     for bucket in KV_BUCKETS:
         try:
             await js.key_value(bucket)

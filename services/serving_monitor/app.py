@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+from nats.js.kv import KV_DEL, KV_PURGE
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.serving_monitor.abuse import AbuseMonitor, AlertSpec
@@ -98,7 +99,7 @@ class Monitor:
         schema_watch = await state_kv.watch(SCHEMA_PREFIX + ">")
         profile_watch = await state_kv.watch(PROFILE_PREFIX + ">")
         self.tasks = [
-            asyncio.create_task(self._follow(key_watch, self._on_key), name="sm:keys"),
+            asyncio.create_task(self._follow(key_watch, self._on_key, self.keys.remove), name="sm:keys"),
             asyncio.create_task(self._follow(schema_watch, self._on_schema), name="sm:schemas"),
             asyncio.create_task(self._follow(profile_watch, self._on_profile), name="sm:profiles"),
             asyncio.create_task(self._flush_loop(), name="sm:denials"),
@@ -115,9 +116,17 @@ class Monitor:
         with contextlib.suppress(Exception):
             await self.flush()
 
-    async def _follow(self, watcher: Any, apply: Any) -> None:
+    async def _follow(self, watcher: Any, apply: Any, remove: Any = None) -> None:
         async for entry in watcher:
-            if entry is None or entry.value is None:
+            if entry is None:
+                continue
+            if entry.operation in (KV_DEL, KV_PURGE):
+                # A delete marker has an empty value: it is not a record to parse (issue 8: the
+                # parse failed, was logged and ignored, and a deleted API key kept working).
+                if remove is not None:
+                    remove(entry.key)
+                continue
+            if entry.value is None:
                 continue
             try:
                 apply(entry.key, entry.value)

@@ -15,8 +15,13 @@ Why HMAC-SHA256 with a server-side pepper rather than plain SHA-256 (and not a s
 * The hash binds the key id, so swapping hashes between records does not move a secret to
   another client.
 
-What the pepper does not stop: rolling a record back to an older, genuinely MAC'd version (for
-example un-revoking a key). The bucket's history and the audit trail are the defence there.
+Revoking is deleting (or purging) the record, or rewriting it with `revoked` set. Either is one
+way in a running store: a record for a key it has seen revoked or deleted is refused, so putting
+the old, genuinely MAC'd record back does not un-revoke it (issue 8).
+
+What the pepper does not stop: that rollback across a restart of serving-monitor, which reads the
+bucket afresh. Only the operator may write the bucket; its history and the audit trail are the
+defence there.
 """
 
 from __future__ import annotations
@@ -119,6 +124,9 @@ class ApiKeyStore:
             raise KeyStoreError(f"pepper must be at least {MIN_PEPPER_BYTES} bytes")
         self._pepper = pepper
         self._records: dict[str, ApiKeyRecord] = {}
+        # Key ids revoked or deleted while this store ran: never taken back (bounded by the
+        # operator's revocations, not by traffic).
+        self._revoked: set[str] = set()
         for record in records:
             self.add(record)
 
@@ -172,11 +180,22 @@ class ApiKeyStore:
         return f"{KEY_PREFIX}_{key_id}_{secret}", record
 
     def add(self, record: ApiKeyRecord) -> None:
-        """Take a record loaded from storage, refusing it when its MAC does not verify."""
+        """Take a record loaded from storage, refusing it when its MAC does not verify or when it
+        would bring back a key this store has seen revoked or deleted."""
         expected = self._record_mac(record.to_dict())
         if not hmac.compare_digest(expected, record.record_mac):
             raise KeyStoreError("record MAC does not verify (forged or edited)", key_id=record.key_id)
+        if record.key_id in self._revoked and not record.revoked:
+            raise KeyStoreError("key was revoked; an unrevoked record for it is refused", key_id=record.key_id)
+        if record.revoked:
+            self._revoked.add(record.key_id)
         self._records[record.key_id] = record
+
+    def remove(self, key_id: str) -> None:
+        """Drop a key whose record was deleted or purged from storage: from now on it is refused
+        as revoked, and a record for it is not taken back."""
+        self._records.pop(key_id, None)
+        self._revoked.add(key_id)
 
     def revoke(self, key_id: str) -> ApiKeyRecord:
         """Mark a key revoked; return the new record for the wiring to store."""
@@ -185,6 +204,7 @@ class ApiKeyStore:
         fields["revoked"] = True
         revoked = self._seal(**fields)
         self._records[key_id] = revoked
+        self._revoked.add(key_id)
         return revoked
 
     def get(self, key_id: str) -> ApiKeyRecord:
@@ -212,7 +232,9 @@ class ApiKeyStore:
         # is worthless without the 256-bit secret.
         record = self._records.get(key_id)
         if record is None:
-            return AuthResult(ok=False, reason=AuthReason.UNKNOWN_KEY, key_id=key_id)
+            # A deleted record leaves no hash to check the secret against: say so by its id.
+            reason = AuthReason.REVOKED if key_id in self._revoked else AuthReason.UNKNOWN_KEY
+            return AuthResult(ok=False, reason=reason, key_id=key_id)
         # (3) the secret, in constant time, before anything else about the record is revealed.
         if not hmac.compare_digest(self._secret_hash(key_id, secret), record.secret_hash):
             return AuthResult(ok=False, reason=AuthReason.BAD_SECRET, key_id=key_id)

@@ -8,13 +8,16 @@ folder, beside its private key.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
 import orjson
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from services.serving_monitor.auth import MIN_PEPPER_BYTES, ApiKeyStore
+from services.serving_monitor.auth import MIN_PEPPER_BYTES, ApiKeyRecord, ApiKeyStore
+from services.serving_monitor.errors import KeyStoreError
 from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.validation import FeatureSchema
 from shared.settings import Settings
@@ -58,6 +61,52 @@ async def revoke_key_on_bus(js: JetStreamContext, settings: Settings, key_id: st
     store = ApiKeyStore.from_dict(load_pepper(settings), {key_id: orjson.loads(entry.value or b"{}")})
     revoked = store.revoke(key_id)
     await kv.put(key_id, orjson.dumps(revoked.to_dict()))
+
+
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+
+
+async def list_keys_on_bus(js: JetStreamContext) -> tuple[list[ApiKeyRecord], list[str]]:
+    """The stored API key records (deleted ones are gone), and the ids of entries that are not
+    records. Hashes only; MACs are serving-monitor's to check (it holds the pepper)."""
+    kv = await js.key_value(API_KEYS_BUCKET)
+    try:
+        key_ids = sorted(await kv.keys())
+    except NoKeysError:
+        return [], []
+    records: list[ApiKeyRecord] = []
+    unreadable: list[str] = []
+    for key_id in key_ids:
+        try:
+            entry = await kv.get(key_id)
+            record = ApiKeyRecord.from_dict(orjson.loads(entry.value or b""))
+        except KeyNotFoundError:
+            continue  # deleted since the listing
+        except (KeyStoreError, ValueError):
+            unreadable.append(key_id)
+            continue
+        if record.key_id == key_id:
+            records.append(record)
+        else:
+            unreadable.append(key_id)
+    return records, unreadable
+
+
+async def delete_key_on_bus(js: JetStreamContext, key_id: str, *, purge: bool = False) -> None:
+    """Revoke a key by deleting its record: a running serving-monitor drops it at once (the
+    delete marker reaches its watcher) and never takes it back. `purge` also drops the
+    record's history from the bucket; by default the history keeps the revoked record."""
+    if _KEY_ID_RE.fullmatch(key_id) is None:
+        raise KeyStoreError("not a key id (16 lower-case hex characters)", key_id=key_id[:64])
+    kv = await js.key_value(API_KEYS_BUCKET)
+    try:
+        await kv.get(key_id)
+    except KeyNotFoundError:
+        raise KeyStoreError("no API key record", key_id=key_id) from None
+    if purge:
+        await kv.purge(key_id)
+    else:
+        await kv.delete(key_id)
 
 
 async def register_schema_on_bus(js: JetStreamContext, schema: FeatureSchema) -> None:

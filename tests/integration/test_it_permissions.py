@@ -26,18 +26,39 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from mlwarden.bootstrap import actor_key, bootstrap
-from mlwarden.nats_config import NatsConfig, read_env, write_config
+from mlwarden.nats_config import NatsConfig, add_actor_identity, read_env, reload_server, write_config
 from mlwarden.ops import health
 from mlwarden.services import factory
-from services.serving_monitor.keystore import issue_key_on_bus
+from services.serving_monitor.keystore import delete_key_on_bus, issue_key_on_bus, list_keys_on_bus
 from shared.bus import TrustConflict, connect
 from shared.client import Client
 from shared.embedded import free_port, nats_server_binary
-from shared.events import AdmitRequest, ArtifactVerifyReply, ArtifactVerifyRequest, AuditQuery, DatasetRef
+from shared.errors import InputError
+from shared.events import (
+    AdmitRequest,
+    ArtifactVerifyReply,
+    ArtifactVerifyRequest,
+    AuditQuery,
+    DatasetRef,
+    RegistryStatus,
+    RegistryStatusRequest,
+)
+from shared.permissions import subject_matches
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.signing import SigningKey
-from shared.topology import CHECKPOINTS, CONSUMERS, TRUST_BUCKET, VERDICTS, Subjects
+from shared.topology import (
+    API_KEYS_BUCKET,
+    ARTIFACTS_BUCKET,
+    CHECKPOINTS,
+    CONSUMERS,
+    DATASETS_BUCKET,
+    EVENTS,
+    TRUST_BUCKET,
+    VERDICTS,
+    Subjects,
+    ensure_topology,
+)
 
 LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
 # nats-server 2.15 logs: ... - "$G/user:data-guard" - Publish Violation - Subject "mlw.verdict.artifact"
@@ -51,11 +72,12 @@ class Secured:
     config: NatsConfig
     data_dir: Path
     log: Path
+    pid: int
     apps: dict[str, ServiceApp] = field(default_factory=dict)
 
     def settings(self, identity: str) -> Settings:
-        """Settings of one identity, from its generated env file."""
-        env = read_env(self.config.env_files[identity])  # type: ignore[index]
+        """Settings of one identity, from its generated env file (or one added since)."""
+        env = read_env(self.config.out_dir / f"{identity}.env")
         return Settings(
             data_dir=self.data_dir,
             nats_url=env["MLW_NATS_URL"],
@@ -79,10 +101,13 @@ class Secured:
 
 
 @pytest.fixture
-def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
-    """nats-server with JetStream on a free port, configured by `write_config`."""
+def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path, int]]:
+    """nats-server with JetStream on a free port, configured by `write_config` (with two actors
+    that have their own users)."""
     port = free_port()
-    config = write_config(tmp_path / "nats-config", url=f"nats://127.0.0.1:{port}", store_dir=tmp_path / "js")
+    config = write_config(
+        tmp_path / "nats-config", url=f"nats://127.0.0.1:{port}", store_dir=tmp_path / "js", actors=("alice", "bob")
+    )
     log = tmp_path / "nats-server.log"
     process = subprocess.Popen(
         [nats_server_binary(), "-c", str(config.server_conf), "-l", str(log)],
@@ -100,7 +125,7 @@ def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
             except OSError:
                 assert time.monotonic() < deadline, "nats-server did not listen"
                 time.sleep(0.05)
-        yield config, log
+        yield config, log, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -111,10 +136,10 @@ def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path]]:
 
 
 @pytest.fixture
-async def secured(secured_server: tuple[NatsConfig, Path], tmp_path: Path) -> AsyncIterator[Secured]:
+async def secured(secured_server: tuple[NatsConfig, Path, int], tmp_path: Path) -> AsyncIterator[Secured]:
     """The operator has declared the topology and registered every service key."""
-    config, log = secured_server
-    system = Secured(config, tmp_path / "data", log)
+    config, log, pid = secured_server
+    system = Secured(config, tmp_path / "data", log, pid)
     nc = await connect(system.settings("operator"))
     await bootstrap(nc.jetstream(), system.settings("operator"))
     await nc.drain()
@@ -357,3 +382,197 @@ async def test_service_without_a_registered_key_refuses_to_start(secured: Secure
     (secured.data_dir / "keys" / "data-guard.pem").unlink()  # a fresh key nobody trusts
     with pytest.raises(TrustConflict, match="keys init"):
         await secured.start("data-guard")
+
+
+# --- object stores (issue 8, "The bus") --------------------------------------------------------
+
+
+async def _dataset_bytes(system: Secured, stack: AsyncExitStack, key: str) -> bytes:
+    guard, _ = await _raw(system, "data-guard", stack)  # the reader of the datasets
+    store = await guard.jetstream().object_store(DATASETS_BUCKET)
+    return bytes((await store.get(key)).data or b"")
+
+
+async def test_producer_cannot_purge_or_delete_the_object_stores(secured: Secured) -> None:
+    # Before: the producer's allow-list held $JS.API.STREAM.PURGE.OBJ_mlw-datasets (nats-py's
+    # put purges the chunks of the object it replaces), so one producer wiped every dataset.
+    data = _csv(secured.data_dir / "iris.csv")
+    async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+    async with AsyncExitStack() as stack:
+        nc, refusals = await _raw(secured, "producer", stack)
+        js = nc.jetstream(timeout=1.0)
+        for bucket in (DATASETS_BUCKET, ARTIFACTS_BUCKET):
+            stream = f"OBJ_{bucket}"
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.purge_stream(stream)
+            await refusals.wait_for(f"$JS.API.STREAM.PURGE.{stream}")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.purge_stream(stream, subject=f"$O.{bucket}.C.>")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.delete_stream(stream)
+            await refusals.wait_for(f"$JS.API.STREAM.DELETE.{stream}")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.delete_msg(stream, 1)
+            await refusals.wait_for(f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        assert await _dataset_bytes(secured, stack, "iris/1") == data.read_bytes()
+    assert {("producer", "Publish")} == {(user, kind) for user, kind, _ in secured.violations()}
+
+
+async def test_object_stores_refuse_message_deletes_but_keep_replacement(secured: Secured) -> None:
+    async with AsyncExitStack() as stack:
+        signer, _ = await _raw(secured, "artifact-signer", stack)
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        for bucket in (DATASETS_BUCKET, ARTIFACTS_BUCKET):
+            info = await operator.jetstream().stream_info(f"OBJ_{bucket}")
+            # deny_delete: no single-message delete through the API, whoever asks. Not deny_purge:
+            # the server refuses the roll-up every object put sends ("roll-ups require the purge
+            # permission"), so a stream-level purge ban would make the stores read-only.
+            assert info.config.deny_delete and not info.config.deny_purge
+        # artifact-signer replaces its own objects (a re-signed bundle): the old chunks go.
+        store = await signer.jetstream().object_store(ARTIFACTS_BUCKET)
+        await store.put("iris/1/model.sig", b"first")
+        await store.put("iris/1/model.sig", b"second")
+        assert (await store.get("iris/1/model.sig")).data == b"second"
+        state = (await operator.jetstream().stream_info(f"OBJ_{ARTIFACTS_BUCKET}")).state
+        assert state.messages == 2  # one chunk and one meta: the first version is gone
+    assert secured.violations() == []
+
+
+async def test_producer_uploads_are_idempotent_and_never_overwrite(secured: Secured) -> None:
+    data = _csv(secured.data_dir / "iris.csv")
+    other = secured.data_dir / "other.csv"
+    other.write_text(data.read_text().replace("label", "target"))
+    async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+        # A retried upload of the same bytes is a no-op, not a replacement (which needs a purge).
+        await client.upload_dataset(data, dataset="iris", version="1", label="label", uploader="pipeline")
+        # Different bytes under a version that exists: refused; publish a new version instead.
+        with pytest.raises(InputError, match="already stored"):
+            await client.upload_dataset(other, dataset="iris", version="1", label="target", uploader="pipeline")
+        await client.upload_dataset(other, dataset="iris", version="2", label="target", uploader="pipeline")
+    async with AsyncExitStack() as stack:
+        assert await _dataset_bytes(secured, stack, "iris/1") == data.read_bytes()
+        assert await _dataset_bytes(secured, stack, "iris/2") == other.read_bytes()
+    assert secured.violations() == []
+
+
+# --- request/reply subjects are not stored (issue 8, "The bus") ------------------------------
+
+
+async def test_registry_status_requests_are_not_stored_or_dead_lettered(secured: Secured) -> None:
+    # Before: MLW_EVENTS captured mlw.registry.>, so each status request was stored, fetched by
+    # registry-gate's durable as an event it cannot parse, and dead-lettered (200 requests, 200
+    # dead letters).
+    await secured.start("registry-gate")
+    spec = CONSUMERS["registry-gate"][0]
+    async with AsyncExitStack() as stack:
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        ojs = operator.jetstream()
+        before = (await ojs.stream_info(EVENTS.name)).state.messages
+        async with Client.connect(secured.settings("producer"), source="tests/producer") as client:
+            body = RegistryStatusRequest(model="iris").model_dump_json().encode()
+            for _ in range(200):
+                reply = RegistryStatus.model_validate_json(await client.request(Subjects.REGISTRY_STATUS, body))
+                assert reply.promotions == []
+        assert (await ojs.stream_info(EVENTS.name)).state.messages == before
+        # Whatever registry-gate's durable had to do, it has done: then count the dead letters.
+        gate, _ = await _raw(secured, "registry-gate", stack)
+        deadline = time.monotonic() + 20
+        while (info := await gate.jetstream().consumer_info(spec.stream, spec.durable)).num_pending or (
+            info.num_ack_pending
+        ):
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.1)
+        dead = (await ojs.stream_info(VERDICTS.name, subjects_filter=f"{Subjects.DEADLETTER_PREFIX}.>")).state
+        assert not dead.subjects and dead.messages == 0
+    assert secured.violations() == []
+
+
+async def test_an_existing_events_stream_is_narrowed_in_place(secured: Secured) -> None:
+    # A deployment upgraded from the old topology: ensure_topology updates the stream in place,
+    # and the durables (and their positions) survive.
+    async with AsyncExitStack() as stack:
+        operator = await connect(secured.settings("operator"))
+        stack.push_async_callback(operator.close)
+        js = operator.jetstream()
+        old = EVENTS.config()
+        old.subjects = ["mlw.dataset.>", "mlw.model.>", "mlw.registry.>"]
+        await js.update_stream(old)
+        await ensure_topology(js)
+        info = await js.stream_info(EVENTS.name)
+        assert sorted(info.config.subjects or []) == sorted(EVENTS.subjects)
+        assert not any(subject_matches(s, Subjects.REGISTRY_STATUS) for s in info.config.subjects or [])
+        for owner, specs in CONSUMERS.items():
+            nc, _ = await _raw(secured, owner, stack)
+            for spec in (s for s in specs if s.stream == EVENTS.name):
+                assert (await nc.jetstream().consumer_info(spec.stream, spec.durable)).config.durable_name
+    assert secured.violations() == []
+
+
+# --- per-actor reply inboxes (issue 8, "The bus") --------------------------------------------
+
+
+async def test_one_actor_cannot_read_another_actors_replies(secured: Secured) -> None:
+    # Before: every producer shared the `producer` user, so any of them could subscribe to
+    # `_INBOX.producer.>` and read the replies (admission decisions, statuses) meant for another.
+    async with AsyncExitStack() as stack:
+        alice, refusals = await _raw(secured, "alice", stack)
+        for other in ("bob", "producer"):
+            await alice.subscribe(f"_INBOX.{other}.>")
+            await refusals.wait_for(f"_INBOX.{other}.>")
+        # Each actor's own request/reply round trips work: replies arrive on its own inbox.
+        for name in ("alice", "bob"):
+            nc, _ = await _raw(secured, name, stack)  # it may subscribe to `_INBOX.<name>.>` only
+            assert (await nc.jetstream().stream_info(f"OBJ_{DATASETS_BUCKET}")).config.deny_delete
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("alice", "Subscription")}
+
+
+async def _connect_when_admitted(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
+    url = system.settings(identity).nats_url
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        except (nats.errors.Error, OSError):
+            # Authorization is refused until the server has reloaded its users.
+            assert time.monotonic() < deadline, f"{identity} was never admitted"
+            await asyncio.sleep(0.1)
+            continue
+        await probe.close()
+        return await _raw(system, identity, stack)
+
+
+async def test_an_actor_added_to_a_running_server_gets_its_own_inbox(secured: Secured) -> None:
+    env = add_actor_identity(secured.config.out_dir, "carol")
+    assert env.stat().st_mode & 0o777 == 0o600
+    reload_server(secured.pid)
+    async with AsyncExitStack() as stack:
+        carol, refusals = await _connect_when_admitted(secured, "carol", stack)
+        assert (await carol.jetstream().stream_info(f"OBJ_{DATASETS_BUCKET}")).config.name
+        await carol.subscribe("_INBOX.alice.>")
+        await refusals.wait_for("_INBOX.alice.>")
+        # The users that existed keep their passwords through the reload.
+        for name in ("alice", "producer", "operator"):
+            await _raw(secured, name, stack)
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("carol", "Subscription")}
+
+
+async def test_operator_lists_and_revokes_api_keys_within_its_rights(secured: Secured) -> None:
+    operator = secured.settings("operator")
+    async with Client.connect(operator, source="tests/operator") as ops:
+        api_key = await issue_key_on_bus(ops.js, operator, "webapp", ["iris"])
+        records, unreadable = await list_keys_on_bus(ops.js)
+        assert [r.client for r in records] == ["webapp"] and unreadable == []
+        assert api_key.startswith(f"mlw_{records[0].key_id}_")
+        await delete_key_on_bus(ops.js, records[0].key_id)
+        assert await list_keys_on_bus(ops.js) == ([], [])
+    async with AsyncExitStack() as stack:
+        # The producer can do neither: API keys are the operator's.
+        nc, refusals = await _raw(secured, "producer", stack)
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream(timeout=1.0).key_value(API_KEYS_BUCKET)
+        await refusals.wait_for(f"$JS.API.STREAM.INFO.KV_{API_KEYS_BUCKET}")
+    assert {(user, kind) for user, kind, _ in secured.violations()} == {("producer", "Publish")}

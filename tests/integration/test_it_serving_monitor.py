@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import time
 from typing import Any
 
+import orjson
 import pytest
 
+from mlwarden.cli import main
+from services.serving_monitor.auth import parse_api_key
 from services.serving_monitor.keystore import issue_key_on_bus, register_schema_on_bus
 from services.serving_monitor.validation import FeatureSchema, FeatureSpec
-from shared.events import AdmitRequest, AuditQuery, PredictionRecord
-from shared.topology import Subjects
+from shared.events import AdmitReply, AdmitRequest, AuditQuery, PredictionRecord
+from shared.topology import API_KEYS_BUCKET, Subjects
 
 SCHEMA = FeatureSchema(
     model="churn",
@@ -96,3 +102,62 @@ async def test_abusive_prediction_logs_raise_an_alert(serving: Any) -> None:
             lambda e: e.type == Subjects.alert("serving-monitor") and e.data.kind == "abuse.invalid_inputs", 10
         )
     assert alert is not None and alert.data.client == "scraper"
+
+
+async def _admitted_until_denied(running: Any, key: str, deadline_s: float = 10.0) -> AdmitReply:
+    """Poll admission until the key is refused for its authentication (not a rate limit)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        reply = await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))
+        if not reply.allowed and reply.reason not in ("rate_limited", "request_too_large"):
+            return reply
+        assert time.monotonic() < deadline, f"the key still works: {reply}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["delete", "purge"])
+async def test_deleting_an_api_key_record_revokes_it_in_a_running_monitor(serving: Any, how: str) -> None:
+    # Before: the watcher handed the delete marker (an empty value) to the record parser, which
+    # failed; the failure was logged and ignored, and the deleted key kept working.
+    running, key = serving
+    assert (await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))).allowed
+    parsed = parse_api_key(key)
+    assert parsed is not None
+    kv = await running.client.js.key_value(API_KEYS_BUCKET)
+    old = await kv.get(parsed[0])
+    await (kv.delete(parsed[0]) if how == "delete" else kv.purge(parsed[0]))
+    assert (await _admitted_until_denied(running, key)).reason == "revoked"
+    # Putting the old, genuinely MAC'd record back does not un-revoke the key in this process.
+    await kv.put(parsed[0], old.value or b"")
+    survivor = await issue_key_on_bus(running.client.js, running.settings, "other", ["churn"])
+    await _admitted_until_allowed(running, survivor)  # the watcher has seen what came before it
+    reply = await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))
+    assert not reply.allowed and reply.reason == "revoked"
+
+
+async def _admitted_until_allowed(running: Any, key: str, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not (await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))).allowed:
+        assert time.monotonic() < deadline, "the new key was never admitted"
+        await asyncio.sleep(0.1)
+
+
+async def test_keys_cli_lists_and_revokes_an_api_key(serving: Any) -> None:
+    running, key = serving
+    parsed = parse_api_key(key)
+    assert parsed is not None
+    argv = ["--nats", running.settings.nats_url, "--data-dir", str(running.settings.data_dir)]
+    listing = await asyncio.to_thread(_run_cli, ["keys", "api-key", "list", "--json", *argv])
+    assert [(r["key_id"], r["client"], r["revoked"]) for r in orjson.loads(listing)] == [(parsed[0], "webapp", False)]
+    await asyncio.to_thread(_run_cli, ["keys", "api-key", "revoke", parsed[0], *argv])
+    assert (await _admitted_until_denied(running, key)).reason == "revoked"
+    assert orjson.loads(await asyncio.to_thread(_run_cli, ["keys", "api-key", "list", "--json", *argv])) == []
+    # An id that is not (or no longer) there is a usage error, not a silent success.
+    assert await asyncio.to_thread(main, ["keys", "api-key", "revoke", parsed[0], *argv]) == 2
+
+
+def _run_cli(argv: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()

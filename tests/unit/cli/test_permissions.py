@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from mlwarden.cli import main
-from mlwarden.nats_config import NatsConfigError, client_url, read_env, write_config
+from mlwarden.nats_config import NatsConfigError, add_actor_identity, client_url, read_env, write_config
 from services.registry_gate.app import JOURNAL_PREFIX
 from services.serving_monitor.keystore import SCHEMA_PREFIX
 from shared.embedded import nats_server_binary
 from shared.permissions import (
+    ENDPOINTS,
     IDENTITIES,
     OPERATOR_STATE_PREFIXES,
+    InvalidActorName,
+    actor_permissions,
     all_permissions,
     may_publish,
     permissions_for,
@@ -97,6 +100,15 @@ def test_producer_and_auditor_change_no_evidence() -> None:
     assert not any(may_publish(operator, f"$JS.API.STREAM.{v}.MLW_VERDICTS") for v in ("DELETE", "PURGE"))
 
 
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_only_artifact_signer_may_purge_an_object_store(identity: str) -> None:
+    # A purge's filter is in its payload: the right to purge some chunks is the right to purge all.
+    for bucket in ("mlw-datasets", "mlw-artifacts"):
+        for verb in ("PURGE", "DELETE", "MSG.DELETE"):
+            allowed = may_publish(permissions_for(identity), f"$JS.API.STREAM.{verb}.OBJ_{bucket}")
+            assert allowed == (identity == "artifact-signer" and verb == "PURGE" and bucket == "mlw-artifacts")
+
+
 def test_every_identity_has_a_user_and_an_env_file(tmp_path: Path) -> None:
     config = write_config(tmp_path / "cfg", url="nats://a:4222,nats://b:4222")
     assert set(all_permissions()) == set(IDENTITIES) == set(config.env_files)
@@ -153,3 +165,83 @@ def test_each_identity_receives_replies_only_on_its_own_inbox() -> None:
         assert "_INBOX.>" not in subscribe
     assert Settings(nats_url="nats://producer:pw@h:4222").inbox_prefix == "_INBOX.producer"
     assert Settings(nats_url="nats://h:4222").inbox_prefix == "_INBOX"
+
+
+def test_request_reply_subjects_are_not_stored_and_every_durable_filter_meets_its_stream() -> None:
+    # A stored request gets a JetStream publish ack as its reply and is dead-lettered by the
+    # durable that reads it (issue 8: 200 status requests, 200 dead letters).
+    for subject in ENDPOINT_SUBJECTS:
+        assert not any(subject_matches(s, subject) for spec in STREAMS for s in spec.subjects), subject
+    streams = {spec.name: spec.subjects for spec in STREAMS}
+    for specs in CONSUMERS.values():
+        for spec in specs:
+            for wanted in spec.filter_subjects:
+                assert any(subject_matches(wanted, s) or subject_matches(s, wanted) for s in streams[spec.stream])
+
+
+ENDPOINT_SUBJECTS = [subject for subjects in ENDPOINTS.values() for subject in subjects]
+
+
+def test_each_actor_gets_its_own_user_inbox_and_producer_rights(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg", actors=["alice", "bob", "alice"])
+    assert list(config.env_files)[-2:] == ["alice", "bob"]
+    alice = read_env(config.env_files["alice"])  # type: ignore[index]
+    assert Settings(nats_url=alice["MLW_NATS_URL"]).inbox_prefix == "_INBOX.alice"
+    perms = actor_permissions("alice")
+    assert perms.publish == permissions_for("producer").publish
+    assert "_INBOX.alice.>" in perms.subscribe and not any("bob" in s or "producer" in s for s in perms.subscribe)
+    check = subprocess.run(
+        [nats_server_binary(), "-c", str(config.server_conf), "-t"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("name", ["operator", "data-guard", "a.b", "*", ">", "", "-x", "a b", "x" * 65])
+def test_actor_names_are_one_token_and_no_builtin_identity(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidActorName):
+        actor_permissions(name)
+    with pytest.raises(InvalidActorName):
+        write_config(tmp_path / "cfg", actors=[name])
+
+
+def test_adding_an_actor_keeps_every_other_password(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg", url="nats://a:4222,nats://b:4222", actors=["alice"])
+    before = {path.name: path.read_text() for path in config.out_dir.glob("*.env")}
+    env = add_actor_identity(config.out_dir, "carol")
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert (
+        read_env(env)["MLW_NATS_URL"].startswith("nats://carol:") and ",nats://carol:" in read_env(env)["MLW_NATS_URL"]
+    )
+    assert {p.name: p.read_text() for p in config.out_dir.glob("*.env") if p.name != "carol.env"} == before
+    auth = config.auth_conf.read_text()
+    assert '"_INBOX.carol.>"' in auth and '"_INBOX.alice.>"' in auth
+    assert all(password in auth for password in config.passwords.values())
+    assert stat.S_IMODE(config.auth_conf.stat().st_mode) == 0o600
+    # Again: nothing changes (no rotated password for carol either).
+    carol = env.read_text()
+    assert add_actor_identity(config.out_dir, "carol") == env and env.read_text() == carol
+    check = subprocess.run(
+        [nats_server_binary(), "-c", str(config.server_conf), "-t"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(NatsConfigError, match="nats-config"):
+        add_actor_identity(tmp_path / "empty", "dave")
+
+
+def test_nats_config_command_adds_actors(tmp_path: Path) -> None:
+    out = str(tmp_path / "cfg")
+    assert main(["nats-config", "--out", out, "--actor", "alice"]) == 0
+    assert main(["nats-config", "--out", out, "--add-actor", "bob"]) == 0
+    assert {p.stem for p in (tmp_path / "cfg").glob("*.env")} >= {"alice", "bob", "producer"}
+    assert main(["nats-config", "--out", out, "--add-actor", "a.b"]) == 2
+
+
+def test_api_key_commands_refuse_what_they_cannot_do_before_connecting() -> None:
+    assert main(["keys", "api-key", "revoke", "--nats", "nats://127.0.0.1:1"]) == 2  # no KEY_ID
+    assert main(["keys", "api-key", "webapp", "extra", "--nats", "nats://127.0.0.1:1"]) == 2
+    operator = permissions_for("operator")
+    for verb in ("CONSUMER.CREATE.KV_mlw-apikeys", "STREAM.MSG.GET.KV_mlw-apikeys"):
+        assert may_publish(operator, f"$JS.API.{verb}")
+    assert not any(
+        may_publish(permissions_for(i), "$KV.mlw-apikeys.0123456789abcdef") for i in IDENTITIES if i != "operator"
+    )

@@ -97,6 +97,24 @@ def test_revoked_key_is_denied(store: ApiKeyStore) -> None:
     assert result.reason is AuthReason.REVOKED
 
 
+def test_removed_key_is_denied_as_revoked_and_never_taken_back(store: ApiKeyStore) -> None:
+    key, record = store.issue("acme", ["churn"])
+    store.remove(record.key_id)  # its record was deleted or purged from the bucket
+    result = store.authenticate(key, "churn")
+    assert not result.ok and result.reason is AuthReason.REVOKED and result.client is None
+    with pytest.raises(KeyStoreError, match="revoked"):
+        store.add(record)  # the old, genuinely MAC'd record put back
+    assert store.authenticate(key, "churn").reason is AuthReason.REVOKED
+
+
+def test_revoked_key_cannot_be_rolled_back_to_its_unrevoked_record(store: ApiKeyStore) -> None:
+    key, record = store.issue("acme", ["churn"])
+    store.add(store.revoke(record.key_id))
+    with pytest.raises(KeyStoreError, match="revoked"):
+        store.add(record)
+    assert store.authenticate(key, "churn").reason is AuthReason.REVOKED
+
+
 def test_key_scoped_to_one_model_cannot_call_another(store: ApiKeyStore) -> None:
     key, _ = store.issue("acme", ["churn", "fraud"])
     assert store.authenticate(key, "fraud").ok
