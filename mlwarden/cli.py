@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from pydantic import BaseModel
+from rich.markup import escape
 
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
@@ -39,12 +41,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     # was ignored by whatever started us in the background.
     signal.signal(signal.SIGINT, stop_requested)
     signal.signal(signal.SIGTERM, stop_requested)
-    system.start()
-    out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
-    for name, proc in system.processes.items():
-        out.print(f"  {name:16} pid {proc.pid}")
-    out.print("Ctrl-C stops everything.")
     try:
+        # Inside the try: a signal while the services start stops them too (issue 13).
+        system.start()
+        out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
+        for name, proc in system.processes.items():
+            out.print(f"  {name:16} pid {proc.pid}")
+        out.print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in system.processes.values()):
             time.sleep(0.5)
         dead = [n for n, p in system.processes.items() if p.poll() is not None]
@@ -328,9 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subject = f"model:{args.subject_model}:*"
     try:
         return int(args.func(args))
-    except MlwardenError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_ERROR
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_ERROR
+    except (MlwardenError, OSError, ValueError) as exc:
+        # Connection failures arrive here as `cliutil.BusError`s (MlwardenError): one line each.
+        return _fail(exc)
+    except (nats.errors.Error, TimeoutError) as exc:
+        # A NATS failure from a path that does not go through `cliutil.bus_client`.
+        return _fail(exc, prefix="NATS: ")
+
+
+def _fail(exc: BaseException, *, prefix: str = "") -> int:
+    """Print `exc` as one line on stderr (never wrapped, never read as markup); exit code 2."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    err.print(f"[red]error:[/] {escape(prefix + text)}", soft_wrap=True)
+    return EXIT_ERROR

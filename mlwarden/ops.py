@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from mlwarden.cliutil import bus_client
 from shared.client import Client
 from shared.envelope import Envelope
 from shared.events import AuditPage, AuditQuery, DatasetRef, Sensitivity
@@ -18,7 +19,7 @@ from shared.signing import SigningKey
 
 async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]:
     """Publish what `mlwarden publish KIND ...` describes."""
-    async with Client.connect(settings, source="mlwarden/cli") as client:
+    async with bus_client(settings, source="mlwarden/cli") as client:
         if args.kind == "dataset":
             from shared.crypto import load_or_create_master_key
 
@@ -67,7 +68,7 @@ def describe(event: Envelope[Any]) -> str:
 
 async def watch(settings: Settings, console: Console, seconds: float | None) -> None:
     """Print verdicts, alerts and dead letters live."""
-    async with Client.connect(settings, source="mlwarden/watch") as client, client.watch() as watcher:
+    async with bus_client(settings, source="mlwarden/watch") as client, client.watch() as watcher:
         console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
         seen = 0
         deadline = None if seconds is None else time.monotonic() + seconds
@@ -80,7 +81,7 @@ async def watch(settings: Settings, console: Console, seconds: float | None) -> 
 
 async def audit_query(settings: Settings, query: AuditQuery) -> AuditPage:
     """Run one audit query."""
-    async with Client.connect(settings, source="mlwarden/audit") as client:
+    async with bus_client(settings, source="mlwarden/audit") as client:
         return await client.audit_query(query)
 
 
@@ -98,7 +99,7 @@ async def health(settings: Settings) -> list[str]:
     from shared.topology import SERVICES, STREAMS
 
     problems: list[str] = []
-    async with Client.connect(settings, source="mlwarden/health") as client:
+    async with bus_client(settings, source="mlwarden/health") as client:
         for spec in STREAMS:
             try:
                 await client.js.stream_info(spec.name)
