@@ -171,15 +171,26 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 when NATS answers, JetStream has mlwarden's streams and every service key is trusted."""
+    """Exit 0 when every service answers its health request, JetStream has mlwarden's streams
+    and every service key is trusted; 1 otherwise; 2 when NATS cannot be reached."""
+    from rich.table import Table
+
     from mlwarden.ops import health
 
-    problems = asyncio.run(health(_settings(args)))
-    for problem in problems:
-        err.print(f"[red]unhealthy:[/] {problem}")
-    if not problems:
-        out.print("healthy")
-    return EXIT_FAIL if problems else EXIT_OK
+    report = asyncio.run(health(_settings(args)))
+    if args.format == "json":
+        _print_json(report.to_json())
+    else:
+        table = Table("service", "alive", "detail", "ms")
+        for row in report.services:
+            alive = "[green]yes[/]" if row.alive else "[red]no[/]"
+            table.add_row(row.service, alive, row.detail, "" if row.latency_ms is None else f"{row.latency_ms:.1f}")
+        out.print(table)
+        for problem in report.problems:
+            err.print(f"[red]unhealthy:[/] {escape(problem)}", soft_wrap=True)
+        if report.healthy:
+            out.print("healthy")
+    return EXIT_OK if report.healthy else EXIT_FAIL
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -201,6 +212,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     }
     for subject, (request, reply) in requests.items():
         schemas[subject] = {"request": request.model_json_schema(), "reply": reply.model_json_schema()}
+    schemas["mlw.health.<service>"] = {"request": {}, "reply": events.HealthReply.model_json_schema()}
     schemas["mlw.alert.<service>"] = events.Alert.model_json_schema()
     schemas["mlw.deadletter.<service>"] = events.DeadLetter.model_json_schema()
     _print_json(schemas)
@@ -310,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("health", cmd_health)
     common(p)
+    p.add_argument("--format", choices=["text", "json"], default="text")
 
     add("schemas", cmd_schemas)
     add("asyncapi", cmd_asyncapi)

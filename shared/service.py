@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from shared.bus import ServiceRuntime, connect_options, start_runtime
 from shared.envelope import MAX_MESSAGE_BYTES, Envelope, preview_b64
 from shared.errors import MlwardenError
-from shared.events import DeadLetter, ErrorReply
+from shared.events import DeadLetter, ErrorReply, HealthReply
 from shared.settings import Settings
 from shared.topology import CONSUMERS, Subjects, ensure_topology
 
@@ -99,7 +99,10 @@ class ServiceApp:
         self._reply_subs: list[Any] = []
         self._rejections = _Rejections()
         self._flusher: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
         self.app.on_startup(self._startup)
+        # After the broker started its consumers: a service answers health only once it serves.
+        self.app.after_startup(self._answer_health)
         self.app.on_shutdown(self._shutdown)
 
     def get(self, key: str, kind: type[T]) -> T:
@@ -305,6 +308,25 @@ class ServiceApp:
             await _respond(msg, _error("internal", repr(exc)[:500]))
             return
         await _respond(msg, orjson.dumps(reply.model_dump(mode="json")))
+
+    async def _answer_health(self) -> None:
+        """Answer `mlw.health.<service>` (core NATS, in a queue group like every endpoint) for
+        `mlwarden health`: a reply proves this process's event loop and connection are alive."""
+
+        async def on_health(msg: Msg) -> None:
+            runtime = self.runtime
+            reply = HealthReply(
+                service=self.service,
+                uptime_s=round(time.monotonic() - self._started_at, 3),
+                processed=runtime.processed,
+                dead_letters=runtime.dead_letters,
+            )
+            await _respond(msg, orjson.dumps(reply.model_dump(mode="json")))
+
+        nc = self.broker.connection
+        self._reply_subs.append(await nc.subscribe(Subjects.health(self.service), queue=self.service, cb=on_health))
+        # The server knows every endpoint of this service before start-up returns.
+        await nc.flush()
 
     async def _subscribe_replies(self) -> None:
         nc = self.broker.connection
