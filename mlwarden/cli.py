@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from pydantic import BaseModel
+from rich.markup import escape
 
 from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
@@ -41,12 +43,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     # was ignored by whatever started us in the background.
     signal.signal(signal.SIGINT, stop_requested)
     signal.signal(signal.SIGTERM, stop_requested)
-    system.start()
-    out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
-    for name, proc in system.processes.items():
-        out.print(f"  {name:16} pid {proc.pid}")
-    out.print("Ctrl-C stops everything.")
     try:
+        # Inside the try: a signal while the services start stops them too (issue 13).
+        system.start()
+        out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
+        for name, proc in system.processes.items():
+            out.print(f"  {name:16} pid {proc.pid}")
+        out.print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in system.processes.values()):
             time.sleep(0.5)
         dead = [n for n, p in system.processes.items() if p.poll() is not None]
@@ -146,15 +149,26 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 when NATS answers, JetStream has mlwarden's streams and every service key is trusted."""
+    """Exit 0 when every service answers its health request, JetStream has mlwarden's streams
+    and every service key is trusted; 1 otherwise; 2 when NATS cannot be reached."""
+    from rich.table import Table
+
     from mlwarden.ops import health
 
-    problems = asyncio.run(health(_settings(args)))
-    for problem in problems:
-        err.print(f"[red]unhealthy:[/] {problem}")
-    if not problems:
-        out.print("healthy")
-    return EXIT_FAIL if problems else EXIT_OK
+    report = asyncio.run(health(_settings(args)))
+    if args.format == "json":
+        _print_json(report.to_json())
+    else:
+        table = Table("service", "alive", "detail", "ms")
+        for row in report.services:
+            alive = "[green]yes[/]" if row.alive else "[red]no[/]"
+            table.add_row(row.service, alive, row.detail, "" if row.latency_ms is None else f"{row.latency_ms:.1f}")
+        out.print(table)
+        for problem in report.problems:
+            err.print(f"[red]unhealthy:[/] {escape(problem)}", soft_wrap=True)
+        if report.healthy:
+            out.print("healthy")
+    return EXIT_OK if report.healthy else EXIT_FAIL
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -176,6 +190,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     }
     for subject, (request, reply) in requests.items():
         schemas[subject] = {"request": request.model_json_schema(), "reply": reply.model_json_schema()}
+    schemas["mlw.health.<service>"] = {"request": {}, "reply": events.HealthReply.model_json_schema()}
     schemas["mlw.alert.<service>"] = events.Alert.model_json_schema()
     schemas["mlw.deadletter.<service>"] = events.DeadLetter.model_json_schema()
     _print_json(schemas)
@@ -291,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("health", cmd_health)
     common(p)
+    p.add_argument("--format", choices=["text", "json"], default="text")
 
     add("schemas", cmd_schemas)
     add("asyncapi", cmd_asyncapi)
@@ -312,9 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subject = f"model:{args.subject_model}:*"
     try:
         return int(args.func(args))
-    except MlwardenError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_ERROR
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_ERROR
+    except (MlwardenError, OSError, ValueError) as exc:
+        # Connection failures arrive here as `cliutil.BusError`s (MlwardenError): one line each.
+        return _fail(exc)
+    except (nats.errors.Error, TimeoutError) as exc:
+        # A NATS failure from a path that does not go through `cliutil.bus_client`.
+        return _fail(exc, prefix="NATS: ")
+
+
+def _fail(exc: BaseException, *, prefix: str = "") -> int:
+    """Print `exc` as one line on stderr (never wrapped, never read as markup); exit code 2."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    err.print(f"[red]error:[/] {escape(prefix + text)}", soft_wrap=True)
+    return EXIT_ERROR

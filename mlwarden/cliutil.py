@@ -1,18 +1,31 @@
-"""What every `mlwarden` subcommand shares: exit codes, consoles, settings from flags, times."""
+"""What every `mlwarden` subcommand shares: exit codes, consoles, settings from flags, times,
+and the one way commands reach the bus (`bus_client`), which turns NATS failures into one line."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import re
 import sys
 import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import orjson
+from nats.aio.client import Client as Nats
 from rich.console import Console
 
+from shared.bus import connect_options
+from shared.client import Client, actor_keys
+from shared.errors import MlwardenError
+from shared.permissions import ENDPOINTS
 from shared.settings import Settings
+from shared.signing import SigningKey
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 out = Console()
@@ -57,3 +70,159 @@ def parse_time(value: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+# --- the bus, from a command ---------------------------------------------------------------
+
+#: How long a command tries to reach NATS in all. Issue 13: a command fails within 5 s, and the
+#: interpreter and imports take a second of that on a loaded machine.
+CONNECT_DEADLINE_S = 2.5
+#: One connection attempt; a refused port fails at once, a black-holed one takes this long.
+CONNECT_ATTEMPT_S = 2.0
+#: Time to flush and close a connection on the way out.
+CLOSE_TIMEOUT_S = 2.0
+
+# nats-py lower-cases the server's `-ERR 'Permissions Violation for Publish to "subject"'`.
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.IGNORECASE)
+_RESPONDER = {subject: service for service, subjects in ENDPOINTS.items() for subject in subjects}
+
+
+class BusError(MlwardenError, ConnectionError):
+    """The bus could not do what a command asked (exit code 2, one line)."""
+
+
+class BusUnreachable(BusError):
+    """No NATS server could be reached (or it refused the credentials) before the deadline."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"NATS unreachable at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class PermissionDenied(BusError, PermissionError):
+    """The server refused this identity a publish or a subscription."""
+
+    def __init__(self, operation: str, subject: str) -> None:
+        super().__init__(f"NATS permissions violation: this identity may not {operation.lower()} to {subject!r}")
+        self.operation = operation
+        self.subject = subject
+
+
+class NoReply(BusError, TimeoutError):
+    """A request was not answered (nobody serves the subject, or not in time)."""
+
+    def __init__(self, subject: str, detail: str) -> None:
+        service = _RESPONDER.get(subject)
+        hint = f" (is {service} running?)" if service else ""
+        super().__init__(f"no reply on {subject}: {detail}{hint}")
+        self.subject = subject
+
+
+class _Refusals:
+    """The connection's error callback: keeps the last error, and turns a permissions violation
+    into an immediate failure of the command instead of a timeout much later (nats-py reports
+    violations only to this callback; the request itself just waits)."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.armed = False
+        self.last: Exception | None = None
+        self.denied: PermissionDenied | None = None
+
+    async def on_error(self, exc: Exception) -> None:
+        """nats-py `error_cb`."""
+        match = _VIOLATION.search(str(exc))
+        if match is None:
+            self.last = exc
+            return
+        if self.denied is None:
+            self.denied = PermissionDenied(match.group(1), match.group(2))
+            if self.armed and self.task is not None:
+                self.task.cancel()
+
+    def reason(self, fallback: BaseException) -> str:
+        """Why the connection failed, in one line."""
+        exc = self.last or fallback
+        if isinstance(exc, TimeoutError):  # nats-py's attempts and our deadline say nothing more
+            return f"no answer within {CONNECT_DEADLINE_S:g} s"
+        return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+class CliClient(Client):
+    """A `Client` whose requests fail with a `NoReply` naming the subject."""
+
+    async def request(self, subject: str, body: bytes, timeout: float = 5.0) -> bytes:
+        """A raw request/reply."""
+        try:
+            return await super().request(subject, body, timeout)
+        except nats.errors.NoRespondersError:
+            raise NoReply(subject, "nothing answers it") from None
+        except nats.errors.TimeoutError:
+            raise NoReply(subject, f"no answer within {timeout:g} s") from None
+
+
+async def _open(settings: Settings, source: str, refusals: _Refusals) -> Nats:
+    options = connect_options(settings)
+    # A command retries briefly, then says so; services wait for NATS as long as it takes.
+    options.update(max_reconnect_attempts=3, reconnect_time_wait=0.25)
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                name=source,
+                connect_timeout=CONNECT_ATTEMPT_S,
+                allow_reconnect=True,
+                error_cb=refusals.on_error,
+                **options,
+            ),
+            CONNECT_DEADLINE_S,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise BusUnreachable(settings.nats_url_redacted, refusals.reason(exc)) from None
+
+
+async def _close(nc: Nats) -> None:
+    try:
+        await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S)
+    except (OSError, TimeoutError, nats.errors.Error):
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+@asynccontextmanager
+async def bus_client(
+    settings: Settings, *, source: str, keys: Iterable[SigningKey] | None = None
+) -> AsyncIterator[Client]:
+    """Connect within `CONNECT_DEADLINE_S`, yield a client, close on exit.
+
+    The one place where a command's NATS failures become `BusError`s, which `main` prints as
+    one line with exit code 2: unreachable, permissions violation (with the subject), a request
+    nobody answers, a JetStream call that times out.
+    """
+    task = asyncio.current_task()
+    refusals = _Refusals(task)
+    nc = await _open(settings, source, refusals)
+    refusals.armed = True
+    try:
+        yield CliClient(nc, source=source, keys=actor_keys(settings) if keys is None else keys)
+    except asyncio.CancelledError:
+        if refusals.denied is None or task is None:
+            raise
+        task.uncancel()
+        raise refusals.denied from None
+    except nats.errors.TimeoutError:
+        if refusals.denied is not None:
+            raise refusals.denied from None
+        raise BusError(f"NATS at {settings.nats_url_redacted} did not answer in time") from None
+    except nats.errors.NoRespondersError:
+        raise BusError("no responders (is JetStream enabled on the server?)") from None
+    finally:
+        refusals.armed = False
+        try:
+            await _close(nc)
+        except asyncio.CancelledError:
+            # A violation reported as the command finished: its cancel lands here.
+            if refusals.denied is None or task is None:
+                raise
+            task.uncancel()
+            raise refusals.denied from None

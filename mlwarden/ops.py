@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+from nats.js import JetStreamContext
+from pydantic import ValidationError
 from rich.console import Console
 
+from mlwarden.cliutil import bus_client
 from shared.client import Client
 from shared.envelope import Envelope
-from shared.events import AuditPage, AuditQuery, DatasetRef, Sensitivity
+from shared.events import AuditPage, AuditQuery, DatasetRef, HealthReply, Sensitivity
 from shared.settings import Settings
 from shared.signing import SigningKey
+from shared.topology import Subjects
 
 
 def publishing_keys(settings: Settings, args: argparse.Namespace) -> list[SigningKey] | None:
@@ -26,7 +32,7 @@ def publishing_keys(settings: Settings, args: argparse.Namespace) -> list[Signin
 
 async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]:
     """Publish what `mlwarden publish KIND ...` describes, signed by the actor's key."""
-    async with Client.connect(settings, source="mlwarden/cli", keys=publishing_keys(settings, args)) as client:
+    async with bus_client(settings, source="mlwarden/cli", keys=publishing_keys(settings, args)) as client:
         actor = args.actor
         if args.kind == "dataset":
             from shared.crypto import load_or_create_master_key
@@ -76,7 +82,7 @@ def describe(event: Envelope[Any]) -> str:
 
 async def watch(settings: Settings, console: Console, seconds: float | None) -> None:
     """Print verdicts, alerts and dead letters live."""
-    async with Client.connect(settings, source="mlwarden/watch") as client, client.watch() as watcher:
+    async with bus_client(settings, source="mlwarden/watch") as client, client.watch() as watcher:
         console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
         seen = 0
         deadline = None if seconds is None else time.monotonic() + seconds
@@ -89,7 +95,7 @@ async def watch(settings: Settings, console: Console, seconds: float | None) -> 
 
 async def audit_query(settings: Settings, query: AuditQuery) -> AuditPage:
     """Run one audit query."""
-    async with Client.connect(settings, source="mlwarden/audit") as client:
+    async with bus_client(settings, source="mlwarden/audit") as client:
         return await client.audit_query(query)
 
 
@@ -101,22 +107,84 @@ async def issue_api_key(settings: Settings, client_id: str, models: list[str]) -
         return await issue_key_on_bus(client.js, settings, client_id, models)
 
 
-async def health(settings: Settings) -> list[str]:
-    """What is wrong with the bus, if anything."""
+#: How long `mlwarden health` waits for each service's reply and each JetStream answer; the
+#: requests go out together, so the whole check takes about this plus the connection.
+HEALTH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    """One service's answer to its liveness request, or why there was none."""
+
+    service: str
+    alive: bool
+    detail: str
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What `mlwarden health` found: every service's liveness, and every problem."""
+
+    services: list[ServiceHealth]
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        """Every service answered, and the streams and trust store are in place."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as `--format json` prints it."""
+        return {
+            "healthy": self.healthy,
+            "services": [asdict(s) for s in self.services],
+            "problems": self.problems,
+        }
+
+
+async def _ping(client: Client, service: str, timeout: float) -> ServiceHealth:
+    started = time.monotonic()
+    try:
+        msg = await client.nc.request(Subjects.health(service), b"", timeout=timeout)
+        reply = HealthReply.model_validate_json(msg.data)
+    except nats.errors.NoRespondersError:
+        return ServiceHealth(service, False, "not running (nothing answers its health request)")
+    except nats.errors.TimeoutError:
+        return ServiceHealth(service, False, f"no reply within {timeout:g} s")
+    except ValidationError as exc:
+        return ServiceHealth(service, False, f"malformed health reply: {exc.error_count()} errors")
+    latency = (time.monotonic() - started) * 1000
+    detail = f"up {reply.uptime_s:.0f} s, {reply.processed} processed, {reply.dead_letters} dead-lettered"
+    return ServiceHealth(service, True, detail, round(latency, 1))
+
+
+async def _stream_problem(js: JetStreamContext, stream: str) -> str | None:
+    try:
+        await js.stream_info(stream)
+    except Exception as exc:  # noqa: BLE001 - report, do not crash
+        return f"stream {stream}: {exc!r}"
+    return None
+
+
+async def health(settings: Settings, *, timeout: float = HEALTH_TIMEOUT_S) -> HealthReport:
+    """Ask every service whether it is alive (`mlw.health.<service>`), and check that
+    JetStream has mlwarden's streams and that every service key is trusted."""
     from shared.bus import load_trust
     from shared.topology import SERVICES, STREAMS
     from shared.trust import load_root_public
 
-    problems: list[str] = []
-    async with Client.connect(settings, source="mlwarden/health") as client:
-        for spec in STREAMS:
-            try:
-                await client.js.stream_info(spec.name)
-            except Exception as exc:  # noqa: BLE001 - report, do not crash
-                problems.append(f"stream {spec.name}: {exc!r}")
+    async with bus_client(settings, source="mlwarden/health") as client:
+        js = client.nc.jetstream(timeout=timeout)
+        services, streams = await asyncio.gather(
+            asyncio.gather(*(_ping(client, name, timeout) for name in SERVICES)),
+            asyncio.gather(*(_stream_problem(js, spec.name) for spec in STREAMS)),
+        )
+        problems = [problem for problem in streams if problem is not None]
         try:
-            trust = await load_trust(client.js, load_root_public(settings.trust_root, settings.keys_dir), SERVICES)
+            trust = await load_trust(js, load_root_public(settings.trust_root, settings.keys_dir), SERVICES)
             problems += [f"no trusted key for {name}" for name in SERVICES if name not in trust]
         except Exception as exc:  # noqa: BLE001
             problems.append(f"trust store: {exc!r}")
-    return problems
+    problems += [f"{s.service}: {s.detail}" for s in services if not s.alive]
+    return HealthReport(list(services), problems)

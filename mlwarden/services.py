@@ -24,15 +24,47 @@ def factory(name: str) -> Callable[[Settings], ServiceApp]:
     return fn
 
 
+#: From SIGTERM to exit, at most (issue 13 asks for 10 s; compose's default grace is 10 s).
+STOP_GRACE_S = 8.0
+
+
 async def serve(name: str, settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
-    """Run one service until SIGINT/SIGTERM."""
-    svc = factory(name)(settings)
-    stop = asyncio.Event()
+    """Run one service until SIGINT/SIGTERM.
+
+    The signal handlers come first: a stop request is honoured at any moment, also while the
+    service is still waiting for NATS or starting (issue 13: it once waited 674 s for an
+    unreachable server and ignored both signals). Stopping is bounded by `STOP_GRACE_S`;
+    whatever was not acknowledged by then is redelivered by JetStream.
+    """
+    log = logging.getLogger("mlwarden")
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with svc.app:
-        logging.getLogger("mlwarden").info("%s serving on %s", name, settings.nats_url_redacted)
+    svc = factory(name)(settings)
+    starting = asyncio.create_task(svc.app.start(), name=f"{name}:start")
+    stop_requested = asyncio.create_task(stop.wait(), name=f"{name}:stop")
+    try:
+        await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("%s: stop requested before it started; stopping", name)
+            starting.cancel()
+            # The start-up closes what it opened when cancelled (ServiceApp._startup).
+            await asyncio.wait({starting}, timeout=STOP_GRACE_S)
+            return
+        starting.result()  # a start-up that failed raises here
+        log.info("%s serving on %s", name, settings.nats_url_redacted)
         if ready is not None:
             ready()
-        await stop.wait()
+        await stop_requested
+        log.info("%s: stopping", name)
+        try:
+            await asyncio.wait_for(svc.app.stop(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning(
+                "%s: not stopped after %.0f s; exiting (unacknowledged messages are redelivered)", name, STOP_GRACE_S
+            )
+    finally:
+        stop_requested.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -15,13 +15,19 @@ from pathlib import Path
 from mlwarden.bootstrap import bootstrap, init_keys, root_key_path
 from shared.bus import connect
 from shared.embedded import EmbeddedNats
+from shared.errors import MlwardenError
 from shared.settings import Settings
 from shared.topology import SERVICES
 
 READY_TIMEOUT_S = 60.0
+#: How long `stop` waits for the services (each stops within `mlwarden.services.STOP_GRACE_S`).
+STOP_TIMEOUT_S = 15.0
 
 
-@dataclass
+class SupervisorError(MlwardenError, RuntimeError):
+    """A service of `mlwarden up` exited or did not get ready."""
+
+
 async def _bootstrap(settings: Settings) -> None:
     nc = await connect(settings, name="mlwarden/up")
     try:
@@ -30,6 +36,7 @@ async def _bootstrap(settings: Settings) -> None:
         await nc.drain()
 
 
+@dataclass
 class System:
     """A running mlwarden: the NATS server it may own and one process per service."""
 
@@ -48,7 +55,18 @@ class System:
         return self.nats.url
 
     def start(self) -> System:
-        """Start NATS (when embedded) and every service; wait until each reports ready."""
+        """Start NATS (when embedded) and every service; wait until each reports ready.
+
+        Interrupted or failed half-way (Ctrl-C, SIGTERM, a service that exits), it stops what it
+        started before raising.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> System:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Keys and the registry policy exist before any service reads them.
         init_keys(Settings(data_dir=self.data_dir))
@@ -80,11 +98,10 @@ class System:
             ready = self.data_dir / "run" / f"{name}.ready"
             while not ready.exists():
                 if proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+                    raise SupervisorError(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
                 if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S}s; see {logs}")
+                    # Most often NATS is unreachable: the log says "waiting for NATS at ...".
+                    raise SupervisorError(f"{name} not ready after {READY_TIMEOUT_S:g} s; see {logs / (name + '.log')}")
                 time.sleep(0.05)
         return self
 
@@ -93,9 +110,10 @@ class System:
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for proc in self.processes.values():
             try:
-                proc.wait(15)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -342,6 +342,15 @@ class AuditPage(Frozen):
     next_cursor: int | None = None
 
 
+class HealthReply(Frozen):
+    """Reply to `mlw.health.<service>`: the service's event loop is alive and connected."""
+
+    service: str = Field(description="the service that answered")
+    uptime_s: float = Field(ge=0, description="seconds since this instance started")
+    processed: int = Field(ge=0, description="messages this instance processed and acked")
+    dead_letters: int = Field(ge=0, description="messages this instance dead-lettered")
+
+
 class ErrorReply(Frozen):
     """Reply to any request that was refused."""
 

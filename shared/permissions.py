@@ -66,7 +66,11 @@ def inbox(identity: str) -> str:
 #: with its own name (`data-guard.`, `registry-gate.`).
 OPERATOR_STATE_PREFIXES: tuple[str, ...] = ("schema.",)
 
-#: Request/reply endpoints, by the service that answers them.
+#: Liveness requests to every service (`mlwarden health`): the services (compose's health
+#: checks run with their own credentials) and the operator.
+HEALTH_REQUESTS = f"{Subjects.HEALTH_PREFIX}.*"
+
+#: Request/reply endpoints, by the service that answers them (and each its `mlw.health.<service>`).
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "audit-log": (Subjects.AUDIT_QUERY, Subjects.AUDIT_PROOF, Subjects.AUDIT_CHECKPOINT),
     "artifact-signer": (Subjects.ARTIFACT_VERIFY,),
@@ -221,11 +225,14 @@ def service_permissions(service: str) -> Permissions:
     for spec in CONSUMERS[service]:
         publish += durable_reader(spec)
     publish += _SERVICE_ACCESS.get(service, [])
-    endpoints = ENDPOINTS.get(service, ())
+    # ... and asks the other services whether they are alive (`mlwarden health`).
+    publish.append(HEALTH_REQUESTS)
+    # Every service answers its own liveness request (shared/service.py), hence responses.
+    endpoints = (*ENDPOINTS.get(service, ()), Subjects.health(service))
     # A queue subscription permission (`subject queue`) admits only that queue group: replicas
     # share the work and nobody subscribes to the requests beside it.
     subscribe = [inbox(service), *(f"{subject} {service}" for subject in endpoints)]
-    return Permissions(Identity(service), _unique(publish), _unique(subscribe), allow_responses=bool(endpoints))
+    return Permissions(Identity(service), _unique(publish), _unique(subscribe), allow_responses=True)
 
 
 def operator_permissions() -> Permissions:
@@ -247,6 +254,7 @@ def operator_permissions() -> Permissions:
         # ConsumerSpec sets a durable name and no consumer name: nats-py's DURABLE.CREATE form.
         publish += [_api(f"CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}") for spec in specs]
     publish += [*kv_read(TRUST_BUCKET), *kv_write(TRUST_BUCKET)]  # keys init, health
+    publish.append(HEALTH_REQUESTS)  # health
     # keys api-key: issue, list (`kv.keys` is a watcher), revoke (a delete or purge marker)
     publish += [*kv_read(API_KEYS_BUCKET), *kv_write(API_KEYS_BUCKET)]
     for prefix in OPERATOR_STATE_PREFIXES:

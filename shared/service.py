@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,12 +26,13 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.protocol.parser import PERMISSIONS_ERR
 from pydantic import BaseModel, ValidationError
 
 from shared.bus import ServiceRuntime, connect_options, start_runtime
 from shared.envelope import MAX_MESSAGE_BYTES, Envelope, preview_b64
 from shared.errors import MlwardenError
-from shared.events import DeadLetter, ErrorReply
+from shared.events import DeadLetter, ErrorReply, HealthReply
 from shared.settings import Settings
 from shared.topology import CONSUMERS, Subjects, ensure_topology
 
@@ -38,6 +41,9 @@ ReqT = TypeVar("ReqT", bound=BaseModel)
 T = TypeVar("T")
 
 log = logging.getLogger("mlwarden.service")
+
+#: While a service waits for NATS at start-up, one "waiting for NATS" line this often.
+WAIT_LOG_EVERY_S = 10.0
 
 
 def _translate_fetch_timeouts() -> None:
@@ -75,7 +81,14 @@ class ServiceApp:
     def __init__(self, service: str, settings: Settings) -> None:
         self.service = service
         self.settings = settings
-        self.broker = NatsBroker(**connect_options(settings), logger=logging.getLogger(f"mlwarden.{service}"))
+        self.broker = NatsBroker(
+            **connect_options(settings),
+            error_cb=self._on_nats_error,
+            logger=logging.getLogger(f"mlwarden.{service}"),
+        )
+        self._connected = False
+        self._attempts = 0
+        self._last_wait_log = -math.inf
         self.app = FastStream(self.broker, logger=logging.getLogger(f"mlwarden.{service}"))
         self._runtime: ServiceRuntime | None = None
         #: Service-owned objects tests and the CLI may look at (store, ingestor, state).
@@ -86,7 +99,10 @@ class ServiceApp:
         self._reply_subs: list[Any] = []
         self._rejections = _Rejections()
         self._flusher: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
         self.app.on_startup(self._startup)
+        # After the broker started its consumers: a service answers health only once it serves.
+        self.app.after_startup(self._answer_health)
         self.app.on_shutdown(self._shutdown)
 
     def get(self, key: str, kind: type[T]) -> T:
@@ -115,8 +131,42 @@ class ServiceApp:
         self._shutdown_hooks.append(hook)
         return hook
 
+    async def _on_nats_error(self, exc: Exception) -> None:
+        """nats-py's error callback. Before the first connection every failed attempt lands
+        here: say that we are waiting, and for what (issue 13: a service that cannot reach NATS
+        used to wait silently forever). Afterwards, a permissions violation names the subject
+        the server refused, which the operation itself would only report as a timeout."""
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if not self._connected:
+            self._attempts += 1
+            now = time.monotonic()
+            # The first attempts, then one line per WAIT_LOG_EVERY_S: nats-py retries twice a second.
+            if self._attempts <= 3 or now - self._last_wait_log >= WAIT_LOG_EVERY_S:
+                self._last_wait_log = now
+                log.warning(
+                    "%s: waiting for NATS at %s (attempt %d): %s",
+                    self.service,
+                    self.settings.nats_url_redacted,
+                    self._attempts,
+                    reason,
+                )
+            return
+        if PERMISSIONS_ERR in reason.lower():
+            log.error("%s: NATS refused: %s", self.service, reason)
+        else:
+            # Lost connections and reconnects are FastStream's to report ("Connection broken").
+            log.debug("%s: NATS error: %s", self.service, reason)
+
     async def _startup(self) -> None:
         await self.broker.connect()
+        self._connected = True
+        if self._attempts:
+            log.info(
+                "%s: connected to NATS at %s after %d failed attempts",
+                self.service,
+                self.settings.nats_url_redacted,
+                self._attempts,
+            )
         try:
             nc = self.broker.connection
             if self.settings.declare_topology:
@@ -260,6 +310,25 @@ class ServiceApp:
             await _respond(msg, _error("internal", repr(exc)[:500]))
             return
         await _respond(msg, orjson.dumps(reply.model_dump(mode="json")))
+
+    async def _answer_health(self) -> None:
+        """Answer `mlw.health.<service>` (core NATS, in a queue group like every endpoint) for
+        `mlwarden health`: a reply proves this process's event loop and connection are alive."""
+
+        async def on_health(msg: Msg) -> None:
+            runtime = self.runtime
+            reply = HealthReply(
+                service=self.service,
+                uptime_s=round(time.monotonic() - self._started_at, 3),
+                processed=runtime.processed,
+                dead_letters=runtime.dead_letters,
+            )
+            await _respond(msg, orjson.dumps(reply.model_dump(mode="json")))
+
+        nc = self.broker.connection
+        self._reply_subs.append(await nc.subscribe(Subjects.health(self.service), queue=self.service, cb=on_health))
+        # The server knows every endpoint of this service before start-up returns.
+        await nc.flush()
 
     async def _subscribe_replies(self) -> None:
         nc = self.broker.connection

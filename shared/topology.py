@@ -68,6 +68,8 @@ class Subjects:
     AUDIT_CHECKPOINT = "mlw.audit.checkpoint"
     ARTIFACT_VERIFY = "mlw.artifact.verify"
     REGISTRY_STATUS = "mlw.registry.status"
+    # liveness: every service answers `mlw.health.<service>` (core NATS, `mlwarden health`)
+    HEALTH_PREFIX = "mlw.health"
 
     @staticmethod
     def alert(service: str) -> str:
@@ -78,6 +80,11 @@ class Subjects:
     def deadletter(service: str) -> str:
         """Dead-letter subject of one service."""
         return f"{Subjects.DEADLETTER_PREFIX}.{service}"
+
+    @staticmethod
+    def health(service: str) -> str:
+        """Liveness request/reply subject of one service."""
+        return f"{Subjects.HEALTH_PREFIX}.{service}"
 
 
 # Which service may sign which verdict type: a key of one service cannot vouch for another's work.

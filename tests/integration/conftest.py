@@ -15,6 +15,7 @@ from shared.client import Client
 from shared.embedded import EmbeddedNats
 from shared.service import ServiceApp
 from shared.settings import Settings
+from shared.topology import CONSUMERS
 
 
 class Running:
@@ -37,6 +38,17 @@ class Running:
         """Stop one service gracefully."""
         svc = self.apps.pop(name)
         await svc.app.stop()
+
+    async def settled(self) -> bool:
+        """Whether every durable consumer of the running services has nothing left to deliver
+        and nothing awaiting an ack: what will ever arrive has arrived. Poll it (`_poll.until`)
+        before asserting that something did *not* happen, instead of sleeping."""
+        for name in self.apps:
+            for spec in CONSUMERS[name]:
+                info = await self.client.js.consumer_info(spec.stream, spec.durable)
+                if info.num_pending or info.num_ack_pending:
+                    return False
+        return True
 
 
 @pytest.fixture

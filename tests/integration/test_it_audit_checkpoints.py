@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _poll import until
 from sqlalchemy import delete, text
 
 from mlwarden.cli import main
@@ -39,13 +40,12 @@ async def audit(bus: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         for i in range(N)
     ]
     store: AuditStore = running.apps["audit-log"].state["store"]
-    for _ in range(100):
+
+    async def covering() -> bool:
         cp = await latest_published_checkpoint(running.client.js)
-        if cp is not None and cp.tree_size == N:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("no checkpoint covering every entry was published")
+        return cp is not None and cp.tree_size == N
+
+    await until(covering, what="a published checkpoint covering every entry")
     assert store.count() == N
     return running, sent, store
 

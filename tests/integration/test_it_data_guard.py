@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _poll import until
 from sklearn.datasets import load_breast_cancer
 
 from shared.bus import publish_event
@@ -34,7 +35,7 @@ def _verdict_for(event_id: str) -> Any:
     return lambda e: e.type == Subjects.VERDICT_DATASET and e.data.in_reply_to == event_id
 
 
-async def _audit_rows(running: Any, predicate: Any, expected: int, timeout: float = 10.0) -> list[Any]:
+async def _audit_rows(running: Any, predicate: Any, expected: int, timeout: float = 30.0) -> list[Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     rows: list[Any] = []
@@ -149,7 +150,8 @@ async def test_duplicate_publish_gives_one_verdict_and_one_audit_row(bus: Any, t
             await publish_event(client.js, Subjects.DATASET_UPLOADED, event)
         assert await watcher.wait(_verdict_for(event.id), 30) is not None
     await _audit_rows(running, lambda e: e.type == Subjects.VERDICT_DATASET, 1)
-    await asyncio.sleep(1.0)  # give any (wrong) second copy time to arrive
+    # Any (wrong) second copy has arrived once data-guard and audit-log have nothing in flight.
+    await until(running.settled, what="data-guard and audit-log to drain their consumers")
     uploads = await _audit_rows(running, lambda e: e.event_id == event.id, 1)
     verdicts = await _audit_rows(running, lambda e: e.type == Subjects.VERDICT_DATASET, 1)
     assert len(uploads) == 1

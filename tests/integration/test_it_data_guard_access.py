@@ -3,11 +3,11 @@ encrypted at rest and tampered ciphertext refused."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _poll import until
 from sklearn.datasets import load_breast_cancer
 
 from shared.crypto import load_or_create_master_key
@@ -136,13 +136,12 @@ async def test_access_is_granted_by_signed_approval_and_asserted_mfa_only(bus: A
     assert not outsider.data.allowed
     unknown = await _access(running, principal="bob", version="99")
     assert not unknown.data.allowed
-    rows: list[Any] = []
-    for _ in range(100):
+
+    async def access_rows() -> list[Any] | None:
         page = await running.client.audit_query(AuditQuery(type=Subjects.VERDICT_ACCESS, limit=100))
-        rows = page.entries
-        if len(rows) >= 7:
-            break
-        await asyncio.sleep(0.1)
+        return page.entries if len(page.entries) >= 7 else None
+
+    rows = await until(access_rows, what="seven access verdicts in the audit trail")
     assert len(rows) == 7
 
 

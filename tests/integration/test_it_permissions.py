@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import pickle
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -35,6 +37,7 @@ from shared.client import Client
 from shared.embedded import free_port, nats_server_binary
 from shared.errors import InputError
 from shared.events import (
+    AdmitReply,
     AdmitRequest,
     ArtifactVerifyReply,
     ArtifactVerifyRequest,
@@ -268,9 +271,12 @@ async def test_pipeline_runs_end_to_end_with_per_identity_credentials(secured: S
             await audit.js.get_msg(CHECKPOINTS.name, info.state.last_seq)
         assert (await (await audit.js.key_value(TRUST_BUCKET)).get("audit-log")).value
     assert not missing
-    # (7) compose's health check runs with each service's own credentials.
-    for name in ("data-guard", "audit-log"):
-        assert await health(secured.settings(name)) == []
+    # (7) compose's health check runs with each service's own credentials, and every service
+    # answers its liveness request.
+    for name in ("data-guard", "audit-log", "operator"):
+        report = await health(secured.settings(name))
+        assert report.problems == [], (name, report.problems)
+        assert all(row.alive for row in report.services)
     # Least privilege that works: nothing above needed a right its identity lacks.
     assert secured.violations() == []
 
@@ -374,8 +380,29 @@ async def test_one_identity_cannot_read_the_replies_meant_for_another(secured: S
         await nc.subscribe("_INBOX.>")
         await refusals.wait_for("_INBOX.>")
         # Its own inbox works: a request/reply round trip to a public endpoint is answered.
-        guard, _ = await _raw(secured, "auditor", stack)
-        assert guard is not None
+        await secured.start("serving-monitor")
+        request = AdmitRequest(api_key="nope", model="iris", inputs=[{"f0": 1.0}])
+        msg = await nc.request(Subjects.SERVING_ADMIT, request.model_dump_json().encode(), timeout=10)
+        assert msg.subject.startswith("_INBOX.producer.")
+        reply = AdmitReply.model_validate_json(msg.data)
+        assert not reply.allowed and reply.client is None
+    assert secured.violations() == [
+        ("producer", "Subscription", "_INBOX.auditor.>"),
+        ("producer", "Subscription", "_INBOX.>"),
+    ]
+
+
+def test_a_refused_command_names_the_subject_and_exits_2(secured: Secured) -> None:
+    # The producer may not query the audit trail: the server refuses the publish, and the
+    # command says so at once instead of timing out (issue 13).
+    env = {**os.environ, **read_env(secured.config.env_files["producer"]), "MLW_DATA_DIR": str(secured.data_dir)}  # type: ignore[index]
+    done = subprocess.run(
+        [sys.executable, "-m", "mlwarden", "audit", "query"], env=env, capture_output=True, timeout=60, check=False
+    )
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2, done
+    assert len(lines) == 1, lines
+    assert "permissions violation" in lines[0] and "'mlw.audit.query'" in lines[0], lines
 
 
 async def test_service_without_a_registered_key_refuses_to_start(secured: Secured) -> None:

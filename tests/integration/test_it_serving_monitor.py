@@ -10,8 +10,10 @@ from typing import Any
 
 import orjson
 import pytest
+from _poll import until
 
 from mlwarden.cli import main
+from services.serving_monitor.app import Monitor
 from services.serving_monitor.auth import parse_api_key
 from services.serving_monitor.keystore import issue_key_on_bus, register_schema_on_bus
 from services.serving_monitor.validation import FeatureSchema, FeatureSpec
@@ -30,7 +32,10 @@ async def serving(bus: Any) -> Any:
     running = await bus("audit-log", "serving-monitor")
     await register_schema_on_bus(running.client.js, SCHEMA)
     key = await issue_key_on_bus(running.client.js, running.settings, "webapp", ["churn"])
-    await asyncio.sleep(0.3)  # the service follows the buckets through watchers
+    # The service follows the buckets through watchers: wait until it knows the key and schema.
+    monitor = running.apps["serving-monitor"].get("monitor", Monitor)
+    await until(lambda: monitor.schemas.get(SCHEMA.model), what="serving-monitor to load the schema")
+    await until(lambda: monitor.keys.authenticate(key, SCHEMA.model).ok, what="serving-monitor to load the key")
     return running, key
 
 
@@ -48,13 +53,12 @@ async def test_unauthenticated_calls_are_denied_and_audited(serving: Any, api_ke
     running, _ = serving
     reply = await running.client.admit(AdmitRequest(api_key=api_key, model="churn", inputs=[GOOD]))
     assert not reply.allowed and reply.reason == reason
-    for _ in range(50):
+
+    async def denial_recorded() -> bool:
         page = await running.client.audit_query(AuditQuery(type=Subjects.VERDICT_ADMISSION))
-        if any(e.event["data"]["reason"] == reason for e in page.entries):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("denial not in the audit trail")
+        return any(e.event["data"]["reason"] == reason for e in page.entries)
+
+    await until(denial_recorded, what="the denial in the audit trail")
 
 
 async def test_a_burst_is_rate_limited_with_retry_after(serving: Any) -> None:
@@ -84,11 +88,12 @@ async def test_malformed_admit_request_gets_an_error_reply_and_is_audited(servin
     assert b'"error":"bad_request"' in raw
     # The service keeps serving.
     assert (await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))).allowed
-    for _ in range(50):
+
+    async def letters() -> Any:
         page = await running.client.audit_query(AuditQuery(type="mlw.deadletter.serving-monitor"))
-        if sum(e.event["data"]["count"] for e in page.entries) >= 21:
-            break
-        await asyncio.sleep(0.1)
+        return page if sum(e.event["data"]["count"] for e in page.entries) >= 21 else None
+
+    page = await until(letters, what="21 coalesced rejections in the audit trail")
     assert sum(e.event["data"]["count"] for e in page.entries) == 21
     assert len(page.entries) <= 3
 

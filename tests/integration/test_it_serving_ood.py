@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
+from _poll import until
 
+from services.serving_monitor.app import Monitor
 from services.serving_monitor.keystore import register_profile_on_bus
 from services.serving_monitor.ood import fit_reference
 from shared.events import PredictionRecord
@@ -32,7 +33,10 @@ async def test_ood_and_extraction_clients_alert_and_a_benign_client_does_not(bus
     train = natural(4000, 0)
     profile = fit_reference(train, FEATURES, "fraud")
     await register_profile_on_bus(running.client.js, profile)
-    await asyncio.sleep(0.3)  # the service follows the bucket through a watcher
+    # The service follows the bucket through a watcher.
+    svc = running.apps["serving-monitor"]
+    monitor = svc.get("monitor", Monitor)
+    await until(lambda: monitor.profiles.get("fraud"), what="serving-monitor to load the profile")
 
     lo, hi = train.min(axis=0), train.max(axis=0)
     grid = np.stack(np.meshgrid(*[np.linspace(a, b, 4) for a, b in zip(lo, hi, strict=True)]), axis=-1)
@@ -53,8 +57,11 @@ async def test_ood_and_extraction_clients_alert_and_a_benign_client_does_not(bus
                 e.type == Subjects.alert("serving-monitor") and e.data.kind == kind and e.data.client == client
             )
 
-        assert await watcher.wait(alert("serving.extraction", "thief"), 10) is not None
-        assert await watcher.wait(alert("serving.ood", "drifter"), 10) is not None
-        await asyncio.sleep(0.5)
+        assert await watcher.wait(alert("serving.extraction", "thief"), 30) is not None
+        assert await watcher.wait(alert("serving.ood", "drifter"), 30) is not None
+        # Every batch processed (its alerts published before its ack), then a round trip on the
+        # watcher's connection: no alert about "user" is still on its way.
+        await until(lambda: svc.runtime.processed >= 4, what="serving-monitor to process the four batches")
+        await running.client.nc.flush()
     alerted = {(e.data.kind, e.data.client) for e in watcher.events if e.type == Subjects.alert("serving-monitor")}
     assert not any(client == "user" for _, client in alerted), alerted

@@ -2,8 +2,12 @@
 
 PostgreSQL is `postgresql+psycopg://postgres@127.0.0.1:5432/test` unless `MLW_TEST_PG_URL` says
 otherwise. Each test gets its own schema (`mlw_audit_<random>`), dropped afterwards, so
-concurrent runs never see each other's rows. An unreachable server skips the PostgreSQL cases
-on a laptop and fails them in CI (`CI=true`).
+concurrent runs never see each other's rows.
+
+A reachable server is always used, CI or not. An unreachable one skips the PostgreSQL cases with
+the URL and the reason in the skip message (shown by `-rs`), and fails them in CI (`CI=true`,
+which `.ci/run` sets), where a missing database must not pass as green. The cases carry the
+`postgres` marker: `pytest -m postgres` runs exactly them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from services.audit_log.store import AuditStore
@@ -52,21 +56,24 @@ class DbTarget:
 def pg_url() -> str:
     """The PostgreSQL URL, checked reachable once per session."""
     url = os.environ.get("MLW_TEST_PG_URL", PG_DEFAULT_URL)
+    shown = make_url(url).render_as_string(hide_password=True)
     engine = create_engine(url, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
-        message = f"PostgreSQL unreachable at {url}: {exc}"
+        # psycopg's message spans lines (and SQLAlchemy appends a help link): keep the first.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        message = f"PostgreSQL unreachable at {shown} ({reason}); set MLW_TEST_PG_URL to a reachable server"
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
+            pytest.fail(f"{message} (CI=true: the PostgreSQL cases must run)")
         pytest.skip(message)
     finally:
         engine.dispose()
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DbTarget]:
     """One database per test: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
     if request.param == "sqlite":

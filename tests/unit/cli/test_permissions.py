@@ -80,8 +80,17 @@ def test_request_reply_endpoints_use_the_services_queue_group_and_responses() ->
     monitor = permissions_for("serving-monitor")
     assert "mlw.serving.admit serving-monitor" in monitor.subscribe
     assert monitor.allow_responses
-    assert not permissions_for("data-guard").allow_responses
     assert not may_publish(permissions_for("producer"), "_INBOX.anything")
+
+
+def test_every_service_answers_its_own_health_request_and_may_ask_the_others() -> None:
+    for service in SERVICES:
+        permissions = permissions_for(service)
+        assert f"{Subjects.health(service)} {service}" in permissions.subscribe
+        assert permissions.allow_responses
+        assert all(may_publish(permissions, Subjects.health(other)) for other in SERVICES)
+    assert may_publish(permissions_for("operator"), Subjects.health("audit-log"))
+    assert not may_publish(permissions_for("producer"), Subjects.health("audit-log"))
 
 
 def test_producer_and_auditor_change_no_evidence() -> None:

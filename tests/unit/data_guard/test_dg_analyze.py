@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine, make_classification
@@ -182,13 +180,12 @@ def test_unlabelled_and_regression_targets_skip_label_checks() -> None:
     assert any(f.check == "label_noise.skipped" for f in report.findings)
 
 
-def test_hundred_thousand_rows_in_a_few_seconds() -> None:
+def test_hundred_thousand_clean_rows_pass_with_a_bounded_label_fit() -> None:
+    # How fast this is belongs to `benchmarks/data_guard.py` (1,000,000 rows, with the figure
+    # and its goal); a wall-clock assertion here failed on a loaded CI machine (issue 13).
     X, y = make_classification(n_samples=120_000, n_features=20, n_informative=8, flip_y=0, random_state=3)
     settings = DetectorSettings()
-    start = time.perf_counter()
     report = analyze(_table(X[:100_000], y[:100_000]), _table(X[100_000:], y[100_000:]), settings)
-    elapsed = time.perf_counter() - start
     assert report.decision != Decision.FAIL
-    assert elapsed < 10.0
     noise = next(f for f in report.findings if f.check == "label_noise.confident_learning")
     assert noise.evidence["fit_rows"] == settings.label_max_fit_rows or noise.evidence["fit_rows"] <= 20_000

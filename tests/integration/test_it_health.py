@@ -1,0 +1,49 @@
+"""`mlwarden health` asks every service whether it is alive, not only the bus (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from mlwarden.ops import health
+from shared.topology import SERVICES, Subjects
+
+
+async def _mlwarden_health(settings: Any) -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, "MLW_NATS_URL": settings.nats_url, "MLW_DATA_DIR": str(settings.data_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlwarden", "health", "--format", "json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, orjson.loads(out)
+
+
+async def test_health_fails_and_names_the_services_that_are_not_running(bus: Any) -> None:
+    running = await bus("audit-log", "data-guard")
+    code, report = await _mlwarden_health(running.settings)
+    assert code == 1
+    assert not report["healthy"]
+    alive = {row["service"]: row["alive"] for row in report["services"]}
+    assert alive == {name: name in ("audit-log", "data-guard") for name in SERVICES}
+    for name in ("artifact-signer", "registry-gate", "serving-monitor"):
+        assert any(problem.startswith(f"{name}: not running") for problem in report["problems"]), report
+
+
+async def test_health_passes_when_every_service_answers(bus: Any) -> None:
+    running = await bus(*SERVICES)
+    report = await health(running.settings)
+    assert report.problems == []
+    assert [row.service for row in report.services] == list(SERVICES)
+    assert all(row.alive and row.latency_ms is not None for row in report.services)
+
+
+async def test_a_stopped_service_stops_answering(bus: Any) -> None:
+    running = await bus("audit-log", "data-guard")
+    assert (await running.client.request(Subjects.health("data-guard"), b"")).startswith(b"{")
+    await running.stop("data-guard")
+    report = await health(running.settings)
+    assert {row.service for row in report.services if row.alive} == {"audit-log"}
