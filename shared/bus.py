@@ -97,16 +97,29 @@ async def read_trust_bucket(js: JetStreamContext, ids: Iterable[str] | None = No
                 continue
             values.append((key, entry.value or b"", entry.revision or 0))
         return values
+    # Read up to the bucket's last message as it stands now: nats-py's "no more pending" marker
+    # can come before the values when the server delivers faster than the callback counts.
+    info = await js.stream_info(kv_stream_name(TRUST_BUCKET))
+    last = info.state.last_seq
+    if not info.state.messages:
+        return values
     watcher = await kv.watchall(include_history=True)
     try:
         while True:
             update = await watcher.updates(timeout=10.0)
-            if update is None:  # the end of what the bucket held when the watch began
-                break
+            if update is None:
+                continue
             values.append((update.key, update.value or b"", update.revision or 0))
+            if (update.revision or 0) >= last:
+                break
     finally:
         await watcher.stop()
     return values
+
+
+def kv_stream_name(bucket: str) -> str:
+    """The JetStream stream behind a key-value bucket."""
+    return f"KV_{bucket}"
 
 
 async def load_trust_checked(
@@ -428,8 +441,18 @@ async def start_runtime(service: str, settings: Settings, nc: Client) -> Service
     js = nc.jetstream()
     root = load_root_public(settings.trust_root, settings.keys_dir)
     key = load_or_create_key(settings.keys_dir / f"{service}.pem", service)
-    trust, rejected = await load_trust_checked(js, root)
     probe = b"mlwarden start-up key check"
+    attempt = 0
+    while True:
+        trust, rejected = await load_trust_checked(js, root)
+        if service in trust or attempt == 0 and not settings.wait_for_registration:
+            break
+        # Services may start before the operator's `keys init` (compose starts them together):
+        # wait for the root-signed registration, never register ourselves.
+        if attempt % 30 == 0:
+            log.warning("%s: waiting for the operator to register this service's key (mlwarden keys init)", service)
+        attempt += 1
+        await asyncio.sleep(1.0)
     try:
         trust.verify(key.key_id, probe, key.sign(probe), kind="service")
     except SignatureError as exc:

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
             " trust-store entry; default: keys/root.pub in the data dir"
         ),
     )
+    wait_for_registration: bool = Field(
+        default=True,
+        description="a service whose key is not in the trust store yet waits for `keys init` instead of exiting",
+    )
     actor: str | None = Field(default=None, description="the actor id this process publishes as (producers)")
     actor_key: Path | None = Field(default=None, description="the actor's Ed25519 private key (PEM, mode 0600)")
     file_roots: list[Path] = Field(

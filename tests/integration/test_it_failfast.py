@@ -40,6 +40,14 @@ def _mlwarden(*args: str, data_dir: Path, stdout: object = subprocess.PIPE) -> s
     )
 
 
+def _keys_init(data_dir: Path, *args: str) -> None:
+    env = {**os.environ, "MLW_DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlwarden", "keys", "init", *args], env=env, capture_output=True, timeout=HANG_S
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -71,6 +79,9 @@ def test_service_without_nats_says_it_is_waiting_and_stops_on_a_signal(tmp_path:
 def test_service_started_before_nats_connects_when_it_appears(tmp_path: Path) -> None:
     port = free_port()
     log, ready = tmp_path / "run.log", tmp_path / "run" / "data-guard.ready"
+    # The operator made the keys (root.pub is what the service trusts) but has not yet
+    # registered them on a bus that is not there yet.
+    _keys_init(tmp_path / "data")
     with log.open("wb") as sink:
         proc = _mlwarden(
             "run",
@@ -86,6 +97,8 @@ def test_service_started_before_nats_connects_when_it_appears(tmp_path: Path) ->
     try:
         until_sync(lambda: "waiting for NATS" in log.read_text(), what="a 'waiting for NATS' line", timeout=HANG_S)
         server.start()
+        # The operator registers the service keys (root-signed) once the bus is there.
+        _keys_init(tmp_path / "data", "--nats", server.url)
         until_sync(ready.exists, what=f"data-guard ready; log: {log}", timeout=HANG_S)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(HANG_S) == 0, log.read_text()

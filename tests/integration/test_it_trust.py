@@ -21,6 +21,7 @@ from shared.events import (
     ObjectRef,
     PredictionBatch,
     PredictionRecord,
+    Sensitivity,
 )
 from shared.signing import SigningKey
 from shared.topology import TRUST_BUCKET, Subjects
@@ -50,7 +51,7 @@ async def test_upload_claiming_another_uploader_is_refused_and_changes_nothing(b
         first = await watcher.wait(_answers(honest.id, Subjects.VERDICT_DATASET), 30)
         assert first is not None and first.data.decision != "fail", first.data.findings
         # mallory re-announces the same version as "pipeline", public and readable by herself
-        claim = honest.data.model_copy(update={"sensitivity": "public", "allowed_readers": ["mallory"]})
+        claim = honest.data.model_copy(update={"sensitivity": Sensitivity.PUBLIC, "allowed_readers": ["mallory"]})
         unsigned = await client.publish(Subjects.DATASET_UPLOADED, claim)
         forged = await client.publish(Subjects.DATASET_UPLOADED, claim, key=client.actor("mallory"))
         refused = [await watcher.wait(_answers(e.id, Subjects.VERDICT_DATASET), 20) for e in (unsigned, forged)]
@@ -114,7 +115,6 @@ async def test_a_key_registered_without_the_root_signature_is_never_trusted(bus:
     client = running.client
     attacker = SigningKey.generate("artifact-signer")
     kv = await client.js.key_value(TRUST_BUCKET)
-    await kv.put("artifact-signer", attacker.public_b64().encode())
     alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
     guard = SigningKey.from_pem("data-guard", (running.settings.keys_dir / "data-guard.pem").read_bytes())
     dataset = DatasetVerdict(
@@ -130,6 +130,7 @@ async def test_a_key_registered_without_the_root_signature_is_never_trusted(bus:
         in_reply_to="y",
     )
     async with client.watch() as watcher:
+        await kv.put("artifact-signer", attacker.public_b64().encode())
         untrusted = await watcher.wait(
             lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "untrusted_key", 20
         )
@@ -171,7 +172,7 @@ async def test_revoking_an_actor_stops_its_approvals_in_a_running_gate(bus: Any)
     root = load_root_key(running.settings)
     await revoke_key(client.js, root, "carol", "laptop stolen")
     gate = running.apps["registry-gate"].state["gate"]
-    await until(lambda: "carol" not in gate.policy_now().actors, "registry-gate sees carol's revocation")
+    await until(lambda: "carol" not in gate.policy_now().actors, what="registry-gate sees carol's revocation")
     alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
     async with client.watch() as watcher:
         request = await client.request_promotion(
