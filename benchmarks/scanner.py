@@ -124,9 +124,11 @@ def _resolves(protocol: int, module: str, name: str) -> bool:
     from the generator's name pool; never calls what it finds)."""
     module, name = oracle.resolve(protocol, module, name)
     try:
-        obj: Any = importlib.import_module(module)
-        for part in name.split(".") if protocol >= 4 else [name]:
-            obj = getattr(obj, part)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy.core's deprecation, for one
+            obj: Any = importlib.import_module(module)
+            for part in name.split(".") if protocol >= 4 else [name]:
+                obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError, TypeError):
         return False
     return True
