@@ -17,6 +17,25 @@ from typing import Any
 from mlwarden.cliutil import EXIT_FAIL, EXIT_OK, _print_json, err, out
 from shared.errors import InputError
 
+# Kept here, not imported from `services.artifact_signer.osv` (which holds the same URL as
+# OSV_SOURCE, checked by a test): building the parser must not import the domain modules.
+_OSV_URL = "https://osv-vulnerabilities.storage.googleapis.com/PyPI/all.zip"
+OSV_HELP = f"""\
+where the OSV database comes from:
+  The OSV project (https://osv.dev) exports every ecosystem's advisories to its public
+  GCS bucket gs://osv-vulnerabilities, one zip per ecosystem, documented at
+  https://google.github.io/osv.dev/data/ ("Data dumps"). PyPI's is PyPI/all.zip:
+    {_OSV_URL}
+  Download it where there is network access and pass it with --osv as it is (or unzip it
+  and pass the folder):
+    curl -fsSLo osv-pypi.zip {_OSV_URL}
+    mlwarden scan deps uv.lock --osv osv-pypi.zip
+  Refresh it by downloading it again, daily (or `gsutil -m rsync gs://osv-vulnerabilities/PyPI
+  DIR` for a folder): a stale copy misses new advisories, it never invents them. Without
+  --osv the lock is still checked for pins and hashes, and reported as "not checked for
+  known vulnerabilities".
+"""
+
 #: Below this many bytes hashing takes well under a second: no progress bar.
 PROGRESS_MIN_BYTES = 256 * 1024 * 1024
 
@@ -146,7 +165,7 @@ def cmd_scan_deps(args: argparse.Namespace) -> int:
         colour = {"pass": "green", "warn": "yellow", "fail": "red"}[report.decision.value]
         out.print(
             f"[{colour}]{report.decision.value.upper()}[/]: {args.lockfile} ({report.lock.format.value}, "
-            f"{len(report.lock.packages)} packages, {len(report.vulnerabilities)} known vulnerabilities)"
+            f"{len(report.lock.packages)} packages, {report.vulnerability_summary})"
         )
         for finding in report.findings:
             out.print(f"  {finding.severity.value:5} {finding.check:28} {finding.message}", markup=False)
@@ -181,7 +200,12 @@ def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser])
     p.add_argument("path", type=Path)
     p.add_argument("--format", choices=["text", "json", "sarif"], default="text")
 
-    p = add("deps", cmd_scan_deps, scan)
+    p = add("deps", cmd_scan_deps, scan, epilog=OSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("lockfile", type=Path, help="requirements.txt (with --hash), uv.lock or pylock.toml")
-    p.add_argument("--osv", type=Path, default=None, help="offline OSV database: folder or zip of OSV JSON records")
+    p.add_argument(
+        "--osv",
+        type=Path,
+        default=None,
+        help="offline OSV database: PyPI/all.zip of the OSV project's export (see below), as a zip or a folder",
+    )
     p.add_argument("--format", choices=["text", "json", "sarif"], default="text")

@@ -24,8 +24,12 @@ from pydantic import Field
 
 from shared.events import Decision, Finding, Frozen, Severity, decision_from
 
-_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: Hex digits of each algorithm pip's `--hash` accepts (pip's `STRONG_HASHES`).
+DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+#: A SHA-2 digest of fewer distinct hex digits than this is a placeholder, not a digest: a
+#: uniformly random 64-digit one has at most 5 distinct digits with probability
+#: C(16,5) * (5/16)**64 < 1e-28, while `aaaa...`, `1111...` and `deadbeef...` have 1 to 5.
+MIN_DISTINCT_DIGITS = 6
 # pip's own comment rule (pip/_internal/req/req_file.py, COMMENT_RE): '#' at the start of a
 # line or after whitespace; a '#' inside a URL fragment is not a comment.
 _COMMENT = re.compile(r"(^|\s+)#.*$")
@@ -66,6 +70,23 @@ decide = decision_from
 
 def _finding(check: str, message: str, *, severity: Severity = Severity.FAIL, **evidence: str | int) -> Finding:
     return Finding(check=f"lockfile.{check}", severity=severity, message=message, count=1, evidence=evidence)
+
+
+def digest_problem(algorithm: str, hexdigest: str) -> str | None:
+    """Why `algorithm:hexdigest` is not a well-formed digest, or None if it is.
+
+    Well formed: an algorithm pip checks, exactly its number of lowercase hex digits (pip
+    compares `hexdigest()` strings, so `AAAA...` never matches anything), and not a
+    placeholder (issue 12: a fake `sha256:aaaa...` passed the gate).
+    """
+    length = DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return f"unsupported hash algorithm {algorithm!r} (use sha256)"
+    if len(hexdigest) != length or not all(c in "0123456789abcdef" for c in hexdigest):
+        return f"{algorithm} digest must be {length} lowercase hex digits, got {len(hexdigest)} characters"
+    if len(set(hexdigest)) < MIN_DISTINCT_DIGITS:
+        return f"{algorithm} digest {hexdigest[:12]}... is a placeholder, not a real digest"
+    return None
 
 
 def detect_format(filename: str) -> LockFormat:
@@ -256,11 +277,13 @@ def _parse_hash_options(tokens: list[str], number: int) -> tuple[list[str], list
             findings.append(_finding("parse", f"line {number}: unknown option {token}", line=number))
             i += 1
             continue
-        if _SHA256.match(value):
-            hashes.append(value)
-        elif not value.startswith(("sha384:", "sha512:")):
-            # pip also accepts sha384/sha512; only sha256 counts here, others are not errors.
-            findings.append(_finding("parse", f"line {number}: malformed hash {value!r}", line=number))
+        algorithm, _, hexdigest = value.partition(":")
+        problem = digest_problem(algorithm, hexdigest)
+        if problem is not None:
+            # Refused whatever the algorithm: pip would take it as an allowed digest.
+            findings.append(_finding("hash", f"line {number}: malformed hash {value!r}: {problem}", line=number))
+        elif algorithm == "sha256":
+            hashes.append(value)  # sha384/sha512 are checked, but only sha256 counts as hashed
         i += 1
     return hashes, findings
 
@@ -323,17 +346,27 @@ def _check_toml(text: str, checker: _TomlChecker) -> tuple[list[LockedPackage], 
         return [], [_finding("parse", f"unexpected lock file structure: {exc!r}")]
 
 
+def _sha256_problem(value: object) -> str | None:
+    """Why a lock file's `sha256:<hex>` is not a usable digest, or None."""
+    algorithm, _, hexdigest = str(value or "").partition(":")
+    if algorithm != "sha256":
+        return "has no sha256 hash"
+    problem = digest_problem(algorithm, hexdigest)
+    return None if problem is None else f"has a malformed hash: {problem}"
+
+
 def _hash_findings(
-    name: str, dists: list[Mapping[str, Any]], hash_of: Callable[[Mapping[str, Any]], bool]
+    name: str, dists: list[Mapping[str, Any]], sha256_of: Callable[[Mapping[str, Any]], str]
 ) -> list[Finding]:
     findings = []
     for dist in dists:
         where = str(dist.get("url") or dist.get("path") or dist.get("name") or "distribution")
-        if not hash_of(dist):
+        problem = _sha256_problem(sha256_of(dist))
+        if problem is not None:
             findings.append(
                 _finding(
                     "unhashed",
-                    f"{name}: {where.rsplit('/', 1)[-1]} has no sha256 hash",
+                    f"{name}: {where.rsplit('/', 1)[-1]} {problem}",
                     package=name,
                     file=where,
                 )
@@ -364,11 +397,12 @@ def _check_uv_lock(data: dict[str, Any]) -> tuple[list[LockedPackage], list[Find
                 )
             )
 
-        def uv_hash(dist: Mapping[str, Any]) -> bool:
-            return bool(_SHA256.match(str(dist.get("hash", ""))))
+        def uv_hash(dist: Mapping[str, Any]) -> str:
+            return str(dist.get("hash", ""))
 
         findings.extend(_hash_findings(name, dists, uv_hash))
-        packages.append(LockedPackage(name=name, version=version, hashes=sum(uv_hash(d) for d in dists)))
+        hashed = sum(_sha256_problem(uv_hash(d)) is None for d in dists)
+        packages.append(LockedPackage(name=name, version=version, hashes=hashed))
     return packages, findings
 
 
@@ -391,9 +425,11 @@ def _check_pylock(data: dict[str, Any]) -> tuple[list[LockedPackage], list[Findi
         if not dists and not any(kind in entry for kind in ("vcs", "directory")):
             findings.append(_finding("unhashed", f"{name}: no distribution listed", package=name))
 
-        def pylock_hash(dist: Mapping[str, Any]) -> bool:
-            return bool(_HEX64.match(str(dist.get("hashes", {}).get("sha256", ""))))
+        def pylock_hash(dist: Mapping[str, Any]) -> str:
+            digest = dist.get("hashes", {}).get("sha256")
+            return f"sha256:{digest}" if digest is not None else ""
 
         findings.extend(_hash_findings(name, dists, pylock_hash))
-        packages.append(LockedPackage(name=name, version=version, hashes=sum(pylock_hash(d) for d in dists)))
+        hashed = sum(_sha256_problem(pylock_hash(d)) is None for d in dists)
+        packages.append(LockedPackage(name=name, version=version, hashes=hashed))
     return packages, findings

@@ -38,6 +38,9 @@ from pydantic import Field
 from shared.errors import InputError
 from shared.events import Frozen
 
+#: Where PyPI's OSV database comes from: the OSV project's per-ecosystem export in its public
+#: GCS bucket `gs://osv-vulnerabilities` (documented at https://google.github.io/osv.dev/data/).
+OSV_SOURCE = "https://osv-vulnerabilities.storage.googleapis.com/PyPI/all.zip"
 #: One OSV record larger than this is not read (real ones are a few KiB).
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 ECOSYSTEM = "PyPI"

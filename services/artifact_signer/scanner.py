@@ -4,7 +4,9 @@ The format is decided by content (magic numbers and structure), never by file na
 renamed `weights.txt` is still a pickle. Formats and what makes them unsafe:
 
 - pickle (any protocol, also several pickles in a row) and joblib: every global the stream
-  imports must be on an explicit allow-list (`is_allowed_global`); anything else, a global
+  imports, resolved as `pickle.Unpickler.find_class` resolves it at the stream's protocol,
+  must be an exact (module, qualname) pair of an explicit allow-list (`is_allowed_global`);
+  a dotted name is an attribute walk and each of its steps must be allowed. Anything else, a global
   that cannot be resolved statically, a malformed stream, or a known bypass shape (BUILD on
   a class, calling a computed object, the copyreg extension registry) is unsafe. Streams are
   analysed with `pickletools.genops` and a symbolic stack (values tracked through the memo),
@@ -30,6 +32,7 @@ import lzma
 import math
 import mmap
 import os
+import pickle
 import pickletools
 import re
 import struct
@@ -46,6 +49,7 @@ from pydantic import Field
 
 from shared.events import Decision, Finding, Frozen, Severity
 
+from ._sklearn_globals import SKLEARN_GLOBALS
 from .hashing import walk_tree
 from .lockfile import decide
 
@@ -114,8 +118,8 @@ class ScanReport(Frozen):
 
 # Exactly what benign NumPy, scikit-learn, joblib and PyTorch state-dict pickles import
 # (checked against real pickles of protocols 0-5 in the tests). Protocols 0-2 use Python 2
-# names (`__builtin__`, `copy_reg`); they are mapped to Python 3 names first, as the
-# Unpickler does, so they need no entries of their own.
+# names (`__builtin__`, `copy_reg`); below protocol 3 they are mapped to Python 3 names
+# first, as the Unpickler does, so they need no entries of their own.
 _NUMPY_CORE = ("numpy.core", "numpy._core")  # NumPy 1.x and 2.x spellings
 # fmt: off
 _NUMPY_SCALARS = (
@@ -138,81 +142,56 @@ _TORCH_DTYPES = (
 )
 # fmt: on
 
-SAFE_GLOBALS: frozenset[str] = frozenset(
-    [
-        *(f"{core}.multiarray._reconstruct" for core in _NUMPY_CORE),
-        *(f"{core}.multiarray.scalar" for core in _NUMPY_CORE),
-        *(f"{core}.numeric._frombuffer" for core in _NUMPY_CORE),
-        "numpy.ndarray",
-        "numpy.dtype",
-        *(f"numpy.{name}" for name in _NUMPY_SCALARS),
-        # A fitted estimator's random_state may be a RandomState or Generator; the ctor helpers
-        # take the bit generator class as an argument, which is itself checked here.
-        "numpy.random._pickle.__randomstate_ctor",
-        "numpy.random._pickle.__generator_ctor",
-        "numpy.random._pickle.__bit_generator_ctor",
-        "numpy.random.mtrand.RandomState",
-        "numpy.random._generator.Generator",
-        "numpy.random._mt19937.MT19937",
-        "numpy.random._pcg64.PCG64",
-        "numpy.random._pcg64.PCG64DXSM",
-        "numpy.random._philox.Philox",
-        "numpy.random._sfc64.SFC64",
-        # Generator state: Cython's generated unpickler checks a layout checksum, then calls
-        # `type.__new__` on the class it is handed (itself checked).
-        "numpy.random.bit_generator.SeedSequence",
-        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
-        # Plain containers and values, and the two helpers protocols 0-2 use to rebuild
-        # objects (`copyreg._reconstructor` calls only classes that are themselves checked)
-        # and bytes (`_codecs.encode(text, 'latin1')`).
-        "collections.OrderedDict",
-        "copyreg._reconstructor",
-        "_codecs.encode",
-        *(f"builtins.{name}" for name in _BUILTIN_TYPES),
-        "joblib.numpy_pickle.NumpyArrayWrapper",
-        "torch._utils._rebuild_tensor",
-        "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_tensor_v3",
-        "torch._utils._rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state",
-        "torch.Size",
-        "torch.device",
-        *(f"torch.{name}" for name in _TORCH_STORAGES),
-        "torch.storage.UntypedStorage",
-        "torch.storage.TypedStorage",
-        *(f"torch.{name}" for name in _TORCH_DTYPES),
-    ]
+_MODULE_LEVEL_NAMES = (
+    *(f"{core}.multiarray._reconstruct" for core in _NUMPY_CORE),
+    *(f"{core}.multiarray.scalar" for core in _NUMPY_CORE),
+    *(f"{core}.numeric._frombuffer" for core in _NUMPY_CORE),
+    "numpy.ndarray",
+    "numpy.dtype",
+    *(f"numpy.{name}" for name in _NUMPY_SCALARS),
+    # A fitted estimator's random_state may be a RandomState or Generator; the ctor helpers
+    # take the bit generator class as an argument, which is itself checked here.
+    "numpy.random._pickle.__randomstate_ctor",
+    "numpy.random._pickle.__generator_ctor",
+    "numpy.random._pickle.__bit_generator_ctor",
+    "numpy.random.mtrand.RandomState",
+    "numpy.random._generator.Generator",
+    "numpy.random._mt19937.MT19937",
+    "numpy.random._pcg64.PCG64",
+    "numpy.random._pcg64.PCG64DXSM",
+    "numpy.random._philox.Philox",
+    "numpy.random._sfc64.SFC64",
+    # Generator state: Cython's generated unpickler checks a layout checksum, then calls
+    # `type.__new__` on the class it is handed (itself checked).
+    "numpy.random.bit_generator.SeedSequence",
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    # Plain containers and values, and the two helpers protocols 0-2 use to rebuild
+    # objects (`copyreg._reconstructor` calls only classes that are themselves checked)
+    # and bytes (`_codecs.encode(text, 'latin1')`).
+    "collections.OrderedDict",
+    "copyreg._reconstructor",
+    "_codecs.encode",
+    *(f"builtins.{name}" for name in _BUILTIN_TYPES),
+    "joblib.numpy_pickle.NumpyArrayWrapper",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch.Size",
+    "torch.device",
+    *(f"torch.{name}" for name in _TORCH_STORAGES),
+    "torch.storage.UntypedStorage",
+    "torch.storage.TypedStorage",
+    *(f"torch.{name}" for name in _TORCH_DTYPES),
 )
 
-# scikit-learn estimators are too many to list, so they are allowed by pattern: a CamelCase
-# *class* (never a function: a function is called with attacker arguments, while a class is
-# only instantiated, its state set by BaseEstimator.__setstate__, a dict update) in a module
-# of a package that holds estimators. Utility packages are left out on purpose: they hold
-# gadgets (`sklearn.utils._testing` runs subprocesses, `sklearn.datasets` downloads files,
-# `sklearn.utils.parallel` calls what it is handed).
-# fmt: off
-_SKLEARN_PACKAGES = (
-    "calibration", "cluster", "compose", "covariance", "cross_decomposition", "decomposition",
-    "discriminant_analysis", "dummy", "ensemble", "feature_extraction", "feature_selection",
-    "gaussian_process", "impute", "isotonic", "kernel_approximation", "kernel_ridge",
-    "linear_model", "manifold", "mixture", "multiclass", "multioutput", "naive_bayes", "neighbors",
-    "neural_network", "pipeline", "preprocessing", "random_projection", "semi_supervised", "svm",
-    "tree", "_loss", "metrics._dist_metrics",
-)
-# fmt: on
-_SKLEARN_CLASS = re.compile(
-    r"^sklearn\.(?:" + "|".join(map(re.escape, _SKLEARN_PACKAGES)) + r")(?:\._?[a-z0-9_]+)*"
-    r"\.(_?[A-Z][A-Za-z0-9]*)$"
-)
-# Two helper functions that benign fitted estimators need, both of which only create an
-# instance of a class they are handed (a class that is itself checked against this list):
-# - Cython's generated `__pyx_unpickle_<Class>(cls, checksum, state)` (gradient boosting's
-#   loss objects): checks a layout checksum, calls `<Class>.__new__(cls)`, sets fields;
-# - `newObj(cls)` of the neighbours' trees and distance metrics: `return cls.__new__(cls)`.
-_SKLEARN_HELPER = re.compile(
-    r"^sklearn\.(?:" + "|".join(map(re.escape, _SKLEARN_PACKAGES)) + r")(?:\._?[a-z0-9_]+)*"
-    r"\.__pyx_unpickle_[A-Z][A-Za-z0-9]*$"
-    r"|^sklearn\.(?:neighbors\._kd_tree|neighbors\._ball_tree|metrics\._dist_metrics)\.newObj$"
+#: Exact (module, qualname) pairs, as `pickle.Unpickler.find_class` receives them (after the
+#: `_compat_pickle` mapping below protocol 3). Nothing is allowed by pattern (issue 12): the
+#: entries above are module-level names, split at their last dot; scikit-learn's classes are
+#: listed one by one in `_sklearn_globals.py`, generated from the installed version.
+SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    [(module, name) for module, _, name in (q.rpartition(".") for q in _MODULE_LEVEL_NAMES)] + list(SKLEARN_GLOBALS)
 )
 
 # Not needed for the decision (anything not allowed is unsafe) but named in findings, so a
@@ -228,18 +207,33 @@ _KNOWN_DANGEROUS_MODULES = frozenset((
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def normalize_global(module: str, name: str) -> tuple[str, str]:
-    """Map Python 2 names (protocols 0-2) to Python 3 ones, as `pickle.Unpickler` does."""
+def normalize_global(module: str, name: str, *, protocol: int) -> tuple[str, str]:
+    """The (module, name) `pickle.Unpickler.find_class` imports for a pickle of `protocol`.
+
+    Below protocol 3 (with `fix_imports`, the default) Python 2 names are mapped to Python 3
+    ones through `_compat_pickle`; from protocol 3 on they are taken as written (CPython
+    `Lib/pickle.py`, `Unpickler.find_class`, and `_pickle.c`'s equivalent).
+    """
+    if protocol >= 3:
+        return module, name
     if (module, name) in _compat_pickle.NAME_MAPPING:
         return _compat_pickle.NAME_MAPPING[(module, name)]
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def is_allowed_global(module: str, name: str) -> bool:
-    """True if importing `module.name` from a pickle is on the allow-list."""
-    module, name = normalize_global(module, name)
-    qualified = f"{module}.{name}"
-    return qualified in SAFE_GLOBALS or bool(_SKLEARN_CLASS.match(qualified) or _SKLEARN_HELPER.match(qualified))
+def is_allowed_global(module: str, name: str, *, protocol: int) -> bool:
+    """True if a pickle of `protocol` may import `name` from `module`.
+
+    find_class imports `module`, then for protocol >= 4 splits `name` on dots and walks it
+    with getattr (CPython `pickle._getattribute`); below 4 it is one getattr, which newer or
+    other unpicklers may also walk. So a dotted name is followed at every protocol: each step
+    of the walk (`a`, `a.b`, `a.b.c`) must itself be an exact allowed pair, or the pickle can
+    reach anything the allowed module can (issue 12: `sklearn.calibration` +
+    `np.f2py.subprocess.Popen` reached `subprocess.Popen`).
+    """
+    module, name = normalize_global(module, name, protocol=protocol)
+    parts = name.split(".")
+    return all((module, ".".join(parts[: i + 1])) in SAFE_GLOBALS for i in range(len(parts)))
 
 
 # --- where a scan reads from ----------------------------------------------------------------
@@ -324,6 +318,7 @@ class _Import(NamedTuple):
     name: str
     offset: int
     opcode: str
+    protocol: int  # of the latest PROTO before it: find_class resolves names by it
 
 
 @dataclass
@@ -359,13 +354,13 @@ class _PickleRun:
 
 
 _JOBLIB_WRAPPER = _Global("joblib.numpy_pickle", "NumpyArrayWrapper")
-_RECONSTRUCTORS = (_Global("copyreg", "_reconstructor"), _Global("copy_reg", "_reconstructor"))
+_RECONSTRUCTOR = _Global("copyreg", "_reconstructor")  # `copy_reg` below protocol 3 resolves to it
 
 
 def _class_of(instance: _Instance) -> object:
     """The class an instance is built from: the callee, or the class handed to
     `copyreg._reconstructor` (how protocols 0 and 1 rebuild plain objects)."""
-    if instance.callee in _RECONSTRUCTORS and isinstance(instance.args, tuple) and instance.args:
+    if instance.callee == _RECONSTRUCTOR and isinstance(instance.args, tuple) and instance.args:
         return instance.args[0]
     return instance.callee
 
@@ -388,6 +383,9 @@ class _PickleMachine:
         self.stack: list[object] = []
         self.marks: list[int] = []
         self.memo: dict[int, object] = {}
+        # The Unpickler starts every load at protocol 0 and takes each PROTO it meets, even
+        # in mid-stream (both `pickle.py` and `_pickle.c`); names are resolved by the latest.
+        self.proto = 0
         self.run = _PickleRun(start=reader.tell())
 
     # stack primitives
@@ -436,7 +434,10 @@ class _PickleMachine:
     def _step(self, name: str, arg: Any, pos: int) -> None:
         match name:
             case "PROTO":
-                if pos == self.run.start and isinstance(arg, int) and 2 <= arg <= 5:
+                if not (isinstance(arg, int) and 0 <= arg <= pickle.HIGHEST_PROTOCOL):
+                    raise _Malformed(f"unsupported pickle protocol {arg}")
+                self.proto = arg
+                if pos == self.run.start and arg >= 2:
                     self.run.proto_start = True
             case "FRAME":
                 pass
@@ -525,16 +526,15 @@ class _PickleMachine:
                 self.stack.append(_Opaque("extension"))
             case "GLOBAL" | "INST":
                 module, _, attr = str(arg).partition(" ")
-                self._import(module, attr, pos, name)
+                imported = self._import(module, attr, pos, name)
                 if name == "GLOBAL":
-                    self.stack.append(_Global(module, attr))
+                    self.stack.append(imported)
                 else:
-                    self.stack.append(_Instance(_Global(module, attr), tuple(self.pop_mark())))
+                    self.stack.append(_Instance(imported, tuple(self.pop_mark())))
             case "STACK_GLOBAL":
                 attr_value, module_value = self.pop(), self.pop()
                 if isinstance(module_value, str) and isinstance(attr_value, str):
-                    self._import(module_value, attr_value, pos, name)
-                    self.stack.append(_Global(module_value, attr_value))
+                    self.stack.append(self._import(module_value, attr_value, pos, name))
                 else:
                     # The Unpickler would import whatever these values turn out to be.
                     self.run.problems.append(("STACK_GLOBAL with a module or name that is not a literal string", pos))
@@ -569,8 +569,10 @@ class _PickleMachine:
             case _:
                 raise _Malformed(f"unsupported opcode {name}")
 
-    def _import(self, module: str, attr: str, pos: int, opcode: str) -> None:
-        self.run.imports.append(_Import(module, attr, pos, opcode))
+    def _import(self, module: str, attr: str, pos: int, opcode: str) -> _Global:
+        """Record an import; the global as find_class would resolve it at this protocol."""
+        self.run.imports.append(_Import(module, attr, pos, opcode, self.proto))
+        return _Global(*normalize_global(module, attr, protocol=self.proto))
 
     def _call(self, callee: object, args: object, pos: int) -> _Instance:
         if not isinstance(callee, _Global):
@@ -685,12 +687,12 @@ def _report_pickle(run: _PickleRun, where: str, scan: _Scan, *, seen: set[str], 
     that exist count, and opcode oddities do not.
     """
     for imp in run.imports:
-        module, attr = normalize_global(imp.module, imp.name)
+        module, attr = normalize_global(imp.module, imp.name, protocol=imp.protocol)
         qualified = f"{module}.{attr}"
         if secondary and not _importable(module):
             continue
         scan.globals.add(qualified)
-        if is_allowed_global(imp.module, imp.name) or qualified in seen:
+        if is_allowed_global(imp.module, imp.name, protocol=imp.protocol) or qualified in seen:
             continue
         seen.add(qualified)
         dangerous = module.split(".")[0] in _KNOWN_DANGEROUS_MODULES

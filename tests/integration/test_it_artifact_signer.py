@@ -3,6 +3,7 @@ lock files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -18,7 +19,11 @@ from shared.events import ArtifactVerifyReply, ArtifactVerifyRequest, DatasetRef
 from shared.signing import SigningKey
 from shared.topology import ARTIFACTS_BUCKET, Subjects
 
-LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
+# Real digests (of b"a" and b"b"): the gate refuses placeholder digests such as "a" * 64 (issue 12).
+LOCK = (
+    f"scikit-learn==1.9.1 --hash=sha256:{hashlib.sha256(b'a').hexdigest()}\n"
+    f"numpy==2.4.6 --hash=sha256:{hashlib.sha256(b'b').hexdigest()}\n"
+)
 
 
 class Hostile:

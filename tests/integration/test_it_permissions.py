@@ -63,7 +63,11 @@ from shared.topology import (
     ensure_topology,
 )
 
-LOCK = "scikit-learn==1.9.1 --hash=sha256:" + "a" * 64 + "\nnumpy==2.4.6 --hash=sha256:" + "b" * 64 + "\n"
+# Real digests (of b"a" and b"b"): the gate refuses placeholder digests such as "a" * 64 (issue 12).
+LOCK = (
+    f"scikit-learn==1.9.1 --hash=sha256:{hashlib.sha256(b'a').hexdigest()}\n"
+    f"numpy==2.4.6 --hash=sha256:{hashlib.sha256(b'b').hexdigest()}\n"
+)
 # nats-server 2.15 logs: ... - "$G/user:data-guard" - Publish Violation - Subject "mlw.verdict.artifact"
 VIOLATION = re.compile(r'"[^"/]*/user:([^"]+)" - (Publish|Subscription) Violation - Subject "([^"]+)"')
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -10,13 +11,13 @@ import pytest
 
 from mlwarden.cli import main
 from services.artifact_signer.dependencies import check_dependencies
-from services.artifact_signer.osv import OsvDatabase
+from services.artifact_signer.osv import OSV_SOURCE, OsvDatabase
 from services.artifact_signer.sarif import deps_sarif
 from shared.errors import InputError
 from shared.events import Decision
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "osv"
-HASH = " --hash=sha256:" + "a" * 64
+HASH = " --hash=sha256:" + hashlib.sha256(b"a").hexdigest()  # a real digest: placeholders are refused
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ version = 1
 name = "requests"
 version = "2.30.0"
 source = {{ registry = "https://pypi.org/simple" }}
-sdist = {{ url = "https://x/requests-2.30.0.tar.gz", hash = "sha256:{"b" * 64}" }}
+sdist = {{ url = "https://x/requests-2.30.0.tar.gz", hash = "sha256:{hashlib.sha256(b"b").hexdigest()}" }}
 """
     assert [v.id for v in check_dependencies(uv_lock.encode(), "uv.lock", db).vulnerabilities] == ["PYSEC-2023-74"]
     pylock = f"""
@@ -122,7 +123,7 @@ name = "mlw-listed"
 version = "0.9.3"
 [[packages.wheels]]
 url = "https://x/mlw_listed-0.9.3-py3-none-any.whl"
-hashes = {{ sha256 = "{"c" * 64}" }}
+hashes = {{ sha256 = "{hashlib.sha256(b"c").hexdigest()}" }}
 """
     assert [v.id for v in check_dependencies(pylock.encode(), "pylock.toml", db).vulnerabilities] == ["MLW-2099-3"]
 
@@ -152,3 +153,46 @@ def test_cli_scan_deps_exit_codes_and_formats(tmp_path: Path, capsys: pytest.Cap
     good.write_text(f"requests==2.32.3{HASH}\n")
     assert main(["scan", "deps", str(good), "--osv", str(FIXTURE)]) == 0
     assert main(["scan", "deps", str(tmp_path / "missing.txt")]) == 2
+
+
+# --- issue 12: no OSV database means "not checked", never "0 known vulnerabilities" -------------
+
+
+def test_report_without_a_database_says_not_checked(db: OsvDatabase) -> None:
+    lock = f"requests==2.31.0{HASH}\n".encode()
+    unchecked = check_dependencies(lock, "requirements.txt", None)
+    assert unchecked.vulnerability_summary == "not checked for known vulnerabilities"
+    [note] = [f for f in unchecked.findings if f.check == "dependencies.osv"]
+    assert "not checked for known vulnerabilities" in note.message and OSV_SOURCE in note.message
+    assert check_dependencies(lock, "requirements.txt", db).vulnerability_summary == "0 known vulnerabilities"
+    vulnerable = check_dependencies(f"requests==2.30.0{HASH}\n".encode(), "requirements.txt", db)
+    assert vulnerable.vulnerability_summary == "1 known vulnerability"
+
+
+def test_cli_text_report_without_osv_never_claims_zero_vulnerabilities(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = tmp_path / "requirements.txt"
+    lock.write_text(f"requests==2.30.0{HASH}\n")  # vulnerable, but no database to say so
+    assert main(["scan", "deps", str(lock)]) == 0
+    text = capsys.readouterr().out
+    assert "not checked for known vulnerabilities" in text
+    assert "0 known vulnerabilities" not in text
+    assert main(["scan", "deps", str(lock), "--osv", str(FIXTURE)]) == 1
+    assert "1 known vulnerability" in capsys.readouterr().out
+
+
+def test_cli_help_says_where_the_osv_database_comes_from_and_how_to_refresh_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["scan", "deps", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert OSV_SOURCE in text  # the same URL the domain module names
+    assert "gs://osv-vulnerabilities" in text and "https://google.github.io/osv.dev/data/" in text
+    assert "Refresh it" in text
+
+
+def test_fake_hash_in_a_requirements_file_fails_the_cli(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("requests==2.31.0 --hash=sha256:" + "a" * 64 + "\n")  # the reported fake
+    assert main(["scan", "deps", str(lock)]) == 1

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from services.artifact_signer.lockfile import LockFormat, check_lockfile
 from shared.events import Decision
 
-H1 = "sha256:" + "1" * 64
-H2 = "sha256:" + "2" * 64
+# Real digests (of b"1" and b"2"): placeholders like "1" * 64 are refused as fake.
+D1 = hashlib.sha256(b"1").hexdigest()
+H1 = "sha256:" + D1
+H2 = "sha256:" + hashlib.sha256(b"2").hexdigest()
 
 
 def offenders(content: str, filename: str = "requirements.txt") -> dict[str, list[str]]:
@@ -59,7 +63,7 @@ def test_pinned_but_unhashed_requirements_are_named() -> None:
     content = f"numpy==2.1.0\nscipy==1.14.0 --hash=md5:abcdef\nok==1.0 --hash={H1}\n"
     found = offenders(content)
     assert found["unhashed"] == ["numpy", "scipy"]
-    assert "parse" in found  # the md5 "hash" is malformed for our purposes
+    assert "hash" in found  # the md5 "hash" is malformed for our purposes
 
 
 def test_hash_inside_a_comment_does_not_count() -> None:
@@ -159,7 +163,7 @@ created-by = "pip"
 [[packages]]
 name = "good"
 version = "1.0"
-wheels = [{{ url = "https://files/good-1.0-py3-none-any.whl", hashes = {{ sha256 = "{"1" * 64}" }} }}]
+wheels = [{{ url = "https://files/good-1.0-py3-none-any.whl", hashes = {{ sha256 = "{D1}" }} }}]
 
 [[packages]]
 name = "bad"
@@ -191,3 +195,64 @@ def test_garbage_never_raises() -> None:
 
 def test_empty_lock_file_warns() -> None:
     assert check_lockfile(b"# nothing\n", "requirements.txt").decision is Decision.WARN
+
+
+# --- issue 12: a --hash that is not a well-formed digest is refused ------------------------------
+
+FAKE_DIGESTS = [
+    "sha256:" + "a" * 64,  # the reported fake: right length, but a placeholder
+    "sha256:" + "deadbeef" * 8,
+    "sha256:aaaa",  # too short
+    "sha256:" + D1 + "0",  # too long
+    "sha256:" + D1[:-1] + "g",  # not hex
+    "sha256:" + D1.upper(),  # pip compares lowercase hexdigests: this never matches
+    "sha512:" + "ab" * 10,  # pip accepts sha512 too: checked like sha256
+    "sha384:" + "z" * 96,
+    "md5:" + D1[:32],  # not an algorithm pip checks
+]
+
+
+@pytest.mark.parametrize("fake", FAKE_DIGESTS)
+def test_malformed_or_placeholder_hash_is_refused_even_beside_a_real_one(fake: str) -> None:
+    alone = check_lockfile(f"numpy==2.1.0 --hash={fake}\n".encode(), "requirements.txt")
+    beside = check_lockfile(f"numpy==2.1.0 --hash={H1} --hash={fake}\n".encode(), "requirements.txt")
+    for report in (alone, beside):
+        assert report.decision is Decision.FAIL
+        assert any(f.check == "lockfile.hash" and "malformed hash" in f.message for f in report.findings)
+    assert alone.packages[0].hashes == 0
+
+
+def test_well_formed_sha384_and_sha512_are_accepted_beside_sha256() -> None:
+    sha384 = "sha384:" + hashlib.sha384(b"x").hexdigest()
+    sha512 = "sha512:" + hashlib.sha512(b"x").hexdigest()
+    report = check_lockfile(f"numpy==2.1.0 --hash={H1} --hash={sha384} --hash {sha512}\n".encode(), "requirements.txt")
+    assert report.decision is Decision.PASS, report.findings
+
+
+@pytest.mark.parametrize("fake", ["a" * 64, "aaaa", D1 + "\n", D1.upper(), D1[:-1] + "g"])
+def test_fake_sha256_in_uv_lock_and_pylock_is_refused(fake: str) -> None:
+    uv_lock = f"""
+version = 1
+[[package]]
+name = "numpy"
+version = "2.1.0"
+source = {{ registry = "https://pypi.org/simple" }}
+sdist = {{ url = "https://x/numpy-2.1.0.tar.gz", hash = "sha256:{fake.encode("unicode_escape").decode()}" }}
+"""
+    pylock = f"""
+lock-version = "1.0"
+created-by = "test"
+[[packages]]
+name = "numpy"
+version = "2.1.0"
+[[packages.wheels]]
+url = "https://x/numpy-2.1.0-py3-none-any.whl"
+hashes = {{ sha256 = "{fake.encode("unicode_escape").decode()}" }}
+"""
+    for content, name in ((uv_lock, "uv.lock"), (pylock, "pylock.toml")):
+        report = check_lockfile(content.encode(), name)
+        assert report.decision is Decision.FAIL, (name, report.findings)
+        assert report.packages[0].hashes == 0
+        assert any("numpy" in f.message and f.check == "lockfile.unhashed" for f in report.findings)
+    real = uv_lock.replace(fake.encode("unicode_escape").decode(), D1)
+    assert check_lockfile(real.encode(), "uv.lock").decision is Decision.PASS

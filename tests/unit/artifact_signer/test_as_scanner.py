@@ -564,13 +564,14 @@ def test_compressed_stream_expanding_past_the_limit_is_refused(monkeypatch: pyte
 
 
 def test_allow_list_accepts_estimator_classes_and_refuses_functions() -> None:
-    assert is_allowed_global("sklearn.ensemble._forest", "RandomForestClassifier")
-    assert is_allowed_global("copy_reg", "_reconstructor")  # Python 2 name, mapped
-    assert not is_allowed_global("sklearn.linear_model._logistic", "_logistic_regression_path")
-    assert not is_allowed_global("sklearn.datasets._base", "load_iris")
-    assert not is_allowed_global("__builtin__", "eval")
-    assert not is_allowed_global("numpy", "load")
-    assert not is_allowed_global("torch", "load")
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert is_allowed_global("sklearn.ensemble._forest", "RandomForestClassifier", protocol=protocol)
+        assert not is_allowed_global("sklearn.linear_model._logistic", "_logistic_regression_path", protocol=protocol)
+        assert not is_allowed_global("sklearn.datasets._base", "load_iris", protocol=protocol)
+        assert not is_allowed_global("__builtin__", "eval", protocol=protocol)
+        assert not is_allowed_global("numpy", "load", protocol=protocol)
+        assert not is_allowed_global("torch", "load", protocol=protocol)
+    assert is_allowed_global("copy_reg", "_reconstructor", protocol=2)  # Python 2 name, mapped
 
 
 def iter_scans(report_files: list[FileScan]) -> Iterator[str]:
@@ -588,3 +589,74 @@ def test_scan_path_reports_every_file_and_json_serializes(tmp_path: Path, sklear
     assert "scanner.pickle.global" in set(iter_scans(report.files))
     assert json.loads(report.model_dump_json())["files"][1]["safe"] is False
     assert scan_file(tmp_path / "model.joblib").safe
+
+
+# --- issue 12: names resolved the way find_class resolves them ---------------------------------
+
+
+def traversal_payload(module: str, name: str, command: str) -> bytes:
+    """Protocol 4: module name STACK_GLOBAL, then a call with one string argument.
+
+    For protocol >= 4 `pickle.Unpickler.find_class` imports `module` and then walks `name`
+    split on dots with getattr (CPython `pickle._getattribute`), so `np.f2py.subprocess.Popen`
+    reaches `subprocess.Popen` through `sklearn.calibration`'s module globals.
+    """
+    return b"\x80\x04" + short_str(module) + short_str(name) + b"\x93" + short_str(command) + b"\x85R."
+
+
+def test_attribute_traversal_from_an_estimator_module_is_caught() -> None:
+    import sklearn.calibration
+
+    payload = traversal_payload("sklearn.calibration", "np.f2py.subprocess.Popen", "id")
+    # The shape is real: the name resolves to subprocess.Popen through module attributes.
+    assert sklearn.calibration.np.f2py.subprocess.Popen is subprocess.Popen  # type: ignore[attr-defined]
+    # And it runs: pickle.load starts a process (a harmless `true` here).
+    with pickle.loads(traversal_payload("sklearn.calibration", "np.f2py.subprocess.Popen", "true")) as process:
+        assert isinstance(process, subprocess.Popen) and process.wait() == 0
+    assert_caught(scan_bytes(payload, "calibrated.pkl"), "np.f2py.subprocess.Popen")
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sklearn.calibration", "np.f2py.subprocess.Popen"),  # the reported bypass
+        ("sklearn.ensemble._forest", "Parallel"),  # a CamelCase re-export, not defined there
+        ("sklearn.linear_model", "LogisticRegression.__init__.__globals__"),
+        ("sklearn.calibration", "CalibratedClassifierCV.fit"),  # an allowed class's method
+        ("collections", "OrderedDict.fromkeys"),  # traversal from an exact allowed name
+        ("numpy", "core.multiarray._reconstruct"),  # allowed object, but reached by traversal
+        ("sklearn", "calibration.CalibratedClassifierCV"),
+        ("sklearn.ensemble.tests.test_forest", "RandomForestClassifier"),  # test modules
+    ],
+)
+def test_names_allowed_only_as_exact_module_and_qualname(module: str, name: str) -> None:
+    assert not is_allowed_global(module, name, protocol=4)
+    assert_caught(scan_bytes(traversal_payload(module, name, "id"), "m.pkl"), f"{module}.{name}")
+
+
+def test_python2_names_are_mapped_only_below_protocol_3() -> None:
+    # find_class applies _compat_pickle only when proto < 3 (and fix_imports, the default).
+    assert is_allowed_global("copy_reg", "_reconstructor", protocol=2)
+    assert not is_allowed_global("copy_reg", "_reconstructor", protocol=3)
+    assert not is_allowed_global("__builtin__", "eval", protocol=2)
+    assert_safe(scan_bytes(b"\x80\x02ccopy_reg\n_reconstructor\n.", "p2.pkl"))
+    assert_caught(scan_bytes(b"\x80\x03ccopy_reg\n_reconstructor\n.", "p3.pkl"), "copy_reg._reconstructor")
+
+
+def test_protocol_switched_mid_stream_is_followed() -> None:
+    # PROTO may appear again later in a stream; the Unpickler takes the latest one.
+    payload = b"\x80\x02\x80\x04" + short_str("sklearn.calibration") + short_str("np.f2py.subprocess.Popen") + b"\x93."
+    assert_caught(scan_bytes(payload, "switch.pkl"), "np.f2py.subprocess.Popen")
+
+
+def test_sklearn_allow_list_is_exactly_what_the_installed_version_defines() -> None:
+    # Regenerate with `uv run python -m services.artifact_signer._sklearn_globals` after an
+    # upgrade, and review the diff: it is the list of classes a pickle may instantiate.
+    from services.artifact_signer import _sklearn_globals
+
+    assert _sklearn_globals.installed() == _sklearn_globals.SKLEARN_GLOBALS
+    assert ("sklearn.ensemble._forest", "Parallel") not in scanner.SAFE_GLOBALS  # imported there, not defined
+
+
+def test_no_allowed_name_is_reached_through_attributes() -> None:
+    assert all(module and name and "." not in name for module, name in scanner.SAFE_GLOBALS)
