@@ -35,7 +35,7 @@ from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
 from services.audit_log.settings import AuditSettings, mirror_path
 from services.audit_log.store import AuditStore
-from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter
+from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter, Received
 from shared.bus import ServiceRuntime
 from shared.envelope import decode
 from shared.errors import InputError, InvalidMessage
@@ -159,7 +159,7 @@ class Ingestor:
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
-        outcome = await self.writer.write([msg.data for msg in msgs], time.time())
+        outcome = await self.writer.write([Received(msg.subject, msg.data) for msg in msgs], time.time())
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
         for position, reason in outcome.refused:

@@ -100,7 +100,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateSchema
 
 from services.audit_log import merkle
-from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, TreeError
+from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, SubjectMismatch, TreeError
 from services.audit_log.merkle import CompactTree, NodeKey
 from shared.envelope import decode_any, parse_raw
 from shared.errors import InputError, InvalidMessage
@@ -233,13 +233,16 @@ class IncomingEvent(EntryFields):
     """One received envelope, reduced to the columns it is stored and queried by."""
 
     @classmethod
-    def from_bytes(cls, body: bytes, *, recorded_at: float) -> Self:
+    def from_bytes(cls, body: bytes, *, recorded_at: float, arrived_on: str | None = None) -> Self:
         """Parse a CloudEvents envelope and extract its indexed columns.
 
         Raises `InvalidMessage` for bytes that are not a valid envelope, and for an indexed
         value no database column can hold (over `LABEL_MAX` characters, or a NUL character,
         which PostgreSQL text refuses): the wiring turns those into dead letters, which are
-        stored in their turn.
+        stored in their turn. `arrived_on` is the NATS subject the message came on: every
+        mlwarden event's `type` is the subject it is published on, so an envelope claiming
+        another type is refused (`SubjectMismatch`) rather than indexed under the type it
+        claims (issue 8: a producer allowed to log predictions posed as a promotion verdict).
         """
         if not math.isfinite(recorded_at):
             raise InputError(f"recorded_at must be finite, got {recorded_at!r}")
@@ -252,6 +255,8 @@ class IncomingEvent(EntryFields):
             attrs = _Attributes(
                 env.id, env.type, env.source, env.subject, env.signer, env.time, env.data.model_extra or {}
             )
+        if arrived_on is not None and attrs.type != arrived_on:
+            raise SubjectMismatch(claimed=attrs.type, arrived_on=arrived_on, size=size)
         data = attrs.data
         # A producer may omit the offset; reading it as local time would make the stored (and
         # hashed) value depend on the audit host's time zone.

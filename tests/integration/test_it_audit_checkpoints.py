@@ -125,3 +125,61 @@ async def test_verify_reads_the_stream_and_catches_a_rewritten_history(
     assert alert is not None
     newest = await latest_published_checkpoint(running.client.js)
     assert newest is not None and newest.tree_size == N
+
+
+# --- issue 8: audit-log verifies what it records ----------------------------------------------
+
+
+def _raw_envelope(event_id: str, type_: str, data: dict[str, Any], *, source: str = "tests/producer") -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source,
+            "type": type_,
+            "time": "2026-01-01T00:00:00Z",
+            "subject": "model:churn:3",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
+
+
+async def _poll(check: Any, what: str, deadline_s: float = 15.0) -> Any:
+    """Poll `check()` until it returns something truthy, or fail after `deadline_s`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while loop.time() < end:
+        found = await asyncio.to_thread(check)
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _letters(store: AuditStore) -> list[dict[str, Any]]:
+    return [orjson.loads(e.body)["data"] for e in store.iter_entries() if e.type == Subjects.deadletter("audit-log")]
+
+
+async def test_an_event_claiming_another_type_than_its_subject_is_recorded_as_a_rejection(bus: Any) -> None:
+    running = await bus("audit-log")
+    store: AuditStore = running.apps["audit-log"].state["store"]
+    # A producer may publish predictions; it claims its message is registry-gate's promotion verdict.
+    forged = _raw_envelope(
+        "forged-verdict",
+        Subjects.VERDICT_PROMOTION,
+        {"model": "churn", "version": "3", "stage": "production", "decision": "approved"},
+        source="mlwarden/registry-gate",
+    )
+    await running.client.js.publish(Subjects.PREDICTION_LOGGED, forged, headers={"Nats-Msg-Id": "forged-verdict"})
+    letters = await _poll(
+        lambda: [d for d in _letters(store) if d["original_subject"] == Subjects.PREDICTION_LOGGED],
+        "the rejection of the mislabelled event",
+    )
+    assert Subjects.VERDICT_PROMOTION in letters[0]["reason"]
+    assert Subjects.PREDICTION_LOGGED in letters[0]["reason"]
+    entries = list(store.iter_entries())
+    assert not [e for e in entries if e.type == Subjects.VERDICT_PROMOTION]
+    assert not [e for e in entries if e.event_id == "forged-verdict"]
+    assert not [e for e in entries if e.decision == "approved" or e.service == "registry-gate"]
+
