@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import NamedTuple, Protocol
 
+from services.audit_log.equivocation import Equivocation
 from services.audit_log.store import AuditStore, IncomingEvent
 from shared.errors import InvalidMessage, TransientError
 
@@ -45,6 +46,8 @@ class BatchOutcome:
     duplicates: int
     #: (position in the batch, reason) of each body that is not a storable envelope.
     refused: list[tuple[int, str]] = field(default_factory=list)
+    #: Event ids that arrived again with other content; their evidence is committed.
+    equivocations: list[Equivocation] = field(default_factory=list)
 
 
 class WriterError(TransientError):
@@ -82,7 +85,7 @@ def store_batch(store: AuditStore, messages: list[Received], recorded_at: float)
         except InvalidMessage as exc:
             refused.append((position, exc.reason))
     result = store.append_batch(items)
-    return BatchOutcome(result.inserted, result.duplicates, refused)
+    return BatchOutcome(result.inserted, result.duplicates, refused, list(result.equivocations))
 
 
 class BatchWriter(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from typing import Any
 
 import orjson
@@ -183,3 +184,45 @@ async def test_an_event_claiming_another_type_than_its_subject_is_recorded_as_a_
     assert not [e for e in entries if e.event_id == "forged-verdict"]
     assert not [e for e in entries if e.decision == "approved" or e.service == "registry-gate"]
 
+
+async def test_an_event_id_replayed_with_other_content_is_kept_as_evidence_and_alerted(bus: Any) -> None:
+    running = await bus("audit-log")
+    store: AuditStore = running.apps["audit-log"].state["store"]
+    subject = Subjects.DATASET_UPLOADED
+    first = _raw_envelope("e-1", subject, {"dataset": "iris", "version": "1", "sha256": "a" * 64})
+    second = _raw_envelope("e-1", subject, {"dataset": "iris", "version": "1", "sha256": "b" * 64})
+    await running.client.js.publish(subject, first, headers={"Nats-Msg-Id": "e-1"})
+    await _poll(lambda: store.find("e-1"), "the first copy")
+    async with running.client.watch(("mlw.alert.>",)) as watcher:
+        # Another Nats-Msg-Id gets it past JetStream's duplicate window; the envelope id is the same.
+        await running.client.js.publish(subject, second, headers={"Nats-Msg-Id": "e-1-again"})
+        alert = await watcher.wait(lambda e: e.data.kind == "equivocation", 15)
+    assert alert is not None
+    assert alert.data.evidence["event_id"] == "e-1"
+    records = await _poll(
+        lambda: [e for e in store.iter_entries() if e.type == "mlw.audit.equivocation"], "the equivocation entry"
+    )
+    assert len(records) == 1
+    data = orjson.loads(records[0].body)["data"]
+    assert data["event_id"] == "e-1"
+    assert data["second_body"] == second.decode()
+    assert {data["first_sha256"], data["second_sha256"]} == {
+        hashlib.sha256(first).hexdigest(),
+        hashlib.sha256(second).hexdigest(),
+    }
+    assert alert.data.evidence["second_sha256"] == data["second_sha256"]
+    # The original entry is untouched; an identical redelivery of either copy adds nothing.
+    original = store.find("e-1")
+    assert original is not None and original.body == first.decode()
+
+    def recorded() -> list[str]:
+        return [e.event_id for e in store.iter_entries() if e.type != Subjects.alert("audit-log")]
+
+    before = recorded()
+    await running.client.js.publish(subject, first, headers={"Nats-Msg-Id": "e-1-third"})
+    await running.client.js.publish(subject, second, headers={"Nats-Msg-Id": "e-1-fourth"})
+    marker = _raw_envelope("after", subject, {"dataset": "iris", "version": "2", "sha256": "c" * 64})
+    await running.client.js.publish(subject, marker, headers={"Nats-Msg-Id": "after"})
+    await _poll(lambda: store.find("after"), "the marker event")
+    # Same stream, one durable: both copies were handled before the marker was stored.
+    assert recorded() == [*before, "after"]
