@@ -19,10 +19,11 @@ from services.audit_log.proof import check_inclusion_proof
 from services.audit_log.settings import mirror_path
 from services.audit_log.store import AuditStore, IncomingEvent
 from shared.bus import load_trust
-from shared.events import AuditCheckpointReply, AuditInclusionProof, DatasetRef
+from shared.envelope import decode
+from shared.events import AuditCheckpoint, AuditCheckpointReply, AuditInclusionProof, DatasetRef
 from shared.service import reply_or_error
 from shared.signing import load_public_key
-from shared.topology import TRUST_BUCKET, Subjects
+from shared.topology import CHECKPOINTS, TRUST_BUCKET, Subjects
 
 N = 12
 
@@ -226,3 +227,88 @@ async def test_an_event_id_replayed_with_other_content_is_kept_as_evidence_and_a
     await _poll(lambda: store.find("after"), "the marker event")
     # Same stream, one durable: both copies were handled before the marker was stored.
     assert recorded() == [*before, "after"]
+
+
+def _verify_argv(running: Any, *extra: str, nats_url: str | None = None) -> list[str]:
+    data_dir = str(running.settings.data_dir)
+    return ["audit", "verify", "--data-dir", data_dir, "--nats", nats_url or running.settings.nats_url, *extra]
+
+
+async def test_verify_reports_checkpoints_removed_from_the_stream(
+    audit: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running, _, _ = audit
+    await running.stop("audit-log")
+    js = running.client.js
+    info = await js.stream_info(CHECKPOINTS.name)
+    published = [(await js.get_msg(CHECKPOINTS.name, seq)).data for seq in range(1, info.state.last_seq + 1)]
+    assert len(published) >= 2
+    # An operator-level attacker cannot delete from the stream (deny_delete), so they delete the
+    # stream itself, recreate it without the protection, put back all but the newest checkpoint
+    # (the first one twice) and remove the first message.
+    await js.delete_stream(CHECKPOINTS.name)
+    await js.add_stream(dataclasses.replace(CHECKPOINTS.config(), deny_delete=False, deny_purge=False))
+    for data in [published[0], *published[:-1]]:
+        await js.publish(Subjects.AUDIT_CHECKPOINTS, data)
+    await js.delete_msg(CHECKPOINTS.name, 1)
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, _verify_argv(running, "--format", "json"))
+    report = orjson.loads(capsys.readouterr().out)
+    assert code == 1, report
+    assert report["stream_gaps"] == ["1"]
+    newest = decode(published[-1], AuditCheckpoint).data.tree_size
+    assert newest in report["missing_from_stream"]
+    assert "removed from the stream" in report["reason"]
+
+
+async def test_a_kept_checkpoint_catches_truncation_when_stream_and_mirror_are_gone(
+    audit: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    running, _, store = audit
+    witness = tmp_path / "auditor" / "checkpoint.json"
+    base = ["audit", "checkpoint", "--data-dir", str(running.settings.data_dir)]
+    code = await asyncio.to_thread(main, [*base, "--nats", running.settings.nats_url, "--out", str(witness)])
+    assert code == 0, capsys.readouterr()
+    kept = AuditCheckpoint.model_validate_json(witness.read_bytes())
+    assert kept.tree_size == N and kept.root_hash == store.root(N).hex()
+    # The auditor's copy of audit-log's public key, from the trust store.
+    entry = await (await running.client.js.key_value(TRUST_BUCKET)).get("audit-log")
+    assert entry.value is not None
+    key = tmp_path / "auditor" / "audit-log.pub"
+    key.write_bytes(entry.value)
+    # A later run with more entries extends the kept checkpoint (proven consistent).
+    await running.client.publish(
+        "mlw.dataset.uploaded", DatasetRef(dataset="more", version="1", sha256="c" * 64), about="dataset:more:1"
+    )
+
+    def grown() -> bool:
+        # audit-log signs the new entry within its interval; until then the kept one is current.
+        assert main([*base, "--nats", running.settings.nats_url, "--out", str(witness)]) == 0
+        return AuditCheckpoint.model_validate_json(witness.read_bytes()).tree_size > N
+
+    await _poll(grown, "a checkpoint covering the new entry")
+    await running.stop("audit-log")
+    # The attacker truncates the database (chain and tree recomputed) and removes the mirror; the
+    # bus is out of reach of the verifier.
+    items = [
+        IncomingEvent(**{f.name: getattr(e, f.name) for f in dataclasses.fields(IncomingEvent)})
+        for e in store.iter_entries()
+    ][:N]
+    with store.engine.begin() as conn:
+        for table in ("audit_entries", "audit_tree"):
+            for op in ("update", "delete"):
+                conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{op}"))
+        conn.execute(delete(store.table))
+        conn.execute(delete(store.tree_table))
+    store.append_batch(items)
+    mirror_path(running.settings.data_dir).unlink()
+    no_bus = "nats://127.0.0.1:1"
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, _verify_argv(running, "--format", "json", nats_url=no_bus))
+    unanchored = orjson.loads(capsys.readouterr().out)
+    assert (code, unanchored["anchored"]) == (1, False)
+    trusted = ["--trusted-checkpoint", str(witness), "--key", str(key)]
+    code = await asyncio.to_thread(main, _verify_argv(running, *trusted, "--format", "json", nats_url=no_bus))
+    report = orjson.loads(capsys.readouterr().out)
+    assert code == 1, report
+    assert "removed" in report["reason"]
