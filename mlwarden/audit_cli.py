@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, parse_time
+from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, parse_time, printable
 
 # --- auditors --------------------------------------------------------------------------------
 
@@ -48,7 +48,9 @@ def cmd_audit_query(args: argparse.Namespace) -> int:
     table = Table("seq", "time", "type", "service", "subject", "actor", "decision")
     for e in page.entries:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
-        table.add_row(str(e.seq), stamp, e.type, e.service or "", e.subject or "", e.actor or "", e.decision or "")
+        # Every stored field is what some producer wrote: shown, never interpreted by the terminal.
+        fields = (e.type, e.service, e.subject, e.actor, e.decision)
+        table.add_row(str(e.seq), stamp, *(printable(f) for f in fields))
     out.print(table)
     if page.next_cursor is not None:
         out.print(f"more: --cursor {page.next_cursor}")
@@ -138,7 +140,7 @@ async def _read_bus_checkpoints(settings: Settings) -> Checkpoints:
             trusted = entry.value.decode() if entry.value else None
         except NotFoundError:
             trusted = None
-        source = f"NATS stream {CHECKPOINTS.name} at {settings.nats_url}"
+        source = f"NATS stream {CHECKPOINTS.name} at {settings.nats_url_redacted}"
         return Checkpoints(items, source, trusted, stream_gaps=_ranges(missing))
     finally:
         await nc.close()
@@ -222,8 +224,9 @@ def _open_store(args: argparse.Namespace) -> AuditStore | None:
     from services.audit_log.store import AuditStore
 
     settings = _settings(args)
-    if not args.db and not (settings.data_dir / "audit.db").exists():
-        err.print(f"no audit database at {settings.data_dir / 'audit.db'}")
+    # --db or MLW_AUDIT_DB_URL name the database; only the data dir's default must exist already.
+    if settings.audit_db_url is None and not (settings.data_dir / "audit.db").exists():
+        err.print(f"no audit database at {settings.data_dir / 'audit.db'} (pass --db or set MLW_AUDIT_DB_URL)")
         return None
     return AuditStore(settings.audit_url)
 
@@ -282,7 +285,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 if args.format == "json":
                     _print_json({"ok": False, "reason": reason, "trusted_checkpoint": trusted.tree_size})
                 else:
-                    out.print(f"[red]INVALID[/]: {reason}")
+                    out.print(f"[red]INVALID[/]: {printable(reason)}")
                 return EXIT_FAIL
             # In signing order with the others: sizes may never shrink along it.
             items = sorted([*items, trusted], key=lambda cp: cp.timestamp_ms)
@@ -307,20 +310,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK if verdict.ok else EXIT_FAIL
-    err.print(f"checkpoints: {len(cps.items)} from {cps.source}")
+    err.print(f"checkpoints: {len(cps.items)} from {printable(cps.source)}")
     if trusted is not None:
-        err.print(f"trusted checkpoint: {trusted.tree_size} entries, from {args.trusted_checkpoint}")
+        err.print(f"trusted checkpoint: {trusted.tree_size} entries, from {printable(args.trusted_checkpoint)}")
     if cps.missing_from_stream:
         sizes = ", ".join(str(cp.tree_size) for cp in cps.missing_from_stream)
         err.print(f"[yellow]warning:[/] checkpoints for {sizes} entries are in the mirror but not in the stream")
     if key_source == "data dir" and items:
         err.print("[yellow]note:[/] audit-log's key was read from the data dir; --key or the bus is stronger")
     if not report.ok and report.first_bad_seq is not None:
-        out.print(f"[red]TAMPERED[/] first bad entry: seq {report.first_bad_seq}: {verdict.reason}")
+        out.print(f"[red]TAMPERED[/] first bad entry: seq {report.first_bad_seq}: {printable(verdict.reason)}")
     elif not report.ok or cps.stream_gaps:
-        out.print(f"[red]TAMPERED[/]: {verdict.reason}")
+        out.print(f"[red]TAMPERED[/]: {printable(verdict.reason)}")
     elif not verdict.ok:
-        out.print(f"[red]UNANCHORED[/]: {report.entries} entries chained, but {verdict.reason}")
+        out.print(f"[red]UNANCHORED[/]: {report.entries} entries chained, but {printable(verdict.reason)}")
     else:
         out.print(
             f"[green]intact[/]: {report.entries} entries; hash chain and Merkle tree verified; "
@@ -379,7 +382,7 @@ def _latest_checkpoint(
         reply, trusted = asyncio.run(_checkpoint_on_bus(settings, None))
         if previous is not None and previous.tree_size < reply.checkpoint.tree_size:
             reply, trusted = asyncio.run(_checkpoint_on_bus(settings, previous.tree_size))
-        return reply, trusted, f"audit-log at {settings.nats_url}"
+        return reply, trusted, f"audit-log at {settings.nats_url_redacted}"
     except RequestFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - refused, timed out, no responders: use the mirror
@@ -418,13 +421,15 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     try:
         verify_checkpoint(latest, public)
     except CheckpointError as exc:
-        out.print(f"[red]INVALID[/] checkpoint from {source}: {exc.reason}")
+        out.print(f"[red]INVALID[/] checkpoint from {printable(source)}: {printable(exc.reason)}")
         return EXIT_FAIL
     if previous is not None:
         try:
             verify_checkpoint(previous, public)
         except CheckpointError as exc:
-            err.print(f"[red]error:[/] the kept checkpoint {out_path} does not verify: {exc.reason}")
+            err.print(
+                f"[red]error:[/] the kept checkpoint {printable(out_path)} does not verify: {printable(exc.reason)}"
+            )
             return EXIT_ERROR
         problem = ""
         if latest.tree_size < previous.tree_size:
@@ -443,14 +448,16 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
             except ProofError as exc:
                 problem = f"the new checkpoint does not extend the kept one: {exc}"
         if problem:
-            out.print(f"[red]INCONSISTENT[/]: {problem}; {out_path} is kept unchanged (it is your evidence)")
+            out.print(f"[red]INCONSISTENT[/]: {problem}; {printable(out_path)} is kept unchanged (it is your evidence)")
             return EXIT_FAIL
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     partial.write_text(latest.model_dump_json(indent=2) + "\n")
     partial.replace(out_path)
     grown = "" if previous is None else f" (was {previous.tree_size}, proven consistent)"
-    out.print(f"checkpoint for {latest.tree_size} entries{grown} from {source} saved to {out_path}")
+    out.print(
+        f"checkpoint for {latest.tree_size} entries{grown} from {printable(source)} saved to {printable(out_path)}"
+    )
     return EXIT_OK
 
 
@@ -508,7 +515,9 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
     text = proof.model_dump_json(indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text)
-        err.print(f"proof of {proof.event_id} (leaf {proof.leaf_index} of {proof.tree_size}) written to {args.out}")
+        err.print(
+            f"proof of {printable(proof.event_id)} (leaf {proof.leaf_index} of {proof.tree_size}) written to {args.out}"
+        )
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -526,7 +535,7 @@ def cmd_audit_check_proof(args: argparse.Namespace) -> int:
     try:
         proof = AuditInclusionProof.model_validate_json(Path(args.file).read_bytes())
     except ValidationError as exc:
-        err.print(f"[red]not a proof:[/] {str(exc)[:500]}")
+        err.print(f"[red]not a proof:[/] {printable(str(exc)[:500])}")
         return EXIT_ERROR
     public = load_audit_key(_settings(args), args.key)
     if public is None:
@@ -535,10 +544,11 @@ def cmd_audit_check_proof(args: argparse.Namespace) -> int:
     try:
         checked = check_inclusion_proof(proof, public)
     except (ProofError, CheckpointError) as exc:
-        out.print(f"[red]INVALID[/]: {exc}")
+        out.print(f"[red]INVALID[/]: {printable(exc)}")
         return EXIT_FAIL
     out.print(
-        f"[green]valid[/]: event {checked.event_id} ({checked.event.get('type')}) is entry {checked.leaf_index} "
+        f"[green]valid[/]: event {printable(checked.event_id)} ({printable(checked.event.get('type'))}) "
+        f"is entry {checked.leaf_index} "
         f"of the {checked.tree_size}-entry trail signed at root {checked.root_hash}"
     )
     return EXIT_OK
@@ -580,12 +590,11 @@ def cmd_audit_trail(args: argparse.Namespace) -> int:
     table = Table("leaf", "time", "type", "service", "subject", "actor", "decision")
     for e in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
-        table.add_row(
-            str(e.leaf_index), stamp, e.type, e.service or "", e.subject or "", e.actor or "", e.decision or ""
-        )
+        fields = (e.type, e.service, e.subject, e.actor, e.decision)
+        table.add_row(str(e.leaf_index), stamp, *(printable(f) for f in fields))
     out.print(table)
     if not entries:
-        err.print(f"nothing recorded for {args.kind} {args.name}")
+        err.print(f"nothing recorded for {args.kind} {printable(args.name)}")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
-from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
+from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from shared.errors import MlwardenError
 from shared.topology import SERVICES
 
@@ -328,9 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subject = f"model:{args.subject_model}:*"
     try:
         return int(args.func(args))
-    except MlwardenError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_ERROR
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
+    except (MlwardenError, OSError, ValueError) as exc:
+        # An error may quote a URL with its password, or a stored field (issue 8).
+        err.print(f"[red]error:[/] {printable(redact_urls(str(exc)))}")
         return EXIT_ERROR

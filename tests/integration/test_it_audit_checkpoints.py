@@ -312,3 +312,20 @@ async def test_a_kept_checkpoint_catches_truncation_when_stream_and_mirror_are_g
     report = orjson.loads(capsys.readouterr().out)
     assert code == 1, report
     assert "removed" in report["reason"]
+
+
+async def test_no_audit_command_prints_the_nats_password(
+    audit: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    running, _, _ = audit
+    # The auditor's env file puts user and password in the URL (`mlwarden nats-config`).
+    url = running.settings.nats_url.replace("nats://", "nats://auditor:s3cret-pw@")
+    capsys.readouterr()
+    argv = ["audit", "verify", "--data-dir", str(running.settings.data_dir), "--nats", url]
+    assert await asyncio.to_thread(main, argv) == 0
+    argv = ["audit", "checkpoint", "--data-dir", str(running.settings.data_dir), "--nats", url]
+    assert await asyncio.to_thread(main, [*argv, "--out", str(tmp_path / "cp.json")]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "s3cret-pw" not in printed
+    assert "auditor:***@" in printed
