@@ -70,14 +70,15 @@ class Row:
     ratio: str = ""
 
 
-def envelope(i: int, rng: random.Random) -> bytes:
-    """A realistic event of ~400 bytes, with every indexed field set."""
+def envelope(i: int, rng: random.Random, *, type_: str | None = None) -> bytes:
+    """A realistic event of ~400 bytes, with every indexed field set (`type_`, or a random type)."""
     t = T0 + rng.random() * SPAN_S
+    drawn = rng.choice(TYPES)
     body = {
         "specversion": "1.0",
         "id": f"bench-{i:09d}",
         "source": f"mlwarden/{rng.choice(SERVICES)}",
-        "type": rng.choice(TYPES),
+        "type": type_ or drawn,
         "time": datetime.fromtimestamp(t, UTC).isoformat(),
         "subject": f"model:m{rng.randrange(1000)}:{rng.randrange(5)}",
         "datacontenttype": "application/json",
@@ -109,7 +110,9 @@ async def bench_ingestion(messages: int, workdir: Path, rows: list[Row]) -> None
     import nats
 
     rng = random.Random(1)
-    bodies = [envelope(i, rng) for i in range(messages)]
+    # Published on mlw.dataset.uploaded, so of that type: audit-log refuses a type that is not
+    # the subject (issue 8).
+    bodies = [envelope(i, rng, type_=Subjects.DATASET_UPLOADED) for i in range(messages)]
     server = EmbeddedNats(workdir / "nats").start()
     try:
         nc = await nats.connect(server.url)

@@ -21,7 +21,7 @@ from rich.markup import escape
 from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
-from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out
+from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from mlwarden.keys_cli import add_keys_commands
 from shared.errors import MlwardenError
 from shared.topology import SERVICES
@@ -339,5 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(exc: BaseException, *, prefix: str = "") -> int:
     """Print `exc` as one line on stderr (never wrapped, never read as markup); exit code 2."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    err.print(f"[red]error:[/] {escape(prefix + text)}", soft_wrap=True)
+    # An error may quote a URL with its password, or a stored field (issue 8).
+    err.print(f"[red]error:[/] {escape(printable(redact_urls(prefix + text)))}", soft_wrap=True)
     return EXIT_ERROR

@@ -9,6 +9,7 @@ import contextlib
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ import nats.errors
 import orjson
 from nats.aio.client import Client as Nats
 from rich.console import Console
+from rich.markup import escape
 
 from shared.bus import connect_options
 from shared.client import Client, actor_keys
@@ -41,6 +43,26 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "db", None):
         overrides["audit_db_url"] = args.db
     return Settings(**overrides)
+
+
+#: `scheme://user:password@` in any URL: the password is shown as `***`.
+_URL_PASSWORD = re.compile(r"(://[^:@/,\s]+):[^@/,\s]*@")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***` (as
+    `Settings.nats_url_redacted` does), for error messages that may quote a URL."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def printable(value: object) -> str:
+    """A stored or received value made safe for a terminal and for rich: control and bidi
+    characters removed (ANSI escapes, OSC 8 links, U+202E) and rich markup escaped, so what a
+    producer wrote is shown, never interpreted (issue 8)."""
+    text = "" if value is None else str(value)
+    # Cc: C0/C1 controls (ESC, BEL, ...); Cf: format characters (bidi overrides, zero-width).
+    kept = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+    return escape(kept)
 
 
 def _print_json(value: Any) -> None:

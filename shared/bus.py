@@ -445,7 +445,7 @@ async def start_runtime(service: str, settings: Settings, nc: Client) -> Service
     attempt = 0
     while True:
         trust, rejected = await load_trust_checked(js, root)
-        if service in trust or attempt == 0 and not settings.wait_for_registration:
+        if service in trust or (attempt == 0 and not settings.wait_for_registration):
             break
         # Services may start before the operator's `keys init` (compose starts them together):
         # wait for the root-signed registration, never register ourselves.

@@ -428,6 +428,19 @@ class AuditInclusionProof(Frozen):
     checkpoint: AuditCheckpoint
 
 
+class AuditEquivocation(Frozen):
+    """`mlw.audit.equivocation` (an entry audit-log writes itself, never published): an event id
+    that arrived again with different content. The first copy stays where it is; this entry
+    keeps the second as evidence (issue 8)."""
+
+    event_id: str = Field(description="the envelope id both copies claim")
+    first_seq: int = Field(ge=1, description="seq of the entry holding the first copy")
+    first_sha256: Sha256Hex = Field(description="SHA-256 of the first copy's body as received")
+    second_sha256: Sha256Hex = Field(description="SHA-256 of the second copy's body as received")
+    differs_in: list[str] = Field(description="top-level envelope members whose values differ")
+    second_body: str = Field(description="the second copy's body exactly as received")
+
+
 class AuditCheckpointRequest(Frozen):
     """Body of `mlw.audit.checkpoint`: the latest checkpoint, optionally proven consistent with an older size."""
 

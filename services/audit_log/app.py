@@ -31,11 +31,12 @@ from services.audit_log.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from services.audit_log.equivocation import Equivocation
 from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
 from services.audit_log.settings import AuditSettings, mirror_path
 from services.audit_log.store import AuditStore
-from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter
+from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter, Received
 from shared.bus import ServiceRuntime
 from shared.envelope import decode
 from shared.errors import InputError, InvalidMessage
@@ -159,16 +160,40 @@ class Ingestor:
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
-        outcome = await self.writer.write([msg.data for msg in msgs], time.time())
+        outcome = await self.writer.write([Received(msg.subject, msg.data) for msg in msgs], time.time())
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
         for position, reason in outcome.refused:
             # The dead letter lands on MLW_VERDICTS and comes back through this very ingestor.
             await self.runtime.dead_letter(msgs[position], reason)
+        for found in outcome.equivocations:
+            await self.alert_equivocation(found)
         for msg in msgs:
             await msg.ack()
         if outcome.inserted and self.on_commit is not None:
             await self.on_commit()
+
+    async def alert_equivocation(self, found: Equivocation) -> None:
+        """Alert that an event id came again with other content (issue 8).
+
+        Also for a redelivered second copy whose evidence was stored by an earlier attempt:
+        that attempt may have died before its alert was published. The alert's id derives from
+        the evidence entry, so JetStream keeps one copy within its duplicate window.
+        """
+        differs = ", ".join(found.differs_in)
+        await self.runtime.alert(
+            "equivocation",
+            found.severity,
+            f"event {found.event_id} arrived again with different {differs}: the second copy is kept "
+            f"as entry {found.record_id}; the first stays at seq {found.first_seq}",
+            in_reply_to=found.record_id,
+            event_id=found.event_id,
+            record_id=found.record_id,
+            first_seq=found.first_seq,
+            first_sha256=found.first_sha256,
+            second_sha256=found.second_sha256,
+            differs_in=differs,
+        )
 
 
 class Checkpointer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.errors import MlwardenError, TransientError
+from shared.errors import InvalidMessage, MlwardenError, TransientError
 
 
 class StoreUnavailableError(TransientError):
@@ -47,3 +47,18 @@ class TreeError(MlwardenError, ValueError):
         self.reason = reason
         #: The first entry the problem concerns.
         self.seq = seq
+
+
+class SubjectMismatch(InvalidMessage):
+    """An envelope whose `type` is not the subject it arrived on: recorded as a rejection only."""
+
+    def __init__(self, *, claimed: str, arrived_on: str, size: int) -> None:
+        super().__init__(
+            f"type {claimed!r} differs from the subject {arrived_on!r} the message arrived on",
+            subject=arrived_on,
+            size=size,
+        )
+        #: The type the envelope claims.
+        self.claimed = claimed
+        #: The subject it really arrived on.
+        self.arrived_on = arrived_on

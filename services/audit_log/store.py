@@ -99,8 +99,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateSchema
 
-from services.audit_log import merkle
-from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, TreeError
+from services.audit_log import equivocation, merkle
+from services.audit_log.equivocation import Equivocation
+from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, SubjectMismatch, TreeError
 from services.audit_log.merkle import CompactTree, NodeKey
 from shared.envelope import decode_any, parse_raw
 from shared.errors import InputError, InvalidMessage
@@ -117,6 +118,8 @@ LABEL_MAX: Final = 256
 ACTOR_FIELDS: Final = ("uploader", "builder", "requester", "approver", "client")
 #: Sources of the form `mlwarden/<service>[/...]` name the emitting service.
 SOURCE_PREFIX: Final = "mlwarden/"
+#: The `service` label of the entries audit-log writes itself.
+_SERVICE_NAME: Final = "audit-log"
 
 # How many ids one `IN (...)` duplicate probe carries: far below SQLite's 32,766 and
 # PostgreSQL's 65,535 bind parameters.
@@ -233,13 +236,16 @@ class IncomingEvent(EntryFields):
     """One received envelope, reduced to the columns it is stored and queried by."""
 
     @classmethod
-    def from_bytes(cls, body: bytes, *, recorded_at: float) -> Self:
+    def from_bytes(cls, body: bytes, *, recorded_at: float, arrived_on: str | None = None) -> Self:
         """Parse a CloudEvents envelope and extract its indexed columns.
 
         Raises `InvalidMessage` for bytes that are not a valid envelope, and for an indexed
         value no database column can hold (over `LABEL_MAX` characters, or a NUL character,
         which PostgreSQL text refuses): the wiring turns those into dead letters, which are
-        stored in their turn.
+        stored in their turn. `arrived_on` is the NATS subject the message came on: every
+        mlwarden event's `type` is the subject it is published on, so an envelope claiming
+        another type is refused (`SubjectMismatch`) rather than indexed under the type it
+        claims (issue 8: a producer allowed to log predictions posed as a promotion verdict).
         """
         if not math.isfinite(recorded_at):
             raise InputError(f"recorded_at must be finite, got {recorded_at!r}")
@@ -252,6 +258,8 @@ class IncomingEvent(EntryFields):
             attrs = _Attributes(
                 env.id, env.type, env.source, env.subject, env.signer, env.time, env.data.model_extra or {}
             )
+        if arrived_on is not None and attrs.type != arrived_on:
+            raise SubjectMismatch(claimed=attrs.type, arrived_on=arrived_on, size=size)
         data = attrs.data
         # A producer may omit the offset; reading it as local time would make the stored (and
         # hashed) value depend on the audit host's time zone.
@@ -388,12 +396,24 @@ class ChainHead:
 class AppendResult:
     """Outcome of one `append_batch`."""
 
+    #: Rows appended (new events and equivocation evidence).
     inserted: int
-    #: Items skipped because their event id was earlier in the batch or already stored.
+    #: Items skipped: the same content under an id earlier in the batch or already stored, or
+    #: a second copy whose equivocation evidence is already stored.
     duplicates: int
     #: seq of the first and last inserted row (None when nothing was inserted).
     first_seq: int | None = None
     last_seq: int | None = None
+    #: Every item that reused a stored id with other content (evidence new or already stored).
+    equivocations: tuple[Equivocation, ...] = ()
+
+
+class _Known(NamedTuple):
+    """What the writer needs of an entry already in the trail (or earlier in the batch)."""
+
+    seq: int
+    body: str
+    subject: str | None
 
 
 _FIELD_NAMES: Final = tuple(c.name for c in audit_entries.columns)
@@ -538,22 +558,22 @@ class AuditStore:
     def append_batch(self, items: Sequence[IncomingEvent]) -> AppendResult:
         """Append new events in one transaction (group commit), linked into the chain in order.
 
-        Idempotent on `event_id`: an id seen earlier in `items`, or already stored, is skipped
-        and counted in `duplicates`. Either the whole batch is committed or none of it is; ack
-        the messages only after this returns.
+        Idempotent on `event_id`: an id seen earlier in `items`, or already stored, with the
+        same content is skipped and counted in `duplicates`. The same id with *different*
+        content is equivocation (issue 8): the first copy stays, and an `mlw.audit.equivocation`
+        entry holding both hashes and the second body is appended in its place (see
+        `equivocation.py`); each one is returned in `equivocations` so the caller can alert.
+        Either the whole batch is committed or none of it is; ack the messages only after this
+        returns.
         """
         if not items:
             return AppendResult(inserted=0, duplicates=0)
-        unique: dict[str, IncomingEvent] = {}
-        for item in items:
-            unique.setdefault(item.event_id, item)
         head = ChainHead(0, GENESIS_HASH)
         rows: list[tuple[Any, ...]] = []
         try:
             with self._errors(), self._write() as conn:
-                stored = self._existing_ids(conn, list(unique))
-                fresh = [item for event_id, item in unique.items() if event_id not in stored]
                 head = self._head(conn)
+                fresh, duplicates, found = self._plan(conn, items, head.seq)
                 prev, seq = head.entry_hash, head.seq
                 tree = self._compact_tree(conn, seq) if fresh else CompactTree()
                 nodes: list[tuple[int, int, bytes]] = []
@@ -573,14 +593,90 @@ class AuditStore:
             # Only possible when another writer bypassed the lock (or a row was inserted by
             # hand): the seq or the event id was taken in between. Nothing was committed.
             raise ConcurrentAppendError(_first_line(exc), url=self._url, first_seq=head.seq + 1) from exc
-        if not rows:
-            return AppendResult(inserted=0, duplicates=len(items))
         return AppendResult(
             inserted=len(rows),
-            duplicates=len(items) - len(rows),
-            first_seq=rows[0][0],
-            last_seq=rows[-1][0],
+            duplicates=duplicates,
+            first_seq=rows[0][0] if rows else None,
+            last_seq=rows[-1][0] if rows else None,
+            equivocations=tuple(found),
         )
+
+    def _plan(
+        self, conn: Connection, items: Sequence[IncomingEvent], head_seq: int
+    ) -> tuple[list[IncomingEvent], int, list[Equivocation]]:
+        """What to append (in order), how many items are plain duplicates, and the equivocations."""
+        known = self._known(conn, list(dict.fromkeys(item.event_id for item in items)))
+        fresh: list[IncomingEvent] = []
+        found: list[Equivocation] = []
+        duplicates = 0
+        seq = head_seq
+        for item in items:
+            first = known.get(item.event_id)
+            if first is None:
+                seq += 1
+                known[item.event_id] = _Known(seq, item.body, item.subject)
+                fresh.append(item)
+                continue
+            differs = equivocation.differing_members(first.body, item.body)
+            if not differs:
+                duplicates += 1  # a redelivery: the same statement again
+                continue
+            record, record_id = self._evidence(conn, known, item, first)
+            found.append(
+                Equivocation(
+                    event_id=item.event_id,
+                    record_id=record_id,
+                    first_seq=first.seq,
+                    first_sha256=equivocation.sha256_hex(first.body),
+                    second_sha256=equivocation.sha256_hex(item.body),
+                    differs_in=differs,
+                    new=record is not None,
+                )
+            )
+            if record is None:
+                duplicates += 1  # this second copy's evidence is already stored
+                continue
+            seq += 1
+            known[record_id] = _Known(seq, record.body, record.subject)
+            fresh.append(record)
+        return fresh, duplicates, found
+
+    def _evidence(
+        self, conn: Connection, known: dict[str, _Known], second: IncomingEvent, first: _Known
+    ) -> tuple[IncomingEvent | None, str]:
+        """The evidence entry to append for `second` (None when already stored) and its id."""
+        candidates = equivocation.record_ids(second.event_id, equivocation.sha256_hex(second.body))
+        known.update(self._known(conn, [c for c in candidates if c not in known]))
+        for record_id in [*candidates, equivocation.random_record_id()]:
+            body = equivocation.evidence_body(
+                record_id,
+                event_id=second.event_id,
+                first_seq=first.seq,
+                first_body=first.body,
+                second_body=second.body,
+                subject=first.subject,
+                time=second.time,
+            )
+            holder = known.get(record_id)
+            if holder is not None and holder.body == body:
+                return None, record_id
+            if holder is None:
+                record = IncomingEvent(
+                    event_id=record_id,
+                    type=equivocation.EQUIVOCATION_TYPE,
+                    source=equivocation.SOURCE,
+                    subject=first.subject,
+                    service=_SERVICE_NAME,
+                    actor=None,
+                    decision=None,
+                    client=None,
+                    time=second.time,
+                    recorded_at=second.recorded_at,
+                    body=body,
+                )
+                return record, record_id
+            # Taken by an entry that is not this evidence (a squatted id): try the next one.
+        raise AssertionError("a random uuid4 is never taken")  # pragma: no cover
 
     def head(self) -> ChainHead:
         """The newest entry's seq and hash."""
@@ -763,12 +859,16 @@ class AuditStore:
         return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(int(row.seq), row.entry_hash)
 
     @staticmethod
-    def _existing_ids(conn: Connection, event_ids: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _known(conn: Connection, event_ids: list[str]) -> dict[str, _Known]:
+        """The stored entries of these ids (their bodies are read to tell a redelivery from
+        equivocation; only ids already stored are read, which is rare outside redeliveries)."""
+        found: dict[str, _Known] = {}
+        c = audit_entries.c
         for start in range(0, len(event_ids), _PROBE_CHUNK):
             chunk = event_ids[start : start + _PROBE_CHUNK]
-            stmt = select(audit_entries.c.event_id).where(audit_entries.c.event_id.in_(chunk))
-            found.update(conn.execute(stmt).scalars())
+            stmt = select(c.event_id, c.seq, c.body, c.subject).where(c.event_id.in_(chunk))
+            for row in conn.execute(stmt):
+                found[row.event_id] = _Known(int(row.seq), row.body, row.subject)
         return found
 
     @contextmanager

@@ -4,8 +4,8 @@ Issue 3 asks ingestion to keep up with a bare nats-py consumer of the same strea
 loop's process is busy enough fetching and acking (nats-py costs about 40 us of CPU a message);
 parsing, hashing and the SQL transaction cost as much again. `ProcessWriter` runs them in a
 separate process (spawned, one a service) on the machine's other core, fed the raw message
-bytes a batch at a time; `InlineWriter` runs them in a thread of the calling process, for
-in-memory databases and injected stores.
+bytes (with the subject each arrived on) a batch at a time; `InlineWriter` runs them in a
+thread of the calling process, for in-memory databases and injected stores.
 
 Either way the contract is the same: `write` returns only once the batch is committed (or
 raises, and nothing of it is), so the caller acks after it; batches are committed one at a
@@ -24,8 +24,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from services.audit_log.equivocation import Equivocation
 from services.audit_log.store import AuditStore, IncomingEvent
 from shared.errors import InvalidMessage, TransientError
 
@@ -45,6 +46,8 @@ class BatchOutcome:
     duplicates: int
     #: (position in the batch, reason) of each body that is not a storable envelope.
     refused: list[tuple[int, str]] = field(default_factory=list)
+    #: Event ids that arrived again with other content; their evidence is committed.
+    equivocations: list[Equivocation] = field(default_factory=list)
 
 
 class WriterError(TransientError):
@@ -60,17 +63,29 @@ class WriterError(TransientError):
         self.kind = kind
 
 
-def store_batch(store: AuditStore, bodies: list[bytes], recorded_at: float) -> BatchOutcome:
-    """Parse `bodies` and append the valid ones in one transaction (the group commit)."""
+class Received(NamedTuple):
+    """One fetched message: the subject it arrived on and its raw body."""
+
+    subject: str
+    body: bytes
+
+
+def store_batch(store: AuditStore, messages: list[Received], recorded_at: float) -> BatchOutcome:
+    """Parse `messages` and append the valid ones in one transaction (the group commit).
+
+    An envelope whose type is not the subject it arrived on is refused like a malformed one
+    (issue 8): it becomes a dead letter naming the real subject, never an entry of the type
+    it claims.
+    """
     items: list[IncomingEvent] = []
     refused: list[tuple[int, str]] = []
-    for position, body in enumerate(bodies):
+    for position, (subject, body) in enumerate(messages):
         try:
-            items.append(IncomingEvent.from_bytes(body, recorded_at=recorded_at))
+            items.append(IncomingEvent.from_bytes(body, recorded_at=recorded_at, arrived_on=subject))
         except InvalidMessage as exc:
             refused.append((position, exc.reason))
     result = store.append_batch(items)
-    return BatchOutcome(result.inserted, result.duplicates, refused)
+    return BatchOutcome(result.inserted, result.duplicates, refused, list(result.equivocations))
 
 
 class BatchWriter(Protocol):
@@ -79,7 +94,7 @@ class BatchWriter(Protocol):
     async def start(self) -> None:
         """Get ready to write (a process writer starts its process and opens the database)."""
 
-    async def write(self, bodies: list[bytes], recorded_at: float) -> BatchOutcome:
+    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
         """Store one batch; returns after the commit. Raises `WriterError` if nothing was stored."""
         ...
 
@@ -98,11 +113,11 @@ class InlineWriter:
     async def start(self) -> None:
         """Nothing to start: the store is already open."""
 
-    async def write(self, bodies: list[bytes], recorded_at: float) -> BatchOutcome:
+    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
         """Store one batch in the worker thread."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, store_batch, self.store, bodies, recorded_at)
+            return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at)
         except TransientError as exc:
             raise WriterError(str(exc), kind=type(exc).__name__) from exc
 
@@ -117,7 +132,7 @@ class ProcessWriter:
 
     The service process keeps its own store for queries, proofs and checkpoints: SQLite's WAL
     and PostgreSQL's MVCC let it read while the child writes, and it sees a batch as soon as
-    `write` returned. Messages cross the pipe as their raw bytes, a pickled list per batch.
+    `write` returned. Messages cross the pipe as (subject, raw bytes) pairs, a pickled list per batch.
 
     If the child dies, the batch in flight raises `WriterError` (unacked, so redelivered; if
     it was committed after all, the redelivery is a duplicate and skipped) and the next
@@ -139,9 +154,10 @@ class ProcessWriter:
         """Spawn the child and wait until it has opened the database."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self._ensure_started)
 
-    async def write(self, bodies: list[bytes], recorded_at: float) -> BatchOutcome:
+    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
         """Send one batch to the child; returns once the child has committed it."""
-        payload = pickle.dumps((recorded_at, bodies), protocol=pickle.HIGHEST_PROTOCOL)
+        # Plain (subject, body) tuples: the cheapest form to pickle.
+        payload = pickle.dumps((recorded_at, [tuple(m) for m in messages]), protocol=pickle.HIGHEST_PROTOCOL)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._round_trip, payload)
 
@@ -231,12 +247,13 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
     with contextlib.closing(store):
         while True:
             try:
-                recorded_at, bodies = pickle.loads(conn.recv_bytes())
+                recorded_at, pairs = pickle.loads(conn.recv_bytes())
             except EOFError:
                 return  # the service stopped or died
             answer: tuple[bool, BatchOutcome | None, str, str]
             try:
-                answer = (True, store_batch(store, bodies, recorded_at), "", "")
+                messages = [Received(subject, body) for subject, body in pairs]
+                answer = (True, store_batch(store, messages, recorded_at), "", "")
             except Exception as exc:  # noqa: BLE001 - nothing was committed; the parent retries
                 answer = (False, None, type(exc).__name__, str(exc))
             try:

@@ -49,7 +49,7 @@ class Trail:
     def checkpoint(self, size: int) -> None:
         self.mirror.append(sign_checkpoint(self.key, size, self.store.root(size), timestamp_ms=1_000 * size))
 
-    def verify(self, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    def verify(self, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict[str, Any]]:
         capsys.readouterr()
         code = main(
             [
@@ -63,9 +63,16 @@ class Trail:
                 NO_BUS,
                 "--format",
                 "json",
+                *extra,
             ]
         )
         return code, orjson.loads(capsys.readouterr().out)
+
+    def public_key_file(self) -> Path:
+        """audit-log's public key as an auditor keeps it, outside the data dir."""
+        path = self.data_dir.parent / "audit-log.pub.pem"
+        path.write_bytes(self.key.public_pem())
+        return path
 
     # --- what an attacker does ---------------------------------------------------------------
 
@@ -292,3 +299,99 @@ def test_verify_reads_the_trail_in_chunks(trail: Trail) -> None:
     assert report.ok and report.entries == N
     with trail.store.engine.connect() as conn:
         assert conn.execute(select(trail.store.tree_table.c.tree_size)).first() is not None
+
+
+# --- issue 8: no anchor, no "intact" -------------------------------------------------------------
+
+
+def truncate_and_remove_the_mirror(trail: Trail, newest: int = 3) -> None:
+    """Drop the newest entries with chain and tree recomputed, then delete the checkpoint mirror."""
+    trail.rewrite(trail.incoming()[:-newest])
+    trail.mirror.path.unlink()
+
+
+def test_verify_fails_closed_when_the_newest_entries_and_the_mirror_are_removed(
+    trail: Trail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truncate_and_remove_the_mirror(trail)
+    # The bus is unreachable and the mirror is gone: nothing outside the database vouches for it.
+    code, report = trail.verify(capsys)
+    assert code == 1, report
+    assert report["ok"] is False and report["anchored"] is False
+    assert "no signed checkpoint" in report["reason"]
+    # The auditor may accept an unanchored check explicitly; it still says so.
+    code, report = trail.verify(capsys, "--allow-unanchored")
+    assert code == 0, report
+    assert (report["ok"], report["anchored"], report["entries"]) == (True, False, N - 3)
+
+
+def test_verify_fails_closed_in_text_mode_too(trail: Trail, capsys: pytest.CaptureFixture[str]) -> None:
+    truncate_and_remove_the_mirror(trail)
+    capsys.readouterr()
+    argv = ["audit", "verify", "--data-dir", str(trail.data_dir), "--db", trail.target.cli_url, "--nats", NO_BUS]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "UNANCHORED" in captured.out and "intact" not in captured.out
+
+
+def test_a_trusted_checkpoint_kept_by_the_auditor_catches_truncation_without_stream_or_mirror(
+    trail: Trail, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    witness = tmp_path / "auditor" / "audit-checkpoint.json"
+    key = trail.public_key_file()
+    base = ["audit", "checkpoint", "--data-dir", str(trail.data_dir), "--db", trail.target.cli_url, "--nats", NO_BUS]
+    assert main([*base, "--key", str(key), "--out", str(witness)]) == 0
+    assert orjson.loads(witness.read_bytes())["tree_size"] == N
+    truncate_and_remove_the_mirror(trail)
+    code, report = trail.verify(capsys, "--trusted-checkpoint", str(witness), "--key", str(key))
+    assert code == 1, report
+    assert report["trusted_checkpoint"] == N
+    assert "removed" in report["reason"] and f"signed for {N} entries but the trail holds {N - 3}" in report["reason"]
+    # Even an auditor who allows unanchored checks is not told "intact" below their checkpoint.
+    code, report = trail.verify(capsys, "--trusted-checkpoint", str(witness), "--key", str(key), "--allow-unanchored")
+    assert code == 1, report
+
+
+def test_a_trusted_checkpoint_needs_a_key_from_outside_the_data_dir(
+    trail: Trail, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    witness = tmp_path / "cp.json"
+    witness.write_text(trail.mirror.read()[-1].model_dump_json())
+    # Only the data dir's key, which whoever controls the data dir can replace: refused (usage).
+    code = main(
+        [
+            "audit",
+            "verify",
+            "--data-dir",
+            str(trail.data_dir),
+            "--db",
+            trail.target.cli_url,
+            "--nats",
+            NO_BUS,
+            "--trusted-checkpoint",
+            str(witness),
+        ]
+    )
+    assert code == 2
+    # A witness file signed by another key is refused too.
+    other = SigningKey.generate("audit-log")
+    forged = sign_checkpoint(other, N, trail.store.root(N), timestamp_ms=1)
+    witness.write_text(forged.model_dump_json())
+    code, _ = trail.verify(capsys, "--trusted-checkpoint", str(witness), "--key", str(trail.public_key_file()))
+    assert code == 1
+
+
+def test_the_witness_refuses_to_replace_its_checkpoint_with_a_shorter_history(
+    trail: Trail, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    witness = tmp_path / "cp.json"
+    key = trail.public_key_file()
+    base = ["audit", "checkpoint", "--data-dir", str(trail.data_dir), "--db", trail.target.cli_url, "--nats", NO_BUS]
+    assert main([*base, "--key", str(key), "--out", str(witness)]) == 0
+    kept = witness.read_bytes()
+    # The attacker rewrites the trail shorter and signs a matching checkpoint with a stolen key.
+    trail.rewrite(trail.incoming()[:-3])
+    trail.mirror.path.unlink()
+    trail.checkpoint(N - 3)
+    assert main([*base, "--key", str(key), "--out", str(witness)]) == 1
+    assert witness.read_bytes() == kept
