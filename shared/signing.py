@@ -137,8 +137,35 @@ class TrustStore:
 
     def __init__(self, keys: Mapping[str, str] | None = None) -> None:
         self._ids: dict[str, Identity] = {}
+        #: Grows with every change, so a copy elsewhere (audit-log's writer) knows it is stale.
+        self.version = 0
         for key_id, value in (keys or {}).items():
             self.add(key_id, value)
+
+    def snapshot(self) -> list[tuple[str, str, list[str], list[tuple[str, float, float | None]], float | None, int]]:
+        """Plain data to rebuild this store in another process (`from_snapshot`)."""
+        return [
+            (
+                i.id,
+                i.kind,
+                sorted(i.roles),
+                [(k.public_b64, k.since, k.until) for k in i.keys],
+                i.revoked_at,
+                i.serial,
+            )
+            for i in self._ids.values()
+        ]
+
+    @classmethod
+    def from_snapshot(
+        cls, snapshot: list[tuple[str, str, list[str], list[tuple[str, float, float | None]], float | None, int]]
+    ) -> TrustStore:
+        """The store a `snapshot` describes."""
+        store = cls()
+        for key_id, kind, roles, keys, revoked_at, serial in snapshot:
+            periods = tuple(KeyPeriod(load_public_key(b64), since, until, b64) for b64, since, until in keys)
+            store.put(Identity(key_id, kind, frozenset(roles), periods, revoked_at, serial))  # type: ignore[arg-type]
+        return store
 
     def add(
         self, key_id: str, public_b64: str, *, kind: IdentityKind = "any", roles: frozenset[str] = frozenset()
@@ -146,10 +173,12 @@ class TrustStore:
         """Trust `public_b64` for `key_id` from now on (replacing any earlier identity)."""
         period = KeyPeriod(load_public_key(public_b64), 0.0, None, public_b64)
         self._ids[key_id] = Identity(key_id, kind, roles, (period,))
+        self.version += 1
 
     def put(self, identity: Identity) -> None:
         """Install (or replace) one identity."""
         self._ids[identity.id] = identity
+        self.version += 1
 
     def identity(self, key_id: str) -> Identity | None:
         """The identity of `key_id`, revoked ones included (None when unknown)."""

@@ -211,7 +211,12 @@ class Signer:
 def refused_build(event: Envelope[ModelBuilt], reason: str) -> ArtifactVerdict:
     """The signed rejection of a build whose builder signature does not hold: nothing is read."""
     build = event.data
-    problem = Finding(check="identity.builder", severity=Severity.FAIL, message=f"build refused: {reason}")
+    problem = Finding(
+        check="identity.builder",
+        severity=Severity.FAIL,
+        message=f"build refused: {reason}",
+        evidence={"claimed_builder": build.builder},
+    )
     return ArtifactVerdict(
         model=build.model,
         version=build.version,
@@ -219,7 +224,7 @@ def refused_build(event: Envelope[ModelBuilt], reason: str) -> ArtifactVerdict:
         decision=Decision.FAIL,
         findings=[problem],
         datasets=build.datasets,
-        builder=build.builder,
+        builder="",  # nobody verified: the claim is in the finding, not vouched for
         in_reply_to=event.id,
     )
 

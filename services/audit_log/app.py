@@ -160,7 +160,10 @@ class Ingestor:
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
-        outcome = await self.writer.write([Received(msg.subject, msg.data) for msg in msgs], time.time())
+        # The trust store verifies each event's signature in the writer (issue 8: labels come
+        # from verified signers only).
+        messages = [Received(msg.subject, msg.data) for msg in msgs]
+        outcome = await self.writer.write(messages, time.time(), self.runtime.trust)
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
         for position, reason in outcome.refused:

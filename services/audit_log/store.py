@@ -103,8 +103,10 @@ from services.audit_log import equivocation, merkle
 from services.audit_log.equivocation import Equivocation
 from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, SubjectMismatch, TreeError
 from services.audit_log.merkle import CompactTree, NodeKey
+from services.audit_log.provenance import provenance
 from shared.envelope import decode_any, parse_raw
 from shared.errors import InputError, InvalidMessage
+from shared.signing import TrustStore
 
 #: `prev_hash` of the first entry.
 GENESIS_HASH: Final = "0" * 64
@@ -236,7 +238,14 @@ class IncomingEvent(EntryFields):
     """One received envelope, reduced to the columns it is stored and queried by."""
 
     @classmethod
-    def from_bytes(cls, body: bytes, *, recorded_at: float, arrived_on: str | None = None) -> Self:
+    def from_bytes(
+        cls,
+        body: bytes,
+        *,
+        recorded_at: float,
+        arrived_on: str | None = None,
+        trust: TrustStore | None = None,
+    ) -> Self:
         """Parse a CloudEvents envelope and extract its indexed columns.
 
         Raises `InvalidMessage` for bytes that are not a valid envelope, and for an indexed
@@ -246,11 +255,17 @@ class IncomingEvent(EntryFields):
         mlwarden event's `type` is the subject it is published on, so an envelope claiming
         another type is refused (`SubjectMismatch`) rather than indexed under the type it
         claims (issue 8: a producer allowed to log predictions posed as a promotion verdict).
+
+        With `trust` (the service always passes its root-signed trust store) the `service`,
+        `actor` and `client` labels come only from a verified signature
+        (`services.audit_log.provenance`); without it (offline tools reading a trail they
+        already trust) they are read from `source` and `data` as written.
         """
         if not math.isfinite(recorded_at):
             raise InputError(f"recorded_at must be finite, got {recorded_at!r}")
         size = len(body)
-        attrs = _plain_envelope(parse_raw(body))
+        raw = parse_raw(body)
+        attrs = _plain_envelope(raw)
         if attrs is None:
             # Anything off the common shape goes through the full model, which gives the
             # refusal and its reason (or accepts the rarer forms it allows, like a bare date).
@@ -264,16 +279,21 @@ class IncomingEvent(EntryFields):
         # A producer may omit the offset; reading it as local time would make the stored (and
         # hashed) value depend on the audit host's time zone.
         when = attrs.time if attrs.time.tzinfo is not None else attrs.time.replace(tzinfo=UTC)
-        actor = next((v for k in ACTOR_FIELDS if isinstance(v := data.get(k), str) and v), None)
+        if trust is not None:
+            found = provenance(raw, attrs.type, trust, recorded_at)
+            service, actor, client = found.service, found.actor, found.client
+        else:
+            actor = next((v for k in ACTOR_FIELDS if isinstance(v := data.get(k), str) and v), None)
+            service, client = _service_of(attrs.source, attrs.signer), data.get("client")
         return cls(
             event_id=_checked(attrs.id, "id", size),
             type=_checked(attrs.type, "type", size),
             source=_checked(attrs.source, "source", size),
             subject=_label(attrs.subject, "subject", size),
-            service=_label(_service_of(attrs.source, attrs.signer), "service", size),
+            service=_label(service, "service", size),
             actor=_label(actor, "actor", size),
             decision=_label(data.get("decision"), "data.decision", size),
-            client=_label(data.get("client"), "data.client", size),
+            client=_label(client, "data.client", size),
             time=when.timestamp(),
             recorded_at=recorded_at,
             # orjson accepted these bytes, so they are valid UTF-8 and hold no raw NUL.

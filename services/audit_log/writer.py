@@ -29,6 +29,7 @@ from typing import NamedTuple, Protocol
 from services.audit_log.equivocation import Equivocation
 from services.audit_log.store import AuditStore, IncomingEvent
 from shared.errors import InvalidMessage, TransientError
+from shared.signing import TrustStore
 
 log = logging.getLogger("mlwarden.audit-log")
 
@@ -70,18 +71,20 @@ class Received(NamedTuple):
     body: bytes
 
 
-def store_batch(store: AuditStore, messages: list[Received], recorded_at: float) -> BatchOutcome:
+def store_batch(
+    store: AuditStore, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+) -> BatchOutcome:
     """Parse `messages` and append the valid ones in one transaction (the group commit).
 
     An envelope whose type is not the subject it arrived on is refused like a malformed one
     (issue 8): it becomes a dead letter naming the real subject, never an entry of the type
-    it claims.
+    it claims. With `trust`, each event's labels come from its verified signature.
     """
     items: list[IncomingEvent] = []
     refused: list[tuple[int, str]] = []
     for position, (subject, body) in enumerate(messages):
         try:
-            items.append(IncomingEvent.from_bytes(body, recorded_at=recorded_at, arrived_on=subject))
+            items.append(IncomingEvent.from_bytes(body, recorded_at=recorded_at, arrived_on=subject, trust=trust))
         except InvalidMessage as exc:
             refused.append((position, exc.reason))
     result = store.append_batch(items)
@@ -94,8 +97,12 @@ class BatchWriter(Protocol):
     async def start(self) -> None:
         """Get ready to write (a process writer starts its process and opens the database)."""
 
-    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
-        """Store one batch; returns after the commit. Raises `WriterError` if nothing was stored."""
+    async def write(
+        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+    ) -> BatchOutcome:
+        """Store one batch; returns after the commit. Raises `WriterError` if nothing was stored.
+
+        `trust` verifies each event's signature (labels come only from verified signers)."""
         ...
 
     async def stop(self) -> None:
@@ -113,11 +120,13 @@ class InlineWriter:
     async def start(self) -> None:
         """Nothing to start: the store is already open."""
 
-    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
+    async def write(
+        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+    ) -> BatchOutcome:
         """Store one batch in the worker thread."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at)
+            return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at, trust)
         except TransientError as exc:
             raise WriterError(str(exc), kind=type(exc).__name__) from exc
 
@@ -149,15 +158,24 @@ class ProcessWriter:
         # and the next one is already waiting when the child answers.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer-pipe")
         self._lock = threading.Lock()
+        self._trust_sent: TrustStore | None = None
+        self._version_sent = -1
 
     async def start(self) -> None:
         """Spawn the child and wait until it has opened the database."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self._ensure_started)
 
-    async def write(self, messages: list[Received], recorded_at: float) -> BatchOutcome:
+    async def write(
+        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+    ) -> BatchOutcome:
         """Send one batch to the child; returns once the child has committed it."""
+        # The trust store crosses the pipe only when it changed (a registration, a revocation).
+        snapshot = None
+        if trust is not None and (trust is not self._trust_sent or trust.version != self._version_sent):
+            snapshot = trust.snapshot()
+            self._trust_sent, self._version_sent = trust, trust.version
         # Plain (subject, body) tuples: the cheapest form to pickle.
-        payload = pickle.dumps((recorded_at, [tuple(m) for m in messages]), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((recorded_at, [tuple(m) for m in messages], snapshot), protocol=pickle.HIGHEST_PROTOCOL)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._round_trip, payload)
 
@@ -181,6 +199,7 @@ class ProcessWriter:
             process.start()
             child.close()
             self._process, self._conn = process, parent
+            self._trust_sent = None  # a new child has no trust store yet
             try:
                 if not parent.poll(START_TIMEOUT_S):
                     raise WriterError(f"no answer within {START_TIMEOUT_S:.0f} s", kind="StartTimeout")
@@ -244,16 +263,19 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
         conn.send_bytes(pickle.dumps((False, None, type(exc).__name__, str(exc))))
         return
     conn.send_bytes(pickle.dumps((True, None, "", "")))
+    trust: TrustStore | None = None
     with contextlib.closing(store):
         while True:
             try:
-                recorded_at, pairs = pickle.loads(conn.recv_bytes())
+                recorded_at, pairs, snapshot = pickle.loads(conn.recv_bytes())
             except EOFError:
                 return  # the service stopped or died
+            if snapshot is not None:
+                trust = TrustStore.from_snapshot(snapshot)
             answer: tuple[bool, BatchOutcome | None, str, str]
             try:
                 messages = [Received(subject, body) for subject, body in pairs]
-                answer = (True, store_batch(store, messages, recorded_at), "", "")
+                answer = (True, store_batch(store, messages, recorded_at, trust), "", "")
             except Exception as exc:  # noqa: BLE001 - nothing was committed; the parent retries
                 answer = (False, None, type(exc).__name__, str(exc))
             try:

@@ -292,12 +292,12 @@ def refused_access(event: Envelope[DataAccessRequested], reason: str) -> AccessV
     """The signed denial of an access request whose signature does not hold."""
     request = event.data
     return AccessVerdict(
-        principal=request.principal,
+        principal="",  # nobody verified: the claimed principal is in the reason, not vouched for
         dataset=request.dataset,
         version=request.version,
         purpose=request.purpose,
         allowed=False,
-        reasons=[f"request refused: {reason}"],
+        reasons=[f"request refused: {reason} (claimed principal {request.principal!r})"],
         in_reply_to=event.id,
     )
 
@@ -306,14 +306,19 @@ def refused_upload(event: Envelope[DatasetUploaded], reason: str) -> DatasetVerd
     """The signed rejection of an upload whose uploader signature does not hold: nothing is read
     and nothing is recorded (a forged upload must not replace what data-guard judged)."""
     upload = event.data
-    problem = Finding(check="identity.uploader", severity=Severity.FAIL, message=f"upload refused: {reason}")
+    problem = Finding(
+        check="identity.uploader",
+        severity=Severity.FAIL,
+        message=f"upload refused: {reason}",
+        evidence={"claimed_uploader": upload.uploader},
+    )
     return DatasetVerdict(
         dataset=upload.dataset,
         version=upload.version,
         sha256="",
         decision=Decision.FAIL,
         findings=[problem],
-        uploader=upload.uploader,
+        uploader="",  # nobody verified: the claim is in the finding, not vouched for
         in_reply_to=event.id,
     )
 

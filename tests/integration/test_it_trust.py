@@ -14,6 +14,7 @@ from shared.bus import publish_event, revoke_key
 from shared.envelope import new_event
 from shared.events import (
     ArtifactVerdict,
+    AuditQuery,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -192,3 +193,26 @@ async def test_revoking_an_actor_stops_its_approvals_in_a_running_gate(bus: Any)
         )
     assert alert is not None
     assert verdict is not None and verdict.data.approvers == ["bob"] and verdict.data.decision != "promoted"
+
+
+async def test_audit_trail_labels_entries_by_verified_signers_only(bus: Any, tmp_path: Path) -> None:
+    running = await bus("audit-log", "data-guard")
+    client = running.client
+    honest = await client.upload_dataset(
+        _csv(tmp_path / "d.csv"), dataset="sales", version="1", label="label", uploader="pipeline"
+    )
+    claim = honest.data.model_copy(update={"version": "2"})
+    forged = await client.publish(Subjects.DATASET_UPLOADED, claim, key=client.actor("mallory"))
+    unsigned = await client.publish(Subjects.DATASET_UPLOADED, claim.model_copy(update={"version": "3"}))
+
+    async def entries() -> dict[str, Any] | None:
+        page = await client.audit_query(AuditQuery(type=Subjects.DATASET_UPLOADED, limit=10))
+        found = {e.event_id: e for e in page.entries}
+        return found if len(found) == 3 else None
+
+    found = await until(entries, what="three uploads in the trail")
+    assert found[honest.id].actor == "pipeline"
+    assert found[forged.id].actor == "mallory"  # the signer, not the `uploader` it claims
+    assert found[unsigned.id].actor is None and found[unsigned.id].service is None
+    by_pipeline = await client.audit_query(AuditQuery(actor="pipeline", type=Subjects.DATASET_UPLOADED))
+    assert [e.event_id for e in by_pipeline.entries] == [honest.id]
