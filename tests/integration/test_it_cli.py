@@ -118,3 +118,34 @@ async def test_publish_promotion_signed_with_the_actor_key(bus: Any) -> None:
     entries = await until(gate_rows, what="registry-gate's verdict in the audit trail")
     assert entries[0]["decision"] == "rejected"
     assert entries[0]["actor"] == "mallory"
+
+
+async def test_keys_commands_register_list_rotate_revoke_and_export(bus: Any, tmp_path: Path) -> None:
+    running = await bus("audit-log", "registry-gate")
+    settings = running.settings
+    code, out = await _mlwarden(settings, "keys", "add-actor", "erin", "--roles", "reviewer")
+    assert code == 0, out
+    key_file = settings.actors_dir / "erin.pem"
+    assert key_file.exists() and (key_file.stat().st_mode & 0o777) == 0o600
+    code, out = await _mlwarden(settings, "keys", "list", "--format", "json")
+    assert code == 0, out
+    listed = {row["id"]: row for row in orjson.loads(out)["identities"]}
+    assert listed["erin"]["roles"] == ["reviewer"] and listed["erin"]["status"] == "active"
+    assert listed["data-guard"]["kind"] == "service"
+    # An untrusted entry written straight into the bucket is listed as such, never as an identity.
+    kv = await running.client.js.key_value("mlw-trust")
+    await kv.put("eve", b"AAAA")
+    code, out = await _mlwarden(settings, "keys", "list", "--format", "json")
+    doc = orjson.loads(out)
+    assert "eve" not in {row["id"] for row in doc["identities"]}
+    assert [u["key"] for u in doc["untrusted"]] == ["eve"]
+    code, out = await _mlwarden(settings, "keys", "rotate", "erin")
+    assert code == 0 and "key 2 of 2" in out, out
+    code, out = await _mlwarden(settings, "keys", "revoke", "erin", "--reason", "left the team")
+    assert code == 0 and "revoked" in out, out
+    code, out = await _mlwarden(settings, "keys", "list", "--format", "json")
+    erin = next(row for row in orjson.loads(out)["identities"] if row["id"] == "erin")
+    assert erin["status"] == "revoked" and erin["keys"] == 2
+    pem = tmp_path / "audit-log.pub.pem"
+    code, out = await _mlwarden(settings, "keys", "export", "audit-log", "--out", str(pem))
+    assert code == 0 and pem.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----"), out

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from _poll import until
+
 from mlwarden.bootstrap import actor_key, load_root_key
 from shared.bus import publish_event, revoke_key
 from shared.envelope import new_event
@@ -26,7 +28,6 @@ from shared.events import (
 )
 from shared.signing import SigningKey
 from shared.topology import TRUST_BUCKET, Subjects
-from tests._poll import until
 
 DIGEST = "ab" * 32
 DATA_SHA = "cd" * 32
