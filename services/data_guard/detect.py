@@ -153,7 +153,9 @@ def analyze(table: Table, reference: Table | None = None, settings: DetectorSett
     cfg = settings or DetectorSettings()
     # Below ~50k rows the OpenMP start-up of each small tree fit costs more than it saves.
     threads = cfg.threads if table.rows >= 50_000 else 1
-    with threadpool_limits(limits=threads):
+    # Values near the float64 limits (1e308) overflow to inf in differences and ratios; every
+    # detector already treats inf as non-finite, so the overflow is expected, not an error.
+    with threadpool_limits(limits=threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _analyze(table, reference, cfg)
 
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -195,6 +196,14 @@ def _read_parquet(data: bytes, limits: _Limits) -> pa.Table:
 
 
 def _from_arrow(table: pa.Table, label_column: str | None, limits: _Limits) -> Table:
+    try:
+        return _arrow_to_table(table, label_column, limits)
+    except UnicodeDecodeError as exc:
+        # Arrow decodes column names (and label strings) lazily, on first access.
+        raise DatasetError("unreadable", f"column names or labels are not valid UTF-8: {_short(exc)}") from exc
+
+
+def _arrow_to_table(table: pa.Table, label_column: str | None, limits: _Limits) -> Table:
     names = [str(name) for name in table.column_names]
     _check_shape(table.num_rows, len(names), limits)
     _check_unique(names)
@@ -217,7 +226,9 @@ def _from_arrow(table: pa.Table, label_column: str | None, limits: _Limits) -> T
             X[:, j] = np.nan  # an all-empty column: missing values, reported by the detectors
             continue
         # fill_null(NaN) after the cast keeps missing cells as NaN instead of failing to_numpy.
-        as_float = column.cast(pa.float64()).fill_null(np.nan)
+        # safe=False: an int64 beyond 2^53 (or a wide decimal) becomes the nearest float, which is
+        # what the detectors see anyway, instead of an ArrowInvalid (found by fuzzing, issue 12).
+        as_float = column.cast(pa.float64(), safe=False).fill_null(np.nan)
         X[:, j] = as_float.to_numpy()
     y = None
     if label_column is not None:
@@ -252,7 +263,7 @@ def _read_npz(data: bytes, label_column: str | None, limits: _Limits) -> Table:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise DatasetError("unreadable", f"NPZ is not a readable zip: {_short(exc)}") from exc
     # The zip directory states each member's uncompressed size and zipfile never reads past it,
     # so this bounds decompression (zip bombs) before any member is inflated.
@@ -277,7 +288,8 @@ def _read_npz(data: bytes, label_column: str | None, limits: _Limits) -> Table:
                 arrays[name] = np.asarray(npz[name])
     except DatasetError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError, zlib.error) as exc:
+        # RuntimeError covers NotImplementedError: a zip version or compression zipfile lacks.
         raise DatasetError("unreadable", f"NPZ member could not be read: {_short(exc)}") from exc
     if not arrays:
         raise DatasetError("empty", "NPZ has no arrays")
