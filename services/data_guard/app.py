@@ -21,11 +21,19 @@ from typing import Any
 
 import orjson
 from nats.js.errors import KeyNotFoundError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.data_guard.access import AccessEvidence, DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.detect import DatasetReport, DetectorSettings, analyze
-from services.data_guard.loader import DatasetError, Table, load_table, sha256_hex
+from services.data_guard.loader import (
+    DEFAULT_MAX_CELLS,
+    DEFAULT_MAX_COLUMNS,
+    DatasetError,
+    Table,
+    load_table,
+    sha256_hex,
+)
 from services.data_guard.policy import DEFAULT_POLICY, AccessPolicy, check_upload
 from shared.bus import ServiceRuntime
 from shared.crypto import DecryptionError, decrypt_object, is_encrypted, load_or_create_master_key
@@ -57,7 +65,15 @@ class GuardSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLW_GUARD_", extra="ignore", frozen=True)
 
     policy_file: Path | None = None
-    max_rows: int = 5_000_000
+    max_rows: int = Field(default=5_000_000, gt=0, description="rows read from an upload; more is a fail verdict")
+    max_columns: int = Field(
+        default=DEFAULT_MAX_COLUMNS, gt=0, le=DEFAULT_MAX_COLUMNS, description="columns read from an upload"
+    )
+    max_cells: int = Field(
+        default=DEFAULT_MAX_CELLS,
+        gt=0,
+        description="rows x columns read, checked from the file's own metadata before decoding (issue 12)",
+    )
 
 
 #: Levels whose bytes must be stored envelope-encrypted (DESIGN.md principle 5).
@@ -109,6 +125,8 @@ class Guard:
             upload.label_column,
             max_bytes=self.settings.max_dataset_bytes,
             max_rows=self.cfg.max_rows,
+            max_columns=self.cfg.max_columns,
+            max_cells=self.cfg.max_cells,
         )
         return table, digest, encrypted
 

@@ -11,6 +11,11 @@ there is one, assumed otherwise); the upload fails when the flagged count is bot
 above that rate (one-sided binomial test) and above it by an effect-size floor, since at large n
 any tiny excess is "significant". Dataset-level checks (schema, class balance against the
 reference, non-finite values) add their own findings. Decision = the worst finding severity.
+
+Every input gets a verdict in bounded time (issue 12). Degenerate data (too few rows, no finite
+value, all rows identical, a single class) fails with a plain reason before any estimator sees
+it; each detector's cost is estimated from the table's shape (`budget`) and a detector over its
+budget is skipped with the reason as a finding, so no upload holds the service for long.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as sps
 from threadpoolctl import threadpool_limits
 
+from services.data_guard import budget
 from services.data_guard.backdoor import detect_backdoors
 from services.data_guard.drift import feature_drift, type_mismatches
 from services.data_guard.duplicates import (
@@ -99,6 +105,16 @@ class DetectorSettings(BaseModel):
         default=0.05, ge=0, le=1, description="share of rows with NaN that warns (any inf warns)"
     )
     max_finding_rows: int = Field(default=1000, ge=0, description="rows listed per finding (count holds the total)")
+    # bounds (issue 12): degenerate data fails, and no detector runs past its estimated budget
+    min_rows: int = Field(
+        default=10, ge=2, description="fewest rows judged (5-fold cross-fitting needs 2 per fold); fewer fail"
+    )
+    budget_ops_per_cell: float = Field(
+        default=5_000, gt=0, description="operations a detector may spend per cell of upload and reference"
+    )
+    budget_base_ops: float = Field(
+        default=1e10, ge=0, description="operations every detector may spend on top (about a second of one core)"
+    )
     threads: int = Field(default=1, ge=1, le=64, description="BLAS/OpenMP threads for the numeric work")
     seed: int = Field(default=0, description="seed for the samples and splits taken to stay fast")
 
@@ -137,7 +153,9 @@ def analyze(table: Table, reference: Table | None = None, settings: DetectorSett
     cfg = settings or DetectorSettings()
     # Below ~50k rows the OpenMP start-up of each small tree fit costs more than it saves.
     threads = cfg.threads if table.rows >= 50_000 else 1
-    with threadpool_limits(limits=threads):
+    # Values near the float64 limits (1e308) overflow to inf in differences and ratios; every
+    # detector already treats inf as non-finite, so the overflow is expected, not an error.
+    with threadpool_limits(limits=threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _analyze(table, reference, cfg)
 
 
@@ -146,8 +164,31 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
     findings: list[Finding] = []
     flagged: list[np.ndarray] = []
 
+    degenerate = _degenerate(table, cfg)
+    if degenerate is not None:
+        # No estimator can say anything about such data (and several raise on it): the reason
+        # is the verdict. A single class still gets the other checks (its features may hold more).
+        findings.append(degenerate)
+        if degenerate.check != "degenerate.single_class":
+            return DatasetReport(
+                decision=decision_from(findings), findings=findings, flagged_rows=[], rows=n, used_reference=False
+            )
+    if reference is not None:
+        unusable = _degenerate(reference, cfg)
+        if unusable is not None:
+            findings.append(
+                Finding(
+                    check="reference.unusable",
+                    severity=Severity.WARN,
+                    message=f"the trusted reference cannot be used ({unusable.message}); "
+                    "detectors fell back to the upload alone",
+                )
+            )
+            reference = None
+
     ref_X = _aligned_reference(table, reference, findings, cfg)
     used_reference = ref_X is not None
+    shape = budget.Shape(n, table.X.shape[1], ref_X.shape[0] if ref_X is not None else 0)
     ref_y = reference.y if (reference is not None and used_reference) else None
     if reference is None:
         findings.append(
@@ -169,7 +210,16 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
         MahalanobisScorer(robust=ref_X is None, max_rows=cfg.outlier_max_fit_rows, seed=cfg.seed),
         NeighbourScorer(max_index=cfg.neighbour_index_rows, seed=cfg.seed),
     ]
+    costs = {
+        "robust_z": budget.robust_z_cost(shape, max_fit=cfg.outlier_max_fit_rows),
+        "mahalanobis": budget.mahalanobis_cost(shape, max_fit=cfg.outlier_max_fit_rows),
+        "neighbours": budget.neighbours_cost(shape, index_rows=cfg.neighbour_index_rows),
+    }
     for scorer in scorers:
+        skipped = _over_budget(f"outliers.{scorer.name}", costs[scorer.name], shape, cfg)
+        if skipped is not None:
+            findings.append(skipped)
+            continue
         outliers = detect_outliers(
             table.X,
             ref_X,
@@ -213,6 +263,64 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
         flagged_rows=[int(i) for i in all_flagged],
         rows=n,
         used_reference=used_reference,
+    )
+
+
+# --- bounds: degenerate data and detector budgets (issue 12) ---------------------------------
+
+
+def _degenerate(table: Table, cfg: DetectorSettings) -> Finding | None:
+    """A `fail` finding when `table` is too degenerate to judge, with the reason in plain words."""
+    n, d = table.X.shape
+    if n < cfg.min_rows:
+        return Finding(
+            check="degenerate.too_few_rows",
+            severity=Severity.FAIL,
+            message=f"too few rows: {n} rows, at least {cfg.min_rows} are needed to judge a dataset",
+            evidence={"rows": n, "min_rows": cfg.min_rows},
+        )
+    if d == 0:
+        return Finding(check="degenerate.no_features", severity=Severity.FAIL, message="no feature columns")
+    finite = np.isfinite(table.X)
+    if not finite.any():
+        return Finding(
+            check="degenerate.no_finite_values",
+            severity=Severity.FAIL,
+            message=f"no finite values: every one of the {n} x {d} feature cells is missing (NaN) or infinite",
+            evidence={"cells": n * d},
+        )
+    # NaN == NaN is False: compare with NaN cells made equal, so NaN rows can be "all identical".
+    first = table.X[0]
+    same = np.equal(table.X, first) | (np.isnan(table.X) & np.isnan(first))
+    if same.all():
+        return Finding(
+            check="degenerate.identical_rows",
+            severity=Severity.FAIL,
+            message=f"all {n} rows have identical features: nothing to learn or compare",
+            evidence={"rows": n},
+        )
+    if table.y is not None and n and np.unique(table.y).size == 1:
+        return Finding(
+            check="degenerate.single_class",
+            severity=Severity.FAIL,
+            message=f"every one of the {n} rows carries the same label {str(table.y[0])[:40]!r}: a single class",
+            evidence={"rows": n},
+        )
+    return None
+
+
+def _over_budget(check: str, cost: float, shape: budget.Shape, cfg: DetectorSettings) -> Finding | None:
+    """A `warn` finding that skips `check` when its estimated cost is over the budget, else None."""
+    allowed = budget.budget(shape, ops_per_cell=cfg.budget_ops_per_cell, base_ops=cfg.budget_base_ops)
+    if cost <= allowed:
+        return None
+    # warn, not info: an upload that was not fully checked must not pass as if it had been.
+    return Finding(
+        check=check,
+        severity=Severity.WARN,
+        message=f"skipped: on {shape.rows} rows x {shape.columns} columns this check would cost about "
+        f"{cost:.2g} operations, over its budget of {allowed:.2g} (its cost grows faster than rows x columns)",
+        evidence=_evidence(skipped=True, estimated_ops=cost, budget_ops=allowed),
     )
 
 
@@ -300,6 +408,17 @@ def _label_checks(
     if ref_y is not None:
         findings.append(_class_balance(table.y, ref_y, cfg))
     ref_pair = (ref_X, ref_y) if ref_X is not None and ref_y is not None else None
+    shape = budget.Shape(table.rows, table.X.shape[1], ref_X.shape[0] if ref_X is not None else 0)
+    label_cost = budget.label_noise_cost(shape, max_fit=cfg.label_max_fit_rows)
+    label_skipped = _over_budget("label_noise.confident_learning", label_cost, shape, cfg)
+    backdoor_skipped = _over_budget("backdoor.trigger", budget.backdoor_cost(shape), shape, cfg)
+    if label_skipped is not None:
+        # The conflicting-duplicate check needs the label model's probabilities: skipped with it.
+        findings.append(label_skipped)
+        if backdoor_skipped is not None:
+            findings.append(backdoor_skipped)
+            return [], None, None
+        return [_backdoor_check(table, ref_pair, findings, cfg)], None, None
     issues = detect_label_issues(
         table.X,
         table.y,
@@ -333,6 +452,20 @@ def _label_checks(
             calibrated_on_reference=issues.used_reference,
         )
     )
+    flagged = [issues.rows]
+    if backdoor_skipped is not None:
+        findings.append(backdoor_skipped)
+    else:
+        flagged.append(_backdoor_check(table, ref_pair, findings, cfg))
+    (codes,) = encode_labels(table.y) if ref_y is None else encode_labels(table.y, ref_y)[:1]
+    return flagged, issues.label_probability, codes
+
+
+def _backdoor_check(
+    table: Table, ref_pair: tuple[np.ndarray, np.ndarray] | None, findings: list[Finding], cfg: DetectorSettings
+) -> np.ndarray:
+    """Trigger groups (`backdoor.detect_backdoors`) as one finding; returns the flagged rows."""
+    assert table.y is not None
     backdoors = detect_backdoors(
         table.X,
         table.y,
@@ -371,8 +504,7 @@ def _label_checks(
                 tests=backdoors.tests,
             )
         )
-    (codes,) = encode_labels(table.y) if ref_y is None else encode_labels(table.y, ref_y)[:1]
-    return [issues.rows, backdoors.rows], issues.label_probability, codes
+    return backdoors.rows
 
 
 def _duplicate_checks(

@@ -110,7 +110,9 @@ def find_near_duplicates(
     X: np.ndarray, y: np.ndarray | None, stats: RobustStats, *, width: float = 0.02
 ) -> NearDuplicateReport:
     """Group rows whose robust z-scores round to the same multiple of `width` in every feature."""
-    z = stats.transform(X)
+    # Clipped far beyond any real spread, so that the cell index of a 1e308 value (whose z overflows)
+    # still fits an int64 instead of casting inf.
+    z = np.clip(stats.transform(X), -1e12, 1e12)
     cells = np.where(np.isfinite(z), np.floor(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0) / width), -(2**40))
     _, group = np.unique(row_hashes(cells.astype(np.int64)), return_inverse=True)
     group = group.ravel()

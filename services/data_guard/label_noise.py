@@ -231,6 +231,10 @@ class ProbabilityModel:
     trees: HistGradientBoostingClassifier | None = None
     linear: LogisticRegression | None = None
     only_class: int | None = None
+    columns: np.ndarray | None = None
+    """features with a finite value in the fitted rows (the others say nothing)."""
+    prior: np.ndarray | None = None
+    """class shares, the prediction when no feature has a finite value."""
 
     def fit(self, X: np.ndarray, codes: np.ndarray) -> ProbabilityModel:
         """Fit on rows X with integer labels `codes` (0 <= code < n_classes)."""
@@ -239,6 +243,13 @@ class ProbabilityModel:
         if present.size < 2:
             model.only_class = int(present[0]) if present.size else 0
             return model
+        # A column with no finite value makes the trees' binning raise ("window shape cannot be
+        # larger than input array shape", issue 12): such columns are left out of the fit.
+        model.columns = np.flatnonzero(np.isfinite(X).any(axis=0))
+        if model.columns.size == 0:
+            model.prior = np.bincount(codes, minlength=self.n_classes) / codes.size
+            return model
+        X = _trees_input(X[:, model.columns])
         model.stats = RobustStats.fit(X)
         Z = standardise(X, model.stats)
         model.trees = _classifier(self.seed).fit(X, codes)
@@ -251,14 +262,22 @@ class ProbabilityModel:
         if self.only_class is not None:
             out[:, self.only_class] = 1.0
             return out
-        if self.trees is None or self.linear is None or self.stats is None:
+        if self.prior is not None:
+            out[:] = self.prior
+            return out
+        if self.trees is None or self.linear is None or self.stats is None or self.columns is None:
             raise RuntimeError("ProbabilityModel.predict_proba called before fit")
         for start in range(0, X.shape[0], 200_000):
-            part = X[start : start + 200_000]
+            part = _trees_input(X[start : start + 200_000, self.columns])
             p_trees = self.trees.predict_proba(part)
             p_linear = self.linear.predict_proba(standardise(part, self.stats))
             out[start : start + part.shape[0], self.trees.classes_] = 0.5 * (p_trees + p_linear)
         return out
+
+
+def _trees_input(X: np.ndarray) -> np.ndarray:
+    """X with infinite cells as missing (NaN): the trees route missing values, not infinities."""
+    return np.asarray(np.where(np.isinf(X), np.nan, X)) if np.isinf(X).any() else X
 
 
 def self_confidence_thresholds(probs: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:

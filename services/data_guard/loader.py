@@ -4,13 +4,21 @@ Every size limit is checked before the expensive step it protects: the byte limi
 parsing, Parquet row counts from the footer before decoding, NPZ member sizes from the zip
 directory and the `.npy` headers before decompressing. NPZ is always read with
 `allow_pickle=False`, and object arrays are refused from their header before `np.load` sees them.
+
+The cell limit (rows x columns) bounds the float64 matrix the detectors get, which a few hundred
+kilobytes of compressed zeros can otherwise blow up to gigabytes (issue 12: a 400 KB Parquet
+file of 5 M x 20 zeros reached 4.4 GB). It is checked from what each format states before
+decoding: the Parquet footer, the `.npy` headers, and for CSV, which states nothing, a bound
+from the bytes (a cell takes at least one delimiter) and then a row count while streaming.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -23,6 +31,11 @@ import pyarrow.parquet as pq
 from shared.errors import MlwardenError
 
 DatasetFormat = Literal["csv", "parquet", "npz"]
+
+#: Default cell limit (rows x columns): 400 MB as float64, room for the 1,000,000 x 20 benchmark.
+DEFAULT_MAX_CELLS = 50_000_000
+#: Default column limit; `duplicates.row_hashes` has one multiplier per column up to this many.
+DEFAULT_MAX_COLUMNS = 4096
 
 DatasetErrorCode = Literal[
     "too_large",
@@ -48,6 +61,11 @@ class DatasetError(MlwardenError, ValueError):
         self.code: DatasetErrorCode = code
         self.message = message
         self.column = column
+
+    @property
+    def over_limit(self) -> bool:
+        """True when the data was readable but over a size limit: a refusal, not a broken input."""
+        return self.code in ("too_large", "too_many_rows", "too_many_columns")
 
 
 @dataclass(frozen=True)
@@ -89,42 +107,87 @@ def load_table(
     *,
     max_bytes: int,
     max_rows: int,
-    max_columns: int = 4096,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
+    max_cells: int = DEFAULT_MAX_CELLS,
 ) -> Table:
-    """Parse `data` as `fmt` into a `Table`; raise `DatasetError` for anything it cannot check."""
+    """Parse `data` as `fmt` into a `Table`; raise `DatasetError` for anything it cannot check.
+
+    A file with a header (or an NPZ with arrays) but no data rows loads as a table of 0 rows:
+    it is readable, and `detect.analyze` fails it as too few rows with the minimum it needs.
+    """
     if len(data) > max_bytes:
-        raise DatasetError("too_large", f"dataset is {len(data)} bytes, over the {max_bytes} limit")
+        raise DatasetError("too_large", f"too large: dataset is {len(data)} bytes > the {max_bytes} limit")
     if not data:
         raise DatasetError("empty", "dataset is an empty file")
+    limits = _Limits(max_bytes=max_bytes, max_rows=max_rows, max_columns=max_columns, max_cells=max_cells)
     if fmt == "csv":
-        table = _read_csv(data)
+        table = _read_csv(data, limits)
     elif fmt == "parquet":
-        table = _read_parquet(data, max_rows=max_rows, max_columns=max_columns)
+        table = _read_parquet(data, limits)
     elif fmt == "npz":
-        return _read_npz(data, label_column, max_bytes=max_bytes, max_rows=max_rows, max_columns=max_columns)
+        return _read_npz(data, label_column, limits)
     else:
         raise DatasetError("unsupported_format", f"unsupported dataset format {fmt!r}")
-    return _from_arrow(table, label_column, max_rows=max_rows, max_columns=max_columns)
+    return _from_arrow(table, label_column, limits)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_bytes: int
+    max_rows: int
+    max_columns: int
+    max_cells: int
 
 
 # --- CSV and Parquet (pyarrow) -------------------------------------------------------------
 
 
-def _read_csv(data: bytes) -> pa.Table:
+def _read_csv(data: bytes, limits: _Limits) -> pa.Table:
     try:
+        # Every cell but the last of a line ends at a delimiter and every line at a newline, so
+        # delimiters + newlines + 1 bounds the cells from above without parsing (quoted commas
+        # only make the bound looser). Under the limits, no count is needed.
+        newlines = data.count(b"\n") + data.count(b"\r")
+        if data.count(b",") + newlines + 1 > limits.max_cells or newlines + 1 > limits.max_rows:
+            _count_csv_rows(data, limits)
         # read_csv (not the streaming reader) so that a column whose type only shows late in the
-        # file (ints first, floats later) is promoted instead of failing; max_bytes bounds memory.
+        # file (ints first, floats later) is promoted instead of failing.
         return pacsv.read_csv(io.BytesIO(data))
+    except DatasetError:
+        raise
     except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
         raise DatasetError("unreadable", f"CSV could not be parsed: {_short(exc)}") from exc
 
 
-def _read_parquet(data: bytes, *, max_rows: int, max_columns: int) -> pa.Table:
+def _count_csv_rows(data: bytes, limits: _Limits) -> None:
+    """Stream the CSV one block at a time, converting one column as text, and stop at a limit."""
+    names = pacsv.open_csv(io.BytesIO(data)).schema.names  # parses the first block only
+    _check_shape(0, len(names), limits)
+    if not names:
+        return
+    convert = pacsv.ConvertOptions(include_columns=[names[0]], column_types={names[0]: pa.string()})
+    rows = 0
+    for batch in pacsv.open_csv(io.BytesIO(data), convert_options=convert):
+        rows += batch.num_rows
+        _check_shape(rows, len(names), limits)
+
+
+def _read_parquet(data: bytes, limits: _Limits) -> pa.Table:
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
-        # The footer states the shape: refuse before decompressing anything (decompression bombs).
+        # The footer states the shape and the decoded page sizes: refuse before decompressing
+        # anything (decompression bombs), and refuse nested columns, whose leaf values the row
+        # count does not bound (one row can hold a list of a million numbers).
         meta = parquet.metadata
-        _check_shape(meta.num_rows, meta.num_columns, max_rows=max_rows, max_columns=max_columns)
+        _check_shape(meta.num_rows, meta.num_columns, limits)
+        nested = [f.name for f in parquet.schema_arrow if pa.types.is_nested(f.type)]
+        if nested:
+            raise DatasetError(
+                "non_numeric", f"nested (list, struct or map) columns: {', '.join(nested[:10])}", column=nested[0]
+            )
+        inflated = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if inflated > limits.max_bytes:
+            raise DatasetError("too_large", f"too large: Parquet pages hold {inflated} bytes > {limits.max_bytes}")
         return parquet.read()
     except DatasetError:
         raise
@@ -132,17 +195,23 @@ def _read_parquet(data: bytes, *, max_rows: int, max_columns: int) -> pa.Table:
         raise DatasetError("unreadable", f"Parquet could not be read: {_short(exc)}") from exc
 
 
-def _from_arrow(table: pa.Table, label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+def _from_arrow(table: pa.Table, label_column: str | None, limits: _Limits) -> Table:
+    try:
+        return _arrow_to_table(table, label_column, limits)
+    except UnicodeDecodeError as exc:
+        # Arrow decodes column names (and label strings) lazily, on first access.
+        raise DatasetError("unreadable", f"column names or labels are not valid UTF-8: {_short(exc)}") from exc
+
+
+def _arrow_to_table(table: pa.Table, label_column: str | None, limits: _Limits) -> Table:
     names = [str(name) for name in table.column_names]
-    _check_shape(table.num_rows, len(names), max_rows=max_rows, max_columns=max_columns)
+    _check_shape(table.num_rows, len(names), limits)
     _check_unique(names)
     if label_column is not None and label_column not in names:
         raise DatasetError("missing_label", f"label column {label_column!r} is not in the data", column=label_column)
     feature_names = [name for name in names if name != label_column]
     if not feature_names:
         raise DatasetError("empty", "dataset has no feature columns")
-    if table.num_rows == 0:
-        raise DatasetError("empty", "dataset has a header but no data rows")
     bad = [name for name in feature_names if not _is_numeric(table.column(name).type)]
     if bad:
         raise DatasetError(
@@ -157,7 +226,9 @@ def _from_arrow(table: pa.Table, label_column: str | None, *, max_rows: int, max
             X[:, j] = np.nan  # an all-empty column: missing values, reported by the detectors
             continue
         # fill_null(NaN) after the cast keeps missing cells as NaN instead of failing to_numpy.
-        as_float = column.cast(pa.float64()).fill_null(np.nan)
+        # safe=False: an int64 beyond 2^53 (or a wide decimal) becomes the nearest float, which is
+        # what the detectors see anyway, instead of an ArrowInvalid (found by fuzzing, issue 12).
+        as_float = column.cast(pa.float64(), safe=False).fill_null(np.nan)
         X[:, j] = as_float.to_numpy()
     y = None
     if label_column is not None:
@@ -178,7 +249,7 @@ def _is_numeric(kind: pa.DataType) -> bool:
 # --- NPZ ------------------------------------------------------------------------------------
 
 
-def _read_npz(data: bytes, label_column: str | None, *, max_bytes: int, max_rows: int, max_columns: int) -> Table:
+def _read_npz(data: bytes, label_column: str | None, limits: _Limits) -> Table:
     """Read an NPZ in one of two layouts.
 
     Matrix layout: a 2-D array `X`, optional 1-D `y` (labels) and `feature_names` (strings).
@@ -192,17 +263,23 @@ def _read_npz(data: bytes, label_column: str | None, *, max_bytes: int, max_rows
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise DatasetError("unreadable", f"NPZ is not a readable zip: {_short(exc)}") from exc
     # The zip directory states each member's uncompressed size and zipfile never reads past it,
     # so this bounds decompression (zip bombs) before any member is inflated.
     total = sum(info.file_size for info in infos)
-    if total > max_bytes:
-        raise DatasetError("too_large", f"NPZ members inflate to {total} bytes, over the {max_bytes} limit")
+    if total > limits.max_bytes:
+        raise DatasetError(
+            "too_large", f"too large: NPZ members inflate to {total} bytes > the {limits.max_bytes} limit"
+        )
     try:
+        # The .npy headers state every shape: the cells are counted before any array is read.
+        cells = 0
         for info in infos:
             with archive.open(info) as member:
-                _check_npy_header(member, info.filename.removesuffix(".npy"), info.file_size)
+                cells += _check_npy_header(member, info.filename.removesuffix(".npy"), info.file_size)
+        if cells > limits.max_cells:
+            raise DatasetError("too_large", f"too large: {cells} cells > the {limits.max_cells} limit")
         arrays: dict[str, np.ndarray] = {}
         # allow_pickle=False always: an object array would unpickle attacker bytes. The header
         # check above already refused those; this is the second lock on the same door.
@@ -211,16 +288,18 @@ def _read_npz(data: bytes, label_column: str | None, *, max_bytes: int, max_rows
                 arrays[name] = np.asarray(npz[name])
     except DatasetError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError, zlib.error) as exc:
+        # RuntimeError covers NotImplementedError: a zip version or compression zipfile lacks.
         raise DatasetError("unreadable", f"NPZ member could not be read: {_short(exc)}") from exc
     if not arrays:
         raise DatasetError("empty", "NPZ has no arrays")
     if "X" in arrays and arrays["X"].ndim == 2:
-        return _npz_matrix(arrays, label_column, max_rows=max_rows, max_columns=max_columns)
-    return _npz_columns(arrays, label_column, max_rows=max_rows, max_columns=max_columns)
+        return _npz_matrix(arrays, label_column, limits)
+    return _npz_columns(arrays, label_column, limits)
 
 
-def _check_npy_header(member: IO[bytes], name: str, stored_size: int) -> None:
+def _check_npy_header(member: IO[bytes], name: str, stored_size: int) -> int:
+    """Check one member's header; return how many elements it declares."""
     try:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -237,16 +316,18 @@ def _check_npy_header(member: IO[bytes], name: str, stored_size: int) -> None:
         )
     # numpy allocates the array from the header's shape before reading: a header that claims more
     # than the member holds would make it reserve memory for data that is not there.
-    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    elements = math.prod(shape)
+    declared = elements * dtype.itemsize
     if declared > stored_size:
         raise DatasetError("unreadable", f"NPZ member {name!r} declares {declared} bytes but stores fewer")
+    return elements
 
 
-def _npz_matrix(arrays: dict[str, np.ndarray], label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+def _npz_matrix(arrays: dict[str, np.ndarray], label_column: str | None, limits: _Limits) -> Table:
     X = arrays["X"]
-    _check_shape(X.shape[0], X.shape[1], max_rows=max_rows, max_columns=max_columns)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DatasetError("empty", f"NPZ array X has shape {X.shape}")
+    _check_shape(X.shape[0], X.shape[1], limits)
+    if X.shape[1] == 0:
+        raise DatasetError("empty", f"NPZ array X has shape {X.shape}: no feature columns")
     if not _is_numeric_dtype(X.dtype):
         raise DatasetError("non_numeric", f"NPZ array X has non-numeric dtype {X.dtype}")
     names = [f"x{j}" for j in range(X.shape[1])]
@@ -277,7 +358,7 @@ def _npz_matrix(arrays: dict[str, np.ndarray], label_column: str | None, *, max_
     )
 
 
-def _npz_columns(arrays: dict[str, np.ndarray], label_column: str | None, *, max_rows: int, max_columns: int) -> Table:
+def _npz_columns(arrays: dict[str, np.ndarray], label_column: str | None, limits: _Limits) -> Table:
     lengths = {name: (a.shape[0] if a.ndim == 1 else -1) for name, a in arrays.items()}
     if any(n < 0 for n in lengths.values()) or len(set(lengths.values())) != 1:
         raise DatasetError(
@@ -286,14 +367,12 @@ def _npz_columns(arrays: dict[str, np.ndarray], label_column: str | None, *, max
             + ", ".join(f"{k}={v.shape}" for k, v in list(arrays.items())[:10]),
         )
     rows = next(iter(lengths.values()))
-    _check_shape(rows, len(arrays), max_rows=max_rows, max_columns=max_columns)
+    _check_shape(rows, len(arrays), limits)
     if label_column is not None and label_column not in arrays:
         raise DatasetError("missing_label", f"NPZ has no label array {label_column!r}", column=label_column)
     feature_names = [name for name in arrays if name != label_column]
     if not feature_names:
         raise DatasetError("empty", "NPZ has no feature columns")
-    if rows == 0:
-        raise DatasetError("empty", "NPZ columns have no rows")
     bad = [name for name in feature_names if not _is_numeric_dtype(arrays[name].dtype)]
     if bad:
         raise DatasetError("non_numeric", f"NPZ feature arrays must be numeric; not: {', '.join(bad[:10])}")
@@ -332,11 +411,16 @@ def _labels(raw: np.ndarray, name: str) -> np.ndarray:
     raise DatasetError("non_numeric", f"label column {name!r} is neither numbers nor strings", column=name)
 
 
-def _check_shape(rows: int, columns: int, *, max_rows: int, max_columns: int) -> None:
-    if rows > max_rows:
-        raise DatasetError("too_many_rows", f"dataset has {rows} rows, over the {max_rows} limit")
-    if columns > max_columns:
-        raise DatasetError("too_many_columns", f"dataset has {columns} columns, over the {max_columns} limit")
+def _check_shape(rows: int, columns: int, limits: _Limits) -> None:
+    if rows > limits.max_rows:
+        raise DatasetError("too_many_rows", f"too large: {rows} rows > the {limits.max_rows} limit")
+    if columns > limits.max_columns:
+        raise DatasetError("too_many_columns", f"too large: {columns} columns > the {limits.max_columns} limit")
+    if rows * columns > limits.max_cells:
+        raise DatasetError(
+            "too_large",
+            f"too large: {rows * columns} cells ({rows} rows x {columns} columns) > the {limits.max_cells} limit",
+        )
 
 
 def _check_unique(names: list[str]) -> None:

@@ -66,25 +66,31 @@ class RobustStats:
         most rows (binary, zero-inflated), the MAD of the rows off the median so that a common
         value never makes the others infinitely far; then 1 for a feature constant everywhere.
         """
-        d = X.shape[1]
+        n, d = X.shape
         center = np.zeros(d)
         lower = np.ones(d)
         upper = np.ones(d)
-        for j in range(d):
-            col = X[:, j]
-            col = col[np.isfinite(col)]
-            if col.size == 0:
-                continue
-            med = float(np.median(col))
-            dev = col - med
-            both = _mad(dev)
-            off = _mad(dev[dev != 0])
-            fallback = both if both > 0 else (off if off > 0 else 1.0)
-            lo = _mad(dev[dev <= 0])
-            hi = _mad(dev[dev >= 0])
-            center[j] = med
-            lower[j] = lo if lo > 0 else fallback
-            upper[j] = hi if hi > 0 else fallback
+        if n == 0:
+            return cls(center=center, lower=lower, upper=upper)
+        # Vectorised over blocks of columns (a Python loop per column cost 8 s on 20 x 3,000,
+        # issue 12); blocks keep the temporaries to a few million cells whatever the row count.
+        step = max(1, _BLOCK_CELLS // max(n, 1))
+        for start in range(0, d, step):
+            block = X[:, start : start + step]
+            values = np.where(np.isfinite(block), block, np.nan)
+            med = _nanmedian(values)
+            has = ~np.isnan(med)
+            dev = values - np.where(has, med, 0.0)
+            size = np.abs(dev)
+            both = _nanmedian(size) * MAD_TO_SIGMA
+            off = _nanmedian(np.where(dev != 0, size, np.nan)) * MAD_TO_SIGMA
+            lo = _nanmedian(np.where(dev <= 0, size, np.nan)) * MAD_TO_SIGMA
+            hi = _nanmedian(np.where(dev >= 0, size, np.nan)) * MAD_TO_SIGMA
+            fallback = np.where(both > 0, both, np.where(off > 0, off, 1.0))
+            cols = slice(start, start + block.shape[1])
+            center[cols] = np.where(has, med, 0.0)
+            lower[cols] = np.where(has, np.where(lo > 0, lo, fallback), 1.0)
+            upper[cols] = np.where(has, np.where(hi > 0, hi, fallback), 1.0)
         return cls(center=center, lower=lower, upper=upper)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -92,6 +98,28 @@ class RobustStats:
         with np.errstate(invalid="ignore", over="ignore"):
             dev = X - self.center
             return np.asarray(np.where(dev >= 0, dev / self.upper, dev / self.lower))
+
+
+# Cells per block of columns in the vectorised statistics.
+_BLOCK_CELLS = 1 << 22
+
+
+def _nanmedian(values: np.ndarray) -> np.ndarray:
+    """Median of each column over its non-NaN cells (NaN for none), exactly as `np.median`.
+
+    One sort of the block (NaN sorts last) and the middle one or two values per column, which is
+    what `np.median` returns for the finite cells: the middle value, or the mean of the two.
+    `np.nanmedian` loops in Python over columns shorter than 600 rows.
+    """
+    ordered = np.sort(values, axis=0)
+    count = np.count_nonzero(~np.isnan(values), axis=0)
+    low = np.maximum((count - 1) // 2, 0)
+    high = np.maximum(count // 2, 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a = np.take_along_axis(ordered, low[None, :], axis=0)[0]
+        b = np.take_along_axis(ordered, np.minimum(high, max(ordered.shape[0] - 1, 0))[None, :], axis=0)[0]
+        middle = np.where(count % 2 == 1, a, (a + b) / 2.0)
+    return np.asarray(np.where(count > 0, middle, np.nan))
 
 
 def _mad(dev: np.ndarray) -> float:
@@ -151,22 +179,43 @@ def symmetric_stats(X: np.ndarray) -> RobustStats:
     Distances need the same unit on both sides of the centre: the side-wise MAD of `RobustStats`
     squeezes one mode of a bimodal feature and would hide the gap between modes.
     """
-    d = X.shape[1]
+    n, d = X.shape
     center, scale = np.zeros(d), np.ones(d)
-    for j in range(d):
-        col = X[:, j][np.isfinite(X[:, j])]
-        if col.size == 0:
-            continue
-        q1, med, q3 = np.quantile(col, [0.25, 0.5, 0.75])
-        iqr = float(q3 - q1) / 1.349
-        center[j] = med
+    step = max(1, _BLOCK_CELLS // max(n, 1))
+    for start in range(0, d if n else 0, step):
+        values = X[:, start : start + step]
+        values = np.where(np.isfinite(values), values, np.nan)
+        ordered = np.sort(values, axis=0)
+        count = np.count_nonzero(~np.isnan(values), axis=0)
+        q1, med, q3 = (_quantile(ordered, count, q) for q in (0.25, 0.5, 0.75))
+        has = count > 0
+        iqr = (q3 - q1) / 1.349
         # A feature constant on most rows (an edge pixel, a rare flag) gets the spread of the rows
         # off its median, as in `RobustStats`: its standard deviation would shrink with rarity, so
         # one rare value seen in the fitted rows would make that value extreme for the judged rows
         # but not for held-out rows fitted without it (miscalibrated on digits: 6 flags, ~1 expected).
-        off = col[col != med]
-        scale[j] = iqr if iqr > 0 else (_mad(off - med) or 1.0)
+        with np.errstate(invalid="ignore"):
+            off = _nanmedian(np.where(values != med, np.abs(values - med), np.nan)) * MAD_TO_SIGMA
+        spread = np.where(iqr > 0, iqr, np.where(off > 0, off, 1.0))
+        cols = slice(start, start + values.shape[1])
+        center[cols] = np.where(has, med, 0.0)
+        scale[cols] = np.where(has, spread, 1.0)
     return RobustStats(center=center, lower=scale, upper=scale.copy())
+
+
+def _quantile(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """Per column, the q-quantile of its `count` leading (sorted, non-NaN) cells, exactly as
+    `np.quantile(..., method="linear")` computes it (the same lerp, from both ends)."""
+    index = (count - 1) * q
+    low = np.floor(np.maximum(index, 0)).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    t = np.maximum(index, 0) - low
+    a = np.take_along_axis(ordered, low[None, :], axis=0)[0]
+    b = np.take_along_axis(ordered, high[None, :], axis=0)[0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = b - a
+        value = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    return np.asarray(np.where(count > 0, value, np.nan))
 
 
 @dataclass(frozen=True)
