@@ -153,6 +153,19 @@ class Demo:
             _decision(v) + (f" ({_first_fail(v)})" if v else ""),
             v is not None and v.data.decision == "fail",
         )
+        # mallory, holding only her own actor key, re-announces the clean data as "pipeline"
+        claim = clean.data.model_copy(update={"version": "5"})
+        impostor = await self.c.publish(
+            Subjects.DATASET_UPLOADED, claim, about=f"dataset:{ds}:5", key=self.c.actor("mallory")
+        )
+        v = await self.verdict(_answers(impostor))
+        self.record(
+            "data-guard",
+            "mallory uploads claiming uploader=pipeline",
+            "fail",
+            _decision(v) + (f" ({_first_fail(v)})" if v else ""),
+            v is not None and v.data.decision == "fail" and v.data.findings[0].check == "identity.uploader",
+        )
         sha = clean_verdict.data.sha256 if clean_verdict else "0" * 64
         return DatasetRef(dataset=ds, version="2", sha256=sha)
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from shared.topology import MAX_DELIVER, TRUST_BUCKET, VERDICT_SIGNERS, Subjects
 from shared.trust import (
     Kind,
     Rejected,
+    SignedTrustEntry,
     TrustEntry,
     TrustError,
     apply_update,
@@ -160,6 +162,19 @@ async def current_entry(js: JetStreamContext, root: Ed25519PublicKey, identity: 
     return best
 
 
+async def _latest_is(js: JetStreamContext, entry: TrustEntry) -> bool:
+    kv = await js.key_value(TRUST_BUCKET)
+    try:
+        latest = await kv.get(entry.id)
+    except KeyNotFoundError:
+        return False
+    try:
+        signed = SignedTrustEntry.model_validate_json(latest.value or b"")
+    except ValueError:
+        return False
+    return signed.entry == entry
+
+
 async def register_key(
     js: JetStreamContext,
     root: SigningKey,
@@ -178,6 +193,11 @@ async def register_key(
     previous = await current_entry(js, root.private.public_key(), key_id)
     if previous is not None and previous.revoked_at is None:
         if previous.current.public_key == public_b64 and previous.kind == kind and set(previous.roles) == set(roles):
+            if not await _latest_is(js, previous):
+                # Someone wrote over the entry (a bare key, an older copy): readers that `get`
+                # the latest value would lose it. Re-sign it, one serial up.
+                previous = previous.model_copy(update={"serial": previous.serial + 1, "issued_at": time.time()})
+                await put_entry(js, root, previous)
             return previous
         if previous.current.public_key != public_b64 and not replace:
             raise TrustConflict(f"a different key is already trusted for {key_id!r}")
