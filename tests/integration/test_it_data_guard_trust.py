@@ -117,9 +117,7 @@ async def test_flipped_upload_fails_although_it_names_a_poisoned_reference_never
     assert "obj://mlw-datasets/bc/ref" in finding.message and sha[:12] in finding.message
 
 
-async def test_reference_that_data_guard_failed_is_refused_and_one_it_passed_is_used(
-    bus: Any, tmp_path: Path
-) -> None:
+async def test_reference_that_data_guard_failed_is_refused_and_one_it_passed_is_used(bus: Any, tmp_path: Path) -> None:
     running = await bus("audit-log", "data-guard")
     poisoned = _write(tmp_path / "ref.csv", _csv_bytes(flip=0.1, scale=1.001))
     judged = await _upload(running, poisoned, dataset="bc", version="ref")
@@ -170,9 +168,7 @@ async def test_reupload_that_downgrades_restricted_data_is_refused_as_equivocati
     assert alert is not None and alert.data.severity == "fail" and alert.data.evidence["dataset"] == "patients"
     # The record kept what was judged: carol (an analyst) still may not read it.
     async with running.client.watch() as watcher:
-        ask = await running.client.request_access(
-            dataset="patients", version="1", purpose="report", principal="carol"
-        )
+        ask = await running.client.request_access(dataset="patients", version="1", purpose="report", principal="carol")
         access = await watcher.wait(_answers(ask.id, Subjects.VERDICT_ACCESS), 30)
     assert access is not None and not access.data.allowed
     assert access.data.sensitivity == "restricted"
@@ -246,9 +242,7 @@ async def test_backdoored_csv_without_label_column_is_marked_unchecked_and_refus
             await client.approve(approver, request_id=request.id, model="churn", version="1", stage="production")
         decided = await watcher.wait(
             lambda e: (
-                e.type == Subjects.VERDICT_PROMOTION
-                and e.data.request_id == request.id
-                and len(e.data.approvers) == 2
+                e.type == Subjects.VERDICT_PROMOTION and e.data.request_id == request.id and len(e.data.approvers) == 2
             ),
             30,
         )
@@ -310,7 +304,9 @@ async def test_csv_parse_error_names_line_and_column_without_quoting_the_file(bu
     text = "a,b,label\n1,2,0\n3,4,1\n" + f"5,{secret},x,y\n" + "6,7,0\n"
     path = _write(tmp_path / "private.csv", text.encode())
     async with running.client.watch() as watcher:
-        event = await running.client.upload_dataset(path, dataset="priv", version="1", label="label", uploader="pipeline")
+        event = await running.client.upload_dataset(
+            path, dataset="priv", version="1", label="label", uploader="pipeline"
+        )
         verdict = await watcher.wait(_answers(event.id), 60)
         assert verdict is not None and verdict.data.decision == "fail"
         await until(running.settled, what="data-guard and audit-log to drain their consumers")
