@@ -457,7 +457,8 @@ class Demo:
 
     async def main(self) -> int:
         """Run every step; print the summary table."""
-        work = self.settings.data_dir.resolve() / "demo" / self.run
+        # Under the files folder: the only part of the data dir services may read references from.
+        work = self.settings.files_dir.resolve() / "demo" / self.run
         work.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         async with Client.connect(self.settings, source="mlwarden/demo") as client, client.watch() as watcher:

@@ -131,8 +131,14 @@ class DatasetUploaded(Frozen):
     allowed_readers: list[str] = Field(
         default_factory=list, description="explicit allow-list of principals who may read it"
     )
-    reference: ObjectRef | None = Field(default=None, description="trusted earlier version")
-    reference_sha256: Sha256Hex | None = Field(default=None, description="digest of the reference")
+    reference: ObjectRef | None = Field(
+        default=None,
+        description="where the reference's bytes are; data-guard uses them only when their digest is one it judged pass"
+        " or one pinned in its policy",
+    )
+    reference_sha256: Sha256Hex | None = Field(
+        default=None, description="digest of the reference: what data-guard looks up (required with `reference`)"
+    )
 
 
 class ModelBuilt(Frozen):
@@ -187,6 +193,13 @@ class DatasetVerdict(Frozen):
     flagged_rows: int = Field(default=0, ge=0, description="distinct rows flagged")
     uploader: str = Field(default="", description="principal who uploaded")
     in_reply_to: str = Field(description="id of the upload event")
+    label_checked: bool = Field(
+        default=False,
+        description=(
+            "True only when the label checks (label noise, backdoor triggers, label-conflicting"
+            " duplicates) ran; False without a label column, and in verdicts from before this field"
+        ),
+    )
 
 
 class ArtifactVerdict(Frozen):

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import MlwardenError
+from shared.storage import FileRoots
 
 
 class UnsafeSettings(MlwardenError, ValueError):
@@ -56,8 +57,25 @@ class Settings(BaseSettings):
     actor_key: Path | None = Field(default=None, description="the actor's Ed25519 private key (PEM, mode 0600)")
     file_roots: list[Path] = Field(
         default_factory=list,
-        description="folders services may read file references from (default: the data dir only)",
+        description=(
+            "folders services may read file references from (default: the data dir's `files` folder);"
+            " the data dir's keys, actors, NATS store, audit database and policy are never readable"
+        ),
     )
+
+    @model_validator(mode="after")
+    def _refuse_roots_inside_the_data_dir(self) -> Settings:
+        # A root inside the data dir but outside its files folder would be refused at every read
+        # (`readable_roots`): say so at start instead.
+        data_dir, files_dir = self.data_dir.resolve(), self.files_dir.resolve()
+        for root in self.file_roots:
+            resolved = root.resolve()
+            if resolved.is_relative_to(data_dir) and resolved != data_dir and not resolved.is_relative_to(files_dir):
+                raise UnsafeSettings(
+                    f"file root {root} is inside the data dir, which holds keys and the audit database;"
+                    f" use {files_dir} or a folder outside the data dir"
+                )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -95,9 +113,26 @@ class Settings(BaseSettings):
         return f"_INBOX.{identity}" if identity else "_INBOX"
 
     @property
-    def readable_roots(self) -> list[Path]:
-        """Where file references may point: the configured roots, or the data dir."""
-        return [p.resolve() for p in (self.file_roots or [self.data_dir])]
+    def files_dir(self) -> Path:
+        """The data dir's folder for files that events may reference (the default file root)."""
+        return self.data_dir / "files"
+
+    @property
+    def readable_roots(self) -> FileRoots:
+        """Where file references may point: the configured roots, or the data dir's `files`
+        folder; never into this deployment's secrets, whatever the roots contain (issue 8)."""
+        data_dir = self.data_dir.resolve()
+        secrets = [self.keys_dir, self.actors_dir, self.data_dir / "nats", self.registry_policy_path]
+        secrets += [p for p in (self.nats_creds, self.actor_key) if p is not None]
+        if self.audit_db_url is None:
+            secrets.append(self.data_dir / "audit.db")
+        return FileRoots(
+            allowed=tuple(p.resolve() for p in (self.file_roots or [self.files_dir])),
+            protected=tuple(p.resolve() for p in secrets),
+            # Nothing else in the data dir either (logs, run files, audit mirror, demo state): an
+            # allow-list, so that a file added there later is not readable by default.
+            only_within=((data_dir, self.files_dir.resolve()),),
+        )
 
     @property
     def keys_dir(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -70,15 +71,60 @@ async def put_once(store: ObjectStore, bucket: str, name: str, data: bytes, *, c
     return True
 
 
-def confined_path(ref: ObjectRef, roots: list[Path]) -> Path:
-    """The resolved local path of a file reference, refused unless it lies under one of `roots`."""
+@dataclass(frozen=True)
+class FileRoots:
+    """Where file references may point: under one of `allowed`, and never into `protected`.
+
+    `protected` holds what a reference must never read, even when an allowed root contains it:
+    the data dir's keys, actors' keys, NATS store, audit database and policy (issue 8: an upload
+    referencing `keys/data-guard.pem` had the private key parsed and quoted into its verdict).
+    `only_within` narrows protected folders to an exception: `(data_dir, files_dir)` means
+    "nothing in the data dir except its files folder".
+    """
+
+    allowed: tuple[Path, ...]
+    """resolved folders references may point into."""
+    protected: tuple[Path, ...] = ()
+    """resolved files and folders no reference may point into (or at a folder holding them)."""
+    only_within: tuple[tuple[Path, Path], ...] = ()
+    """(folder, exception): inside `folder`, only paths under `exception` may be read."""
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def _protected_name(resolved: Path, protected: Path) -> bool:
+    # SQLite keeps `audit.db-wal`, `-shm` and `-journal` beside the database: same secrets.
+    return resolved.parent == protected.parent and resolved.name.startswith(protected.name + "-")
+
+
+def confined_path(ref: ObjectRef, roots: FileRoots) -> Path:
+    """The resolved local path of a file reference, refused unless it lies under one of the
+    allowed roots and neither in nor above a protected path (symlinks are resolved first)."""
     if ref.path is None:
         raise UnreadableReference("file reference without a path", ref=ref.describe(), code="bad_reference")
     raw = Path(ref.path)
     if ".." in raw.parts:
         raise UnreadableReference("'..' is not allowed in a file reference", ref=ref.path, code="path_traversal")
     resolved = raw.resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    # (1) protected paths first, whatever the roots say: a root may well contain the data dir.
+    for protected in roots.protected:
+        if _under(resolved, protected) or _under(protected, resolved) or _protected_name(resolved, protected):
+            raise UnreadableReference(
+                f"{ref.path} points into this service's keys, database or policy; never readable",
+                ref=ref.path,
+                code="path_protected",
+            )
+    for folder, exception in roots.only_within:
+        if _under(folder, resolved) or (_under(resolved, folder) and not _under(resolved, exception)):
+            raise UnreadableReference(
+                f"{ref.path} is in the data dir outside its files folder; never readable",
+                ref=ref.path,
+                code="path_protected",
+            )
+    # (2) then the allow-list.
+    if not any(_under(resolved, root) for root in roots.allowed):
         raise UnreadableReference(
             f"{ref.path} is outside the folders this service may read", ref=ref.path, code="path_outside_roots"
         )
@@ -87,7 +133,7 @@ def confined_path(ref: ObjectRef, roots: list[Path]) -> Path:
     return resolved
 
 
-async def read_bytes(js: JetStreamContext, ref: ObjectRef, *, max_bytes: int, roots: list[Path]) -> bytes:
+async def read_bytes(js: JetStreamContext, ref: ObjectRef, *, max_bytes: int, roots: FileRoots) -> bytes:
     """The bytes a reference names, refusing anything over `max_bytes` before reading it."""
     if ref.kind == "object":
         if not ref.bucket or not ref.key:

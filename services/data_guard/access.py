@@ -36,6 +36,7 @@ class DatasetRecord:
     decision: Decision
     sha256: str
     size: int = 0
+    label_checked: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@
 envelope-encrypted (required for confidential and restricted data), re-hash, apply the upload
 policy and run `detect.analyze` (in a worker thread: numpy/scikit-learn work). Anything it cannot
 check becomes a `fail` verdict that names the problem, never a crash. The judged version is
-recorded (in memory and in the state bucket) for later access requests.
+recorded once (in memory and in the state bucket, indexed by digest) for later access requests
+and as a reference. What it judged decides what it accepts next (`judged.py`, issue 8): a
+reference must be a digest it judged pass (or one pinned in its policy), a judged version is
+immutable (other bytes or access metadata under it is equivocation: refused and alerted), and a
+verdict says whether the label checks ran.
 
 `mlw.dataset.access`: decide the read with `access.decide_access`, publish a signed
 `mlw.verdict.access` (audited like every verdict), and alert when the principal's read volume is
@@ -20,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.data_guard.access import AccessEvidence, DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.detect import DatasetReport, DetectorSettings, analyze
+from services.data_guard.judged import equivocation, label_coverage, reference_problem
 from services.data_guard.loader import (
     DEFAULT_MAX_CELLS,
     DEFAULT_MAX_COLUMNS,
@@ -130,10 +135,79 @@ class Guard:
         )
         return table, digest, encrypted
 
+    async def handle_upload(self, event: Envelope[DatasetUploaded]) -> DatasetVerdict:
+        """The verdict on one verified upload; a judged (dataset, version) is never judged anew
+        with other bytes or access metadata (equivocation), and a first judgement is recorded."""
+        upload = event.data
+        recorded = await self.record(upload.dataset, upload.version)
+        if recorded is not None and (changed := equivocation(recorded, upload)):
+            return await self._equivocation(event, changed)
+        verdict = await self.judge(event)
+        if recorded is None and verdict.sha256:
+            kept = await self.remember(upload, verdict)
+            # Two uploads of one new version judged at once: the first recorded wins.
+            if changed := equivocation(kept, upload):
+                return await self._equivocation(event, changed)
+        return verdict
+
+    async def _equivocation(self, event: Envelope[DatasetUploaded], changed: list[str]) -> DatasetVerdict:
+        upload = event.data
+        what = f"{upload.dataset} version {upload.version}"
+        message = (
+            f"{what} was already judged with other {', '.join(changed)}; a judged version is immutable,"
+            " publish a new version to change it"
+        )
+        await self.runtime.alert(
+            "equivocation",
+            Severity.FAIL,
+            f"{upload.uploader} re-uploaded {message[len(what) + 1 :]}",
+            in_reply_to=event.id,
+            dataset=upload.dataset,
+            version=upload.version,
+            uploader=upload.uploader,
+            changed=",".join(changed),
+        )
+        problem = Finding(
+            check="integrity.equivocation",
+            severity=Severity.FAIL,
+            message=message,
+            count=len(changed),
+            evidence={"changed": ",".join(changed)},
+        )
+        # sha256 stays empty: nothing was read, and the judged bytes' verdict must not change.
+        return self._verdict(event, "", Decision.FAIL, [problem], rows=0, flagged=0)
+
+    async def _reference(self, upload: DatasetUploaded) -> Finding | None:
+        """A `fail` finding naming the reference when it is not one data-guard may trust."""
+        judged: list[DatasetRecord] = []
+        if upload.reference_sha256 is not None:
+            for dataset, version in await self._judged_names(upload.reference_sha256):
+                found = await self.record(dataset, version)
+                if found is not None and found.sha256 == upload.reference_sha256:
+                    judged.append(found)
+        policy = self.policy_now()
+        problem = reference_problem(upload, judged, policy=policy, pinned=policy.pinned_for(upload.dataset))
+        if problem is None:
+            return None
+        return Finding(
+            check="reference.untrusted",
+            severity=Severity.FAIL,
+            message=problem,
+            evidence={
+                "reference": upload.reference.describe() if upload.reference else "",
+                "sha256": upload.reference_sha256 or "",
+            },
+        )
+
     async def judge(self, event: Envelope[DatasetUploaded]) -> DatasetVerdict:
         """The verdict on one upload."""
         upload = event.data
         policy_findings = check_upload(upload, self.policy)
+        untrusted = await self._reference(upload)
+        if untrusted is not None:
+            # Not judged at all (sha256 empty, nothing recorded): the uploader may retry the same
+            # version with a trusted reference, or none.
+            return self._verdict(event, "", Decision.FAIL, [untrusted, *policy_findings], rows=0, flagged=0)
         digest = ""
         try:
             table, digest, encrypted = await self._load(upload, reference=False)
@@ -142,7 +216,8 @@ class Guard:
         except (DatasetError, UnreadableReference, DecryptionError) as exc:
             code = "decrypt_failed" if isinstance(exc, DecryptionError) else getattr(exc, "code", "unreadable")
             problem = Finding(check=f"input.{code}", severity=Severity.FAIL, message=str(exc))
-            return self._verdict(event, digest, Decision.FAIL, [problem, *policy_findings], rows=0, flagged=0)
+            # Nothing was judged: no digest, so nothing is recorded.
+            return self._verdict(event, "", Decision.FAIL, [problem, *policy_findings], rows=0, flagged=0)
         if upload.sensitivity in ENCRYPTED_LEVELS:
             policy_findings.append(
                 Finding(
@@ -156,9 +231,19 @@ class Guard:
                     ),
                 )
             )
-        findings = [*policy_findings, *report.findings]
+        label_checked, skipped = label_coverage(upload.label_column, report.findings)
+        coverage = [skipped] if skipped is not None else []
+        findings = [*policy_findings, *report.findings, *coverage]
         decision = combine(report.decision, policy_findings)
-        return self._verdict(event, digest, decision, findings, rows=report.rows, flagged=len(report.flagged_rows))
+        return self._verdict(
+            event,
+            digest,
+            decision,
+            findings,
+            rows=report.rows,
+            flagged=len(report.flagged_rows),
+            label_checked=label_checked,
+        )
 
     @staticmethod
     def _verdict(
@@ -169,6 +254,7 @@ class Guard:
         *,
         rows: int,
         flagged: int,
+        label_checked: bool = False,
     ) -> DatasetVerdict:
         upload = event.data
         return DatasetVerdict(
@@ -181,10 +267,13 @@ class Guard:
             flagged_rows=flagged,
             uploader=upload.uploader,
             in_reply_to=event.id,
+            label_checked=label_checked,
         )
 
-    async def remember(self, upload: DatasetUploaded, verdict: DatasetVerdict, size: int = 0) -> None:
-        """Record a judged version for access requests (memory + the state bucket, for restarts)."""
+    async def remember(self, upload: DatasetUploaded, verdict: DatasetVerdict, size: int = 0) -> DatasetRecord:
+        """Record a first judgement of a version (memory + the state bucket, for restarts and
+        other replicas) and index it by digest; return the record that is kept, which is an
+        earlier one when another judgement of this version was recorded first (never replaced)."""
         record = DatasetRecord(
             dataset=upload.dataset,
             version=upload.version,
@@ -194,10 +283,49 @@ class Guard:
             decision=verdict.decision,
             sha256=verdict.sha256,
             size=size,
+            label_checked=verdict.label_checked,
         )
-        self.records[(upload.dataset, upload.version)] = record
         kv = await self.runtime.js.key_value(STATE_BUCKET)
-        await kv.put(_record_key(upload.dataset, upload.version), _record_json(record))
+        try:
+            # create, not put: atomic on the server, so one version is recorded once.
+            await kv.create(_record_key(upload.dataset, upload.version), _record_json(record))
+        except KeyWrongLastSequenceError:
+            self.records.pop((upload.dataset, upload.version), None)
+            kept = await self.record(upload.dataset, upload.version)
+            assert kept is not None  # the create failed because it exists (records are never deleted)
+            return kept
+        self.records[(upload.dataset, upload.version)] = record
+        await self._index(record)
+        return record
+
+    async def _index(self, record: DatasetRecord) -> None:
+        """Add (dataset, version) to the names judged with the record's digest (compare-and-set)."""
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        key = _digest_key(record.sha256)
+        name = [record.dataset, record.version]
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                entry = None
+            names: list[list[str]] = orjson.loads(entry.value) if entry is not None and entry.value else []
+            if name in names:
+                return
+            value = orjson.dumps([*names, name])
+            try:
+                if entry is None:
+                    await kv.create(key, value)
+                else:
+                    await kv.update(key, value, last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another judgement of the same bytes got there first: read again
+        raise RuntimeError(f"could not index digest {record.sha256} after {_CAS_ATTEMPTS} attempts")
+
+    async def _judged_names(self, sha256: str) -> list[tuple[str, str]]:
+        """Every (dataset, version) data-guard judged with these bytes."""
+        raw = await self._kv_json(_digest_key(sha256)) or []
+        return [(str(d), str(v)) for d, v in raw]
 
     async def record(self, dataset: str, version: str) -> DatasetRecord | None:
         """A judged version, from memory or the state bucket (None when never judged)."""
@@ -221,6 +349,7 @@ class Guard:
             decision=Decision(raw["decision"]),
             sha256=raw["sha256"],
             size=int(raw.get("size", 0)),
+            label_checked=bool(raw.get("label_checked", False)),
         )
         self.records[(dataset, version)] = found
         return found
@@ -346,6 +475,15 @@ def _record_key(dataset: str, version: str) -> str:
     return "data-guard.dataset." + hashlib.sha256(f"{dataset}\0{version}".encode()).hexdigest()[:40]
 
 
+def _digest_key(sha256: str) -> str:
+    # The names judged with one digest: how a reference is looked up by its sha256.
+    return "data-guard.digest." + sha256
+
+
+#: Compare-and-set attempts on the digest index before giving up (then the upload is retried).
+_CAS_ATTEMPTS = 20
+
+
 def _record_json(record: DatasetRecord) -> bytes:
     return orjson.dumps(
         {
@@ -357,6 +495,7 @@ def _record_json(record: DatasetRecord) -> bytes:
             "decision": record.decision.value,
             "sha256": record.sha256,
             "size": record.size,
+            "label_checked": record.label_checked,
         }
     )
 
@@ -381,8 +520,7 @@ def create_app(settings: Settings | None = None, cfg: GuardSettings | None = Non
         except SignatureError as exc:
             verdict = refused_upload(event, exc.reason)
         else:
-            verdict = await guard.judge(event)
-            await guard.remember(event.data, verdict)
+            verdict = await guard.handle_upload(event)
         await guard.runtime.emit(
             Subjects.VERDICT_DATASET,
             verdict,

@@ -9,6 +9,8 @@ Wasserstein two-sample testing", Entropy 2017).
 
 from __future__ import annotations
 
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +46,21 @@ def feature_drift(X: np.ndarray, X_ref: np.ndarray, *, max_rows: int = 50_000, s
         if spread <= 0:
             spread = float(np.std(b)) or 1.0
         effect = float(sps.wasserstein_distance(a, b)) / spread
-        p = float(sps.ks_2samp(a, b).pvalue)
+        p = _ks_pvalue(a, b)
         out.append(FeatureDrift(j, effect, p))
     return out
+
+
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _ks_pvalue(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample KS p-value; scipy's exact method falls back to the asymptotic one on ties
+    (real data has them) with a RuntimeWarning, which is expected here, not a fault."""
+    # catch_warnings changes process-wide state: one thread at a time (uploads run in threads).
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful", category=RuntimeWarning)
+        return float(sps.ks_2samp(a, b).pvalue)
 
 
 @dataclass(frozen=True)

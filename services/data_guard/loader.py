@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -156,7 +157,34 @@ def _read_csv(data: bytes, limits: _Limits) -> pa.Table:
     except DatasetError:
         raise
     except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
-        raise DatasetError("unreadable", f"CSV could not be parsed: {_short(exc)}") from exc
+        raise DatasetError("unreadable", f"CSV could not be parsed: {_csv_error_position(data, exc)}") from exc
+
+
+def _csv_error_position(data: bytes, exc: BaseException) -> str:
+    """Where a CSV failed, by line and column only. Arrow's message quotes the offending row,
+    and verdicts are read by producers: a parse error must not copy a private file's lines into
+    one (issue 8). On a failure only, the file is parsed again on one thread to learn the line."""
+    if isinstance(exc, UnicodeDecodeError):
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return f"line {line}, byte {column} is not valid UTF-8"
+    try:
+        # One thread: Arrow then numbers the rows in its message ("Row #n: Expected 3 columns, got 4").
+        pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(use_threads=False))
+    except (pa.ArrowException, ValueError, UnicodeDecodeError) as again:
+        exc = again
+    fields = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+)", str(exc))
+    if fields is not None:
+        line, expected, actual = (int(g) for g in fields.groups())
+        # Fields are counted from 1: the first one the header does not have, or the first missing.
+        return f"line {line} has {actual} fields where the header has {expected} (column {min(actual, expected) + 1})"
+    # Other errors (conversions) name the place as "column #c" (from 0) and "Row #n": keep the
+    # numbers only, never the quoted value.
+    text = str(exc)
+    where = [f"line {n}" for n in re.findall(r"Row #(\d+)", text)]
+    where += [f"column {int(c) + 1}" for c in re.findall(r"column #(\d+)", text)]
+    kind = "conversion error" if "conversion error" in text else type(exc).__name__
+    return kind + (f" at {', '.join(where)}" if where else "")
 
 
 def _count_csv_rows(data: bytes, limits: _Limits) -> None:
@@ -214,9 +242,12 @@ def _arrow_to_table(table: pa.Table, label_column: str | None, limits: _Limits) 
         raise DatasetError("empty", "dataset has no feature columns")
     bad = [name for name in feature_names if not _is_numeric(table.column(name).type)]
     if bad:
+        # Positions, not names: the header is the file's first line, and verdicts are read by
+        # producers who may not be allowed to read the file (issue 8).
+        positions = ", ".join(str(names.index(name) + 1) for name in bad[:10])
         raise DatasetError(
             "non_numeric",
-            f"feature columns must be numeric; not numeric: {', '.join(bad[:10])}",
+            f"feature columns must be numeric; not numeric: column {positions} of line 1",
             column=bad[0],
         )
     X = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
@@ -425,9 +456,11 @@ def _check_shape(rows: int, columns: int, limits: _Limits) -> None:
 
 def _check_unique(names: list[str]) -> None:
     seen: set[str] = set()
-    for name in names:
+    for position, name in enumerate(names, start=1):
         if name in seen:
-            raise DatasetError("duplicate_column", f"column {name!r} appears twice", column=name)
+            # By position (a header's names are file content; see `_from_arrow`).
+            first = names.index(name) + 1
+            raise DatasetError("duplicate_column", f"column {position} repeats the name of column {first}", column=name)
         seen.add(name)
 
 

@@ -5,6 +5,8 @@ level, and principals to roles. Anything not granted is denied: an unknown princ
 policy does not mention, a role with no grant. Confidential and restricted data additionally
 need an explicit allow-list of readers on the upload (least privilege, DESIGN.md principle 5);
 when an upload carries an allow-list, only the principals on it may read, whatever the level.
+The same file may pin reference digests per dataset (`pinned_references`): the only references
+data-guard uses besides those it judged pass itself.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import MlwardenError
-from shared.events import DatasetUploaded, Finding, Sensitivity, Severity
+from shared.events import DatasetUploaded, Finding, Name, Sensitivity, Severity, Sha256Hex
 
 
 class PolicyError(MlwardenError, ValueError):
@@ -67,6 +69,15 @@ class AccessPolicy(BaseModel):
     mfa_roles: frozenset[str] = Field(
         default=frozenset({"identity-provider"}), description="roles whose signed MFA assertion counts"
     )
+    pinned_references: dict[Name, frozenset[Sha256Hex]] = Field(
+        default_factory=dict,
+        description="dataset -> sha256 digests trusted as its reference without a pass from data-guard"
+        " (any other reference must be one data-guard judged pass)",
+    )
+
+    def pinned_for(self, dataset: str) -> frozenset[str]:
+        """The reference digests the policy pins for `dataset`."""
+        return self.pinned_references.get(dataset, frozenset())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> AccessPolicy:

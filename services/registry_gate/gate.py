@@ -410,6 +410,17 @@ def _check_dataset(ref: DatasetRef, stage: StagePolicy, state: RegistryState, ou
             out.wait(CHECK_DATASET, f"no data-guard verdict for {name} yet", dataset=ref.dataset, sha256=ref.sha256)
         return
     worst = max(judged, key=lambda v: _rank(v.decision))
+    # Without labels the label-noise and backdoor checks cannot run, and a pass says nothing about
+    # poisoned labels (issue 8: a backdoored CSV passed with its label column simply omitted).
+    # Any verdict on these bytes that ran them counts: the worst decision still governs below.
+    # (Which column the model trained on is not in the verdicts; the gate cannot check that.)
+    if stage.require_label_checks and worst.decision is not Decision.ERROR and not any(v.label_checked for v in judged):
+        out.reject(
+            CHECK_DATASET,
+            f"{name}: data-guard's label checks did not run (no label column); this stage needs them",
+            dataset=ref.dataset,
+            sha256=ref.sha256,
+        )
     match worst.decision:
         case Decision.PASS:
             return

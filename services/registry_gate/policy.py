@@ -98,6 +98,13 @@ class StagePolicy(Frozen):
         default=True,
         description="refuse an artifact whose verdict names no training dataset (no data provenance)",
     )
+    require_label_checks: bool = Field(
+        default=True,
+        description=(
+            "refuse a model trained on a dataset whose label checks (label noise, backdoor triggers)"
+            " did not run, e.g. uploaded without a label column"
+        ),
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> StagePolicy:
@@ -112,10 +119,12 @@ class StagesPolicy(Frozen):
     """The policy of each stage; unknown stage names are refused."""
 
     staging: StagePolicy = Field(
-        default=StagePolicy(approvals=1, accept_warn_datasets=True, require_datasets=False),
-        description="pre-production: one approval, 'warn' datasets accepted",
+        default=StagePolicy(approvals=1, accept_warn_datasets=True, require_datasets=False, require_label_checks=False),
+        description="pre-production: one approval, 'warn' datasets and datasets without label checks accepted",
     )
-    production: StagePolicy = Field(default=StagePolicy(), description="two distinct approvals, datasets must pass")
+    production: StagePolicy = Field(
+        default=StagePolicy(), description="two distinct approvals, datasets must pass with their label checks run"
+    )
 
 
 class RegistryPolicy(Frozen):

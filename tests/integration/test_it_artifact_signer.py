@@ -58,7 +58,7 @@ async def _build(running: Any, folder: Path, version: str, **extra: Any) -> Any:
 
 async def test_build_is_signed_as_an_oms_bundle_and_tampering_is_caught(bus: Any) -> None:
     running = await bus("audit-log", "artifact-signer")
-    folder = _model_dir(running.settings.data_dir / "artifacts" / "iris-1", _fitted())
+    folder = _model_dir(running.settings.files_dir / "artifacts" / "iris-1", _fitted())
     train = DatasetRef(dataset="iris", version="1", sha256="c" * 64)
     verdict = await _build(running, folder, "1", datasets=[train])
     assert verdict is not None and verdict.data.decision == "pass", verdict.data.findings
@@ -104,7 +104,7 @@ async def test_build_is_signed_as_an_oms_bundle_and_tampering_is_caught(bus: Any
 
 async def test_hostile_pickle_fails_the_build(bus: Any) -> None:
     running = await bus("audit-log", "artifact-signer")
-    folder = _model_dir(running.settings.data_dir / "artifacts" / "evil", {"model": Hostile()})
+    folder = _model_dir(running.settings.files_dir / "artifacts" / "evil", {"model": Hostile()})
     verdict = await _build(running, folder, "2")
     assert verdict is not None and verdict.data.decision == "fail"
     assert any("os" in f.message or "system" in f.message for f in verdict.data.findings)
@@ -112,7 +112,7 @@ async def test_hostile_pickle_fails_the_build(bus: Any) -> None:
 
 async def test_unpinned_lock_file_fails_naming_the_package(bus: Any) -> None:
     running = await bus("audit-log", "artifact-signer")
-    folder = _model_dir(running.settings.data_dir / "artifacts" / "loose", _fitted())
+    folder = _model_dir(running.settings.files_dir / "artifacts" / "loose", _fitted())
     (folder / "requirements.txt").write_text(LOCK + "requests>=2\n")
     verdict = await _build(running, folder, "3")
     assert verdict is not None and verdict.data.decision == "fail"

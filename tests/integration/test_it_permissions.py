@@ -221,11 +221,11 @@ async def test_pipeline_runs_end_to_end_with_per_identity_credentials(secured: S
         # (2) artifact-signer signs a build trained on it.
         sha = hashlib.sha256(data.read_bytes()).hexdigest()
         build = await client.model_built(
-            _model_dir(secured.data_dir / "artifacts" / "iris-1"),
+            _model_dir(secured.data_dir / "files" / "artifacts" / "iris-1"),
             model="iris",
             version="1",
             builder="ci-bot",
-            lockfile=secured.data_dir / "artifacts" / "iris-1" / "requirements.txt",
+            lockfile=secured.data_dir / "files" / "artifacts" / "iris-1" / "requirements.txt",
             datasets=[DatasetRef(dataset="iris", version="1", sha256=sha)],
         )
         artifact = await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT, 60)

@@ -20,7 +20,13 @@ async def _publish_verdicts(running: Any, *, artifact_key: SigningKey | None = N
     guard = SigningKey.from_pem("data-guard", (keys / "data-guard.pem").read_bytes())
     signer = artifact_key or SigningKey.from_pem("artifact-signer", (keys / "artifact-signer.pem").read_bytes())
     dataset = DatasetVerdict(
-        dataset="train", version="1", sha256=DATA_SHA, decision=Decision.PASS, in_reply_to="x", uploader="alice"
+        dataset="train",
+        version="1",
+        sha256=DATA_SHA,
+        decision=Decision.PASS,
+        in_reply_to="x",
+        uploader="alice",
+        label_checked=True,
     )
     artifact = ArtifactVerdict(
         model=model,

@@ -111,10 +111,22 @@ class Desk:
         )
 
     def dataset(
-        self, decision: Decision = Decision.PASS, *, name: str = "iris", sha256: str = IRIS.sha256
+        self,
+        decision: Decision = Decision.PASS,
+        *,
+        name: str = "iris",
+        sha256: str = IRIS.sha256,
+        label_checked: bool = True,
     ) -> list[str]:
         return self.state.record_dataset_verdict(
-            DatasetVerdict(dataset=name, version="1", sha256=sha256, decision=decision, in_reply_to="upload-1")
+            DatasetVerdict(
+                dataset=name,
+                version="1",
+                sha256=sha256,
+                decision=decision,
+                in_reply_to="upload-1",
+                label_checked=label_checked,
+            )
         )
 
     def decide(self, request_id: str) -> GateDecision:
@@ -410,6 +422,46 @@ def test_same_bytes_failed_under_another_name_is_rejected(desk: Desk) -> None:
     desk.dataset(Decision.PASS)
     desk.dataset(Decision.FAIL, name="iris-copy")
     assert desk.decide(approved(desk)).decision == "rejected"
+
+
+def test_production_rejects_a_dataset_whose_label_checks_did_not_run(desk: Desk) -> None:
+    # A backdoored CSV uploaded without its label column passes data-guard: nothing could see it.
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    decision = desk.decide(approved(desk))
+    assert decision.decision == "rejected"
+    assert "dataset iris 1: data-guard's label checks did not run" in reasons(decision)
+
+
+def test_label_checks_run_under_another_name_count_for_the_same_bytes(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    desk.dataset(Decision.PASS, name="iris-labelled")
+    assert desk.decide(approved(desk)).decision == "promoted"
+
+
+def test_staging_accepts_a_dataset_without_label_checks_by_default(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    rid = desk.request(stage="staging")
+    desk.approve(rid, "bob", stage="staging")
+    decision = desk.decide(rid)
+    assert decision.decision == "promoted", reasons(decision)
+
+
+def test_stage_policy_can_require_or_waive_label_checks() -> None:
+    strict = StagesPolicy(staging=StagePolicy(approvals=1, require_label_checks=True))
+    desk = Desk(dict(DEMO), stages=strict)
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    rid = desk.request(stage="staging")
+    desk.approve(rid, "bob", stage="staging")
+    assert desk.decide(rid).decision == "rejected"
+    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_label_checks=False))
+    desk = Desk(dict(DEMO), stages=lenient)
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    assert desk.decide(approved(desk)).decision == "promoted"
 
 
 def test_production_rejects_an_artifact_without_training_datasets(desk: Desk) -> None:

@@ -53,9 +53,11 @@ def test_default_stages_enforce_two_person_rule_for_production() -> None:
     assert production.request_roles == ("ml-engineer",)
     assert production.approver_roles == ("reviewer",)
     assert not production.accept_warn_datasets
+    assert production.require_label_checks
     staging = RegistryPolicy().stage("staging")
     assert staging.approvals == 1
     assert staging.accept_warn_datasets
+    assert not staging.require_label_checks
 
 
 def test_trust_store_verifies_only_the_actors_own_keys(demo_keys: dict[str, SigningKey], demo_yaml: str) -> None:
