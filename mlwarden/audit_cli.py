@@ -58,12 +58,12 @@ def cmd_audit_query(args: argparse.Namespace) -> int:
 
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    from services.audit_log.checkpoint import AuditKey
     from services.audit_log.store import AuditStore
     from services.audit_log.verify import TrailReport
     from shared.events import AuditCheckpoint, AuditCheckpointReply, AuditInclusionProof
     from shared.settings import Settings
+    from shared.signing import KeyHistory
 
 #: How long the CLI waits for the bus before falling back to local files.
 BUS_TIMEOUT_S = 2.0
@@ -75,8 +75,8 @@ class Checkpoints:
 
     items: list[AuditCheckpoint]
     source: str
-    #: audit-log's public key from the trust store, when the bus answered.
-    trusted_key: str | None = None
+    #: audit-log's key history from the root-signed trust store, when the bus answered.
+    trusted_key: KeyHistory | None = None
     #: Stream sequence ranges of `MLW_CHECKPOINTS` with no message (`"3..4"`): checkpoints
     #: removed from a stream that denies delete and purge, i.e. by someone who changed it.
     stream_gaps: list[str] = field(default_factory=list)
@@ -139,7 +139,7 @@ async def _read_bus_checkpoints(settings: Settings) -> Checkpoints:
 
         # audit-log's key as the root-signed trust store holds it (a bare key there means nothing).
         store = await load_trust(js, load_root_public(settings.trust_root, settings.keys_dir), ["audit-log"])
-        trusted = store.public_b64("audit-log")
+        trusted = store.history("audit-log")
         source = f"NATS stream {CHECKPOINTS.name} at {settings.nats_url_redacted}"
         return Checkpoints(items, source, trusted, stream_gaps=_ranges(missing))
     finally:
@@ -173,8 +173,8 @@ def load_checkpoints(settings: Settings) -> Checkpoints:
 
 
 def _audit_key(
-    settings: Settings, key_arg: str | None, trusted: str | None = None
-) -> tuple[Ed25519PublicKey | None, str]:
+    settings: Settings, key_arg: str | None, trusted: KeyHistory | None = None
+) -> tuple[AuditKey | None, str]:
     """audit-log's public key and where it came from: `--key`, `trust store` or `data dir`."""
     from shared.signing import SigningKey, load_public_key
 
@@ -183,20 +183,20 @@ def _audit_key(
         if b"PRIVATE KEY" in data:
             return SigningKey.from_pem("audit-log", data).private.public_key(), "--key"
         return load_public_key(data if data.lstrip().startswith(b"-----BEGIN") else data.decode().strip()), "--key"
-    if trusted:
-        return load_public_key(trusted), "trust store"
+    if trusted is not None:
+        return trusted, "trust store"
     pem = settings.keys_dir / "audit-log.pem"
     if pem.exists():
         return SigningKey.from_pem("audit-log", pem.read_bytes()).private.public_key(), "data dir"
     return None, "none"
 
 
-def load_audit_key(settings: Settings, key_arg: str | None, trusted: str | None = None) -> Ed25519PublicKey | None:
+def load_audit_key(settings: Settings, key_arg: str | None, trusted: KeyHistory | None = None) -> AuditKey | None:
     """audit-log's public key: --key (PEM or base64 file), the trust store, or the data dir's key."""
     return _audit_key(settings, key_arg, trusted)[0]
 
 
-def _witness_key(settings: Settings, key_arg: str | None, trusted: str | None) -> Ed25519PublicKey:
+def _witness_key(settings: Settings, key_arg: str | None, trusted: KeyHistory | None) -> AuditKey:
     """The key a kept checkpoint is checked with: `--key` or the trust store, never the data dir
     (whoever can rewrite the database and the data dir could put their own key there)."""
     from shared.errors import InputError
@@ -334,7 +334,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.ok else EXIT_FAIL
 
 
-async def _checkpoint_on_bus(settings: Settings, from_size: int | None) -> tuple[AuditCheckpointReply, str | None]:
+async def _checkpoint_on_bus(
+    settings: Settings, from_size: int | None
+) -> tuple[AuditCheckpointReply, KeyHistory | None]:
     """audit-log's latest checkpoint (with PROOF(from_size, latest) when asked) and the trusted key."""
     import orjson
 
@@ -355,14 +357,14 @@ async def _checkpoint_on_bus(settings: Settings, from_size: int | None) -> tuple
 
         root = load_root_public(settings.trust_root, settings.keys_dir)
         store = await load_trust(nc.jetstream(timeout=BUS_TIMEOUT_S), root, ["audit-log"])
-        return reply, store.public_b64("audit-log")
+        return reply, store.history("audit-log")
     finally:
         await nc.close()
 
 
 def _latest_checkpoint(
     args: argparse.Namespace, previous: AuditCheckpoint | None
-) -> tuple[AuditCheckpointReply, str | None, str]:
+) -> tuple[AuditCheckpointReply, KeyHistory | None, str]:
     """The newest checkpoint, a consistency proof from `previous`, the trusted key and the source.
 
     From audit-log over the bus; when the bus does not answer, the newest checkpoint of the

@@ -229,16 +229,40 @@ class TrustStore:
         found = self._ids.get(key_id)
         if found is None:
             raise SignatureError(f"unknown signer {key_id!r}", signer=key_id)
-        if found.revoked_at is not None and at >= found.revoked_at:
-            raise SignatureError(f"{key_id!r} was revoked before {at}", signer=key_id)
-        for period in found.keys:
+        KeyHistory.of(found).verify_at(message, signature_b64, at)
+
+    def history(self, key_id: str) -> KeyHistory | None:
+        """Every key `key_id` ever signed with, and when (None when unknown)."""
+        found = self._ids.get(key_id)
+        return KeyHistory.of(found) if found is not None else None
+
+
+@dataclass(frozen=True)
+class KeyHistory:
+    """One identity's keys over time: each verifies what it signed while it was current, and
+    nothing verifies from the identity's revocation on (rotation keeps history verifiable)."""
+
+    id: str
+    periods: tuple[KeyPeriod, ...]
+    revoked_at: float | None = None
+
+    @classmethod
+    def of(cls, identity: Identity) -> KeyHistory:
+        """The history of a trust-store identity."""
+        return cls(identity.id, identity.keys, identity.revoked_at)
+
+    def verify_at(self, message: bytes, signature_b64: str, at: float) -> None:
+        """Raise SignatureError unless a key current at `at` (unix seconds) signed `message`."""
+        if self.revoked_at is not None and at >= self.revoked_at:
+            raise SignatureError(f"{self.id!r} was revoked before {at}", signer=self.id)
+        for period in self.periods:
             if period.since <= at and (period.until is None or at < period.until):
                 try:
                     verify_signature(period.public, message, signature_b64)
                     return
                 except SignatureError:
                     continue
-        raise SignatureError(f"no key of {key_id!r} valid at {at} verifies the signature", signer=key_id)
+        raise SignatureError(f"no key of {self.id!r} valid at {at} verifies the signature", signer=self.id)
 
 
 def load_or_create_key(path: Path, key_id: str) -> SigningKey:

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.audit_log.checkpoint import (
+    AuditKey,
     CheckpointError,
     CheckpointMirror,
     CheckpointPolicy,
@@ -52,7 +53,7 @@ from shared.events import (
 )
 from shared.service import ServiceApp
 from shared.settings import Settings
-from shared.signing import SigningKey
+from shared.signing import KeyHistory, SigningKey
 from shared.topology import CHECKPOINTS, CONSUMERS, Subjects
 
 SERVICE = "audit-log"
@@ -216,9 +217,12 @@ class Checkpointer:
         publish: Callable[[AuditCheckpoint], Awaitable[None]],
         *,
         origin: str,
+        history: KeyHistory | None = None,
     ) -> None:
         self.store = store
         self.key = key
+        #: audit-log's key history from the trust store: checkpoints signed before a rotation count.
+        self.history = history
         self.policy = policy
         self.mirror = mirror
         self.publish = publish
@@ -228,8 +232,9 @@ class Checkpointer:
         self._lock = asyncio.Lock()
 
     def resume(self, candidates: list[AuditCheckpoint | None]) -> None:
-        """Continue after the newest checkpoint this key signed (stream or mirror)."""
-        public = self.key.private.public_key()
+        """Continue after the newest checkpoint this key (or, after a rotation, an earlier key of
+        audit-log's) signed (stream or mirror)."""
+        public: AuditKey = self.history or self.key.private.public_key()
         for cp in candidates:
             if cp is None:
                 continue
@@ -318,7 +323,15 @@ def create_app(
             about = f"checkpoint:{checkpoint.origin}:{checkpoint.tree_size}:{checkpoint.root_hash}"
             await runtime.emit(Subjects.AUDIT_CHECKPOINTS, checkpoint, in_reply_to=about, kind="checkpoint")
 
-        checkpointer = Checkpointer(the_store, runtime.key, audit.policy, mirror, publish, origin=audit.origin)
+        checkpointer = Checkpointer(
+            the_store,
+            runtime.key,
+            audit.policy,
+            mirror,
+            publish,
+            origin=audit.origin,
+            history=runtime.trust.history(runtime.service),
+        )
         published = await latest_published_checkpoint(runtime.js)
         checkpointer.resume([await asyncio.to_thread(mirror.latest), published])
         holder["checkpointer"] = checkpointer

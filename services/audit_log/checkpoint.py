@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from shared.errors import InputError, MlwardenError, SignatureError
 from shared.events import AuditCheckpoint
-from shared.signing import SigningKey, verify_signature
+from shared.signing import KeyHistory, SigningKey, verify_signature
 
 DEFAULT_ORIGIN: Final = "mlwarden/audit-log"
 #: An origin is one line that cannot start a JSON object.
@@ -74,13 +74,24 @@ def sign_checkpoint(
     )
 
 
-def verify_checkpoint(checkpoint: AuditCheckpoint, public: Ed25519PublicKey) -> None:
-    """Raise CheckpointError unless `public` signed exactly this checkpoint."""
+#: audit-log's key as a verifier holds it: one public key (`--key`), or its history from the trust store.
+AuditKey = Ed25519PublicKey | KeyHistory
+
+
+def verify_checkpoint(checkpoint: AuditCheckpoint, public: AuditKey) -> None:
+    """Raise CheckpointError unless `public` signed exactly this checkpoint.
+
+    With audit-log's `KeyHistory` from the trust store, the key current at the checkpoint's
+    timestamp must have signed it: checkpoints signed before a key rotation still verify.
+    """
     note = checkpoint_note(
         checkpoint.origin, checkpoint.tree_size, bytes.fromhex(checkpoint.root_hash), checkpoint.timestamp_ms
     )
     try:
-        verify_signature(public, note, checkpoint.signature)
+        if isinstance(public, KeyHistory):
+            public.verify_at(note, checkpoint.signature, checkpoint.timestamp_ms / 1000)
+        else:
+            verify_signature(public, note, checkpoint.signature)
     except SignatureError as exc:
         raise CheckpointError(
             f"checkpoint at tree size {checkpoint.tree_size}: {exc.reason}", tree_size=checkpoint.tree_size

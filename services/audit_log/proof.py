@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.audit_log import merkle
-from services.audit_log.checkpoint import CheckpointError, verify_checkpoint
+from services.audit_log.checkpoint import AuditKey, CheckpointError, verify_checkpoint
 from services.audit_log.merkle import ProofError
 from services.audit_log.store import AuditStore
 from shared.errors import InputError
@@ -81,7 +80,7 @@ class CheckedProof:
     event: dict[str, Any]
 
 
-def check_inclusion_proof(proof: AuditInclusionProof, public: Ed25519PublicKey) -> CheckedProof:
+def check_inclusion_proof(proof: AuditInclusionProof, public: AuditKey) -> CheckedProof:
     """Verify a proof offline; raise ProofError (or CheckpointError) at the first failing step."""
     cp = proof.checkpoint
     # (1) the checkpoint was signed by audit-log's key.

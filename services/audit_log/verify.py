@@ -19,10 +19,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from services.audit_log import merkle
-from services.audit_log.checkpoint import CheckpointError, verify_checkpoint
+from services.audit_log.checkpoint import AuditKey, CheckpointError, verify_checkpoint
 from services.audit_log.errors import TreeError
 from services.audit_log.merkle import CompactTree, NodeKey, ProofError
 from services.audit_log.store import GENESIS_HASH, AuditStore, ChainHead, StoredEntry, chain_hash
@@ -114,7 +112,7 @@ class _Bad(Exception):
 def verify_trail(
     store: AuditStore,
     checkpoints: Sequence[AuditCheckpoint],
-    public: Ed25519PublicKey | None,
+    public: AuditKey | None,
     *,
     chunk: int = 1000,
 ) -> TrailReport:
@@ -159,7 +157,7 @@ def verify_trail(
     return TrailReport(True, state.good, len(checkpoints), None, "", state.verified_size, state.root())
 
 
-def _check_checkpoints(checkpoints: Sequence[AuditCheckpoint], public: Ed25519PublicKey | None) -> None:
+def _check_checkpoints(checkpoints: Sequence[AuditCheckpoint], public: AuditKey | None) -> None:
     if checkpoints and public is None:
         raise _Bad(None, "checkpoints found but no public key of audit-log to check them with")
     previous: AuditCheckpoint | None = None

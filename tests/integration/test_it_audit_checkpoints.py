@@ -16,6 +16,7 @@ from sqlalchemy import delete, text
 from mlwarden.cli import main
 from services.audit_log import merkle
 from services.audit_log.app import latest_published_checkpoint
+from services.audit_log.checkpoint import CheckpointError, sign_checkpoint, verify_checkpoint
 from services.audit_log.proof import check_inclusion_proof
 from services.audit_log.settings import mirror_path
 from services.audit_log.store import AuditStore, IncomingEvent
@@ -23,7 +24,7 @@ from shared.bus import load_trust
 from shared.envelope import decode
 from shared.events import AuditCheckpoint, AuditCheckpointReply, AuditInclusionProof, DatasetRef
 from shared.service import reply_or_error
-from shared.signing import load_public_key
+from shared.signing import SigningKey, load_public_key
 from shared.topology import CHECKPOINTS, Subjects
 from shared.trust import load_root_public
 
@@ -331,3 +332,50 @@ async def test_no_audit_command_prints_the_nats_password(
     printed = captured.out + captured.err
     assert "s3cret-pw" not in printed
     assert "auditor:***@" in printed
+
+
+async def test_checkpoints_signed_before_a_key_rotation_still_verify(
+    audit: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8: a rotated key verifies history but signs nothing new."""
+    running, _, _ = audit
+    old = await latest_published_checkpoint(running.client.js)
+    assert old is not None
+    data_dir = str(running.settings.data_dir)
+    assert (
+        await asyncio.to_thread(
+            main, ["keys", "rotate", "audit-log", "--data-dir", data_dir, "--nats", running.settings.nats_url]
+        )
+        == 0
+    )
+    await running.stop("audit-log")
+    await running.start("audit-log")  # now signing with the new key
+    await running.client.publish(
+        "mlw.dataset.uploaded", DatasetRef(dataset="after", version="1", sha256="b" * 64), about="dataset:after:1"
+    )
+
+    async def newer() -> AuditCheckpoint | None:
+        cp = await latest_published_checkpoint(running.client.js)
+        return cp if cp is not None and cp.tree_size > old.tree_size else None
+
+    new = await until(newer, what="a checkpoint signed with the rotated key")
+    trust = await load_trust(running.client.js, load_root_public(None, running.settings.keys_dir), ["audit-log"])
+    history = trust.history("audit-log")
+    assert history is not None and len(history.periods) == 2
+    verify_checkpoint(old, history)  # signed by the first key while it was current
+    verify_checkpoint(new, history)
+    # the old key may not sign anything new: a checkpoint dated after the rotation does not verify
+    old_key = next(p for p in (running.settings.keys_dir).glob("audit-log.pem.*.retired"))
+    forged = sign_checkpoint(
+        SigningKey.from_pem("audit-log", old_key.read_bytes()),
+        new.tree_size,
+        bytes.fromhex(new.root_hash),
+        timestamp_ms=new.timestamp_ms,
+    )
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(forged, history)
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        main, ["audit", "verify", "--data-dir", data_dir, "--nats", running.settings.nats_url]
+    )
+    assert code == 0, capsys.readouterr()
