@@ -428,6 +428,7 @@ class Demo:
         db = self.settings.data_dir.resolve() / "audit.db"
         if self.settings.audit_db_url is None and db.exists():
             copy = self.settings.data_dir.resolve() / "demo" / self.run / "tampered-audit.db"
+            copy.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(_tamper_copy, db, copy)
             tampered = await self._audit_verify(f"sqlite:///{copy}")
             self.record(
