@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
-from shared.bus import connect, publish_event
+from shared.bus import connect, load_trust, publish_event
 from shared.crypto import encrypt_object
 from shared.envelope import Envelope, decode, decode_any, new_event
-from shared.errors import InputError
+from shared.errors import InputError, SignatureError
 from shared.events import (
     AdmitReply,
     AdmitRequest,
@@ -37,9 +39,9 @@ from shared.events import (
 )
 from shared.service import reply_or_error
 from shared.settings import Settings
-from shared.signing import SigningKey
+from shared.signing import SigningKey, TrustStore
 from shared.storage import put_once
-from shared.topology import DATASETS_BUCKET, Subjects, model_for_type
+from shared.topology import DATASETS_BUCKET, Subjects, expected_signer, model_for_type
 
 
 class RequestFailed(InputError):
@@ -285,10 +287,18 @@ class Client:
 
     @asynccontextmanager
     async def watch(
-        self, subjects: tuple[str, ...] = ("mlw.verdict.>", "mlw.alert.>", "mlw.deadletter.>")
+        self,
+        subjects: tuple[str, ...] = ("mlw.verdict.>", "mlw.alert.>", "mlw.deadletter.>"),
+        *,
+        verify_with: Ed25519PublicKey | None = None,
     ) -> AsyncIterator[Watcher]:
-        """Live verdicts, alerts and dead letters (subscribe before you publish)."""
-        watcher = Watcher()
+        """Live verdicts, alerts and dead letters (subscribe before you publish).
+
+        With `verify_with` (the operator's root public key) each event's signature is checked
+        against the root-signed trust store: `watcher.unverified` names the events that do not
+        come from the one service that may sign them. Act only on verified verdicts.
+        """
+        watcher = Watcher(VerdictVerifier(self.js, verify_with) if verify_with is not None else None)
         subs = [await self.nc.subscribe(s, cb=watcher.on_msg) for s in subjects]
         await self.nc.flush()
         try:
@@ -298,20 +308,52 @@ class Client:
                 await sub.unsubscribe()
 
 
+class VerdictVerifier:
+    """Checks that a verdict, alert or dead letter was signed by the one service that may sign
+    it, with the key the root-signed trust store holds (read with `get`: all a producer may)."""
+
+    def __init__(self, js: JetStreamContext, root: Ed25519PublicKey) -> None:
+        self.js = js
+        self.root = root
+        self.trust = TrustStore()
+
+    async def problem(self, event: Envelope[Any]) -> str | None:
+        """None when `event` verifies, else why not."""
+        service = expected_signer(event.type)
+        if service is None:
+            return f"{event.type} is not a service's event"
+        if event.signer != service:
+            return f"signed by {event.signer!r}, not {service!r}"
+        if service not in self.trust:
+            self.trust = await load_trust(self.js, self.root, [*self.trust.ids(), service])
+        try:
+            event.verify(self.trust, allowed_signers={service}, kind="service")
+        except SignatureError as exc:
+            return exc.reason
+        return None
+
+
 class Watcher:
     """Keeps every event seen on its subscriptions; waits for one that matches."""
 
-    def __init__(self) -> None:
+    def __init__(self, verifier: VerdictVerifier | None = None) -> None:
         self.events: list[Envelope[Any]] = []
+        #: event id -> why its signature does not hold (with a verifier only).
+        self.unverified: dict[str, str] = {}
+        self._verifier = verifier
         self._changed = asyncio.Condition()
 
     async def on_msg(self, msg: Msg) -> None:
         """Subscription callback."""
         try:
             model = model_for_type(msg.subject)
-            event = decode(msg.data, model) if model is not None else decode_any(msg.data)
+            event = decode(msg.data, model, expected_type=msg.subject) if model is not None else decode_any(msg.data)
         except Exception:  # noqa: BLE001 - a watcher keeps what it can parse
             return
+        if self._verifier is not None:
+            problem = await self._verifier.problem(event)
+            if problem is not None:
+                self.unverified[event.id] = problem
         async with self._changed:
             self.events.append(event)
             self._changed.notify_all()

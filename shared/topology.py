@@ -96,6 +96,20 @@ VERDICT_SIGNERS: dict[str, str] = {
     Subjects.VERDICT_ADMISSION: "serving-monitor",
 }
 
+
+def expected_signer(event_type: str) -> str | None:
+    """The one service that may sign events of `event_type` (verdicts, alerts, dead letters,
+    checkpoints), or None for producer events, which actors sign."""
+    if event_type in VERDICT_SIGNERS:
+        return VERDICT_SIGNERS[event_type]
+    for prefix in (Subjects.ALERT_PREFIX + ".", Subjects.DEADLETTER_PREFIX + "."):
+        if event_type.startswith(prefix):
+            return event_type[len(prefix) :]
+    if event_type == Subjects.AUDIT_CHECKPOINTS:
+        return "audit-log"
+    return None
+
+
 SERVICES: tuple[str, ...] = (
     "audit-log",
     "data-guard",

@@ -23,7 +23,7 @@ from typing import Any, Final
 from shared.canonical import canonical_json
 from shared.errors import InvalidMessage, SignatureError
 from shared.signing import TrustStore
-from shared.topology import VERDICT_SIGNERS, Subjects
+from shared.topology import expected_signer
 
 #: Fields of `data` that name the actor in a service's verdict (first string wins).
 VOUCHED_ACTOR_FIELDS: Final = ("uploader", "builder", "requester", "approver", "principal", "client")
@@ -45,18 +45,6 @@ class Provenance:
 UNVERIFIED: Final = Provenance(None, None, None, None, "not checked")
 
 
-def expected_service(event_type: str) -> str | None:
-    """The only service that may sign events of `event_type`, or None for producer events."""
-    if event_type in VERDICT_SIGNERS:
-        return VERDICT_SIGNERS[event_type]
-    for prefix in (Subjects.ALERT_PREFIX + ".", Subjects.DEADLETTER_PREFIX + "."):
-        if event_type.startswith(prefix):
-            return event_type[len(prefix) :]
-    if event_type == Subjects.AUDIT_CHECKPOINTS:
-        return "audit-log"
-    return None
-
-
 def provenance(raw: dict[str, Any], event_type: str, trust: TrustStore, at: float) -> Provenance:
     """Verify the envelope `raw` (as received) and return the labels it earns at time `at`."""
     signer = raw.get("signer")
@@ -66,7 +54,7 @@ def provenance(raw: dict[str, Any], event_type: str, trust: TrustStore, at: floa
     identity = trust.identity(signer)
     if identity is None:
         return Provenance(None, None, None, None, f"unknown signer {signer!r}")
-    service = expected_service(event_type)
+    service = expected_signer(event_type)
     wanted = "service" if service is not None else "actor"
     if identity.kind not in (wanted, "any"):
         return Provenance(None, None, None, None, f"{signer!r} is a {identity.kind}, not a {wanted}")

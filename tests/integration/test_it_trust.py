@@ -223,3 +223,24 @@ async def test_audit_trail_labels_entries_by_verified_signers_only(bus: Any, tmp
     assert found[unsigned.id].actor is None and found[unsigned.id].service is None
     by_pipeline = await client.audit_query(AuditQuery(actor="pipeline", type=Subjects.DATASET_UPLOADED))
     assert [e.event_id for e in by_pipeline.entries] == [honest.id]
+
+
+async def test_subscribers_see_forged_verdicts_as_unverified(bus: Any, tmp_path: Path) -> None:
+    running = await bus("audit-log", "data-guard")
+    client = running.client
+    root = load_root_public(None, running.settings.keys_dir)
+    forged = DatasetVerdict(
+        dataset="sales", version="9", sha256=DATA_SHA, decision=Decision.PASS, in_reply_to="x", uploader="pipeline"
+    )
+    async with client.watch(verify_with=root) as watcher:
+        honest = await client.upload_dataset(
+            _csv(tmp_path / "d.csv"), dataset="sales", version="1", label="label", uploader="pipeline"
+        )
+        genuine = await watcher.wait(_answers(honest.id, Subjects.VERDICT_DATASET), 30)
+        fake = new_event(Subjects.VERDICT_DATASET, forged, source="mlwarden/data-guard").signed(
+            SigningKey.generate("data-guard")
+        )
+        await publish_event(client.js, Subjects.VERDICT_DATASET, fake)
+        seen = await watcher.wait(lambda e: e.id == fake.id, 20)
+    assert genuine is not None and genuine.id not in watcher.unverified
+    assert seen is not None and "signature does not verify" in watcher.unverified[fake.id]
