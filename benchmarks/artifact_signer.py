@@ -13,6 +13,8 @@ best of `--repeat` runs. Columns:
   `shards` mode (64 MiB shards: one large file is hashed on every core);
 - hash, then scan: artifact-signer's judge before issue 12 (`hash_model`, then `scan_path`
   reads every file a second time);
+- read once: hash+scan: `intake.inspect_model`, what judge does now (issue 12): one read per
+  file, digest and scan of the same bytes (files over 64 MiB go through a private copy);
 - model-signing files / shards: the reference `model_signing` 1.1.1 hashing with its defaults
   (files mode; shards mode with its 1 GB shard), when it is installed.
 
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.artifact_signer.intake import inspect_model
 from services.artifact_signer.oms import Serialization, hash_model
 from services.artifact_signer.scanner import scan_path
 
@@ -141,6 +144,8 @@ def main() -> None:
                 ),
                 # What artifact-signer's judge did before issue 12: hash, then read again to scan.
                 ("hash, then scan", lambda r=root: (hash_model(r, Serialization()), scan_path(r))),  # type: ignore[misc]
+                # What it does now: each file read once, hashed and scanned from the same bytes.
+                ("read once: hash+scan", lambda r=root: inspect_model(r)),  # type: ignore[misc]
             ]
             if ms_hashing is not None:
                 methods.append(("model-signing files", lambda r=root: ms_hashing.Config().hash(r)))  # type: ignore[misc]

@@ -1,5 +1,5 @@
-"""artifact-signer's wiring: a model build in; hash, scan, check the dependencies, sign an OMS
-bundle and its companion statements, store them in `mlw-artifacts`, publish
+"""artifact-signer's wiring: a model build in; hash and scan it (each file read once, issue 12),
+check the dependencies, sign an OMS bundle and its companion statements, store them in `mlw-artifacts`, publish
 `mlw.verdict.artifact` (root digest + object keys, never a bundle: a bundle of a large model can
 exceed NATS's payload limit); `mlw.artifact.verify` re-hashes and verifies the bundle.
 
@@ -20,9 +20,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.artifact_signer.attest import checks_statement, provenance_statement
 from services.artifact_signer.dependencies import DependencyReport, check_dependencies
 from services.artifact_signer.hashing import UnsafePathError
-from services.artifact_signer.oms import ModelManifest, hash_model, sign_manifest, sign_statement, verify_model
+from services.artifact_signer.intake import inspect_model
+from services.artifact_signer.oms import sign_manifest, sign_statement, verify_model
 from services.artifact_signer.osv import OsvDatabase
-from services.artifact_signer.scanner import ScanReport, scan_path
+from services.artifact_signer.scanner import ScanReport
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
 from shared.errors import InputError, SignatureError
@@ -114,10 +115,9 @@ class Signer:
                         check="dependencies.missing", severity=Severity.FAIL, message="the build names no lock file"
                     )
                 )
-            manifest: ModelManifest = await asyncio.to_thread(hash_model, root)
-            if manifest.total_bytes > self.settings.max_artifact_bytes:
-                raise InputError(f"artifact is {manifest.total_bytes} bytes, over the limit")
-            scan: ScanReport = await asyncio.to_thread(scan_path, root)
+            # One read per file: the digest signed and the scan come from the same bytes (issue 12).
+            inspection = await asyncio.to_thread(inspect_model, root, max_bytes=self.settings.max_artifact_bytes)
+            manifest, scan = inspection.manifest, inspection.scan
         except (UnreadableReference, UnsafePathError, InputError) as exc:
             code = getattr(exc, "code", type(exc).__name__)
             problem = Finding(check=f"input.{code}", severity=Severity.FAIL, message=str(exc))
