@@ -265,9 +265,13 @@ def operator_permissions() -> Permissions:
 def _producer(identity: Identity) -> Permissions:
     publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
-    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets are
-    # added, never replaced: no purge right (see the module docstring).
-    publish += [*object_write(DATASETS_BUCKET, purge=False), *kv_read(TRUST_BUCKET, watch=False)]
+    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets and
+    # uploaded models (`shared.artifacts`) are added, never replaced: no purge right (see the
+    # module docstring). artifact-signer re-hashes uploads against their index and verifies its
+    # own bundles by signature and root digest, so a producer that rewrites an object's meta in
+    # `mlw-artifacts` can make a build fail or a bundle unreadable, not make one pass.
+    publish += [*object_write(DATASETS_BUCKET, purge=False), *object_write(ARTIFACTS_BUCKET, purge=False)]
+    publish += kv_read(TRUST_BUCKET, watch=False)
     return Permissions(identity, _unique(publish), (inbox(identity), "mlw.verdict.>"))
 
 

@@ -1,4 +1,5 @@
-"""artifact-signer signs only bytes it scanned (issue 12, "Hash and scan the same bytes").
+"""artifact-signer signs only bytes it scanned, and reads uploaded models back from the object store
+(issue 12, "Hash and scan the same bytes").
 
 The race is made deterministic, with no sleep: the moment artifact-signer closes `model.pkl`
 after reading it, the test renames another file over it, as an attacker racing the signer would.
@@ -17,12 +18,14 @@ from typing import Any
 
 import orjson
 import pytest
-from test_it_artifact_signer import LOCK, Hostile, _build, _fitted
+from test_it_artifact_signer import LOCK, Hostile, _build, _fitted, _model_dir
 
 from services.artifact_signer.attest import CHECKS_PREDICATE, verify_companion
-from services.artifact_signer.oms import manifest_from_statement, verify_statement
+from services.artifact_signer.oms import hash_model, manifest_from_statement, verify_statement
+from shared.artifacts import file_key, upload_model
+from shared.events import ArtifactVerifyReply, ArtifactVerifyRequest, ObjectRef
 from shared.signing import SigningKey
-from shared.topology import ARTIFACTS_BUCKET
+from shared.topology import ARTIFACTS_BUCKET, Subjects
 
 
 def swap_after_first_close(monkeypatch: pytest.MonkeyPatch, target: Path, replacement: Path) -> list[str]:
@@ -86,3 +89,41 @@ async def test_file_swapped_after_it_was_read_is_judged_on_the_bytes_read(
     )
     scanned = {f["path"]: f["sha256"] for f in checks["scan"]["files"]}
     assert {r.name: r.digest for r in manifest.resources} == scanned
+
+
+# --- uploaded models: no shared volume ------------------------------------------------------
+
+
+async def _uploaded_build(running: Any, artifact: Path | ObjectRef, version: str, lockfile: Path) -> Any:
+    async with running.client.watch() as watcher:
+        event = await running.client.model_built(
+            artifact, model="iris", version=version, builder="ci-bot", lockfile=lockfile, upload=True
+        )
+        assert event.data.artifact.kind == "object" and event.data.lockfile.kind == "object"
+        return await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == event.id, 30)
+
+
+async def test_uploaded_model_is_signed_from_the_object_store(bus: Any, tmp_path: Path) -> None:
+    running = await bus("audit-log", "artifact-signer")
+    # Outside every root artifact-signer may read: only the upload can reach it.
+    folder = _model_dir(tmp_path / "iris", _fitted())
+    verdict = await _uploaded_build(running, folder, "7", folder / "requirements.txt")
+    assert verdict is not None and verdict.data.decision == "pass", verdict.data.findings
+    assert verdict.data.files == 3
+    assert verdict.data.root_digest == hash_model(folder).root_digest
+    body = orjson.dumps(ArtifactVerifyRequest(model="iris", version="7").model_dump())
+    reply = ArtifactVerifyReply.model_validate_json(await running.client.request(Subjects.ARTIFACT_VERIFY, body, 30))
+    assert reply.ok and reply.root_digest == verdict.data.root_digest, reply.problems
+
+
+async def test_tampered_stored_object_fails_the_build(bus: Any, tmp_path: Path) -> None:
+    running = await bus("audit-log", "artifact-signer")
+    folder = _model_dir(tmp_path / "iris", _fitted())
+    ref = await upload_model(running.client.js, folder, model="iris", version="8")
+    # Someone with write access replaces a stored file after the index was written.
+    store = await running.client.js.object_store(ARTIFACTS_BUCKET)
+    await store.put(file_key(ref.key or "", "model.pkl"), pickle.dumps({"model": Hostile()}))
+    verdict = await _uploaded_build(running, ref, "8", folder / "requirements.txt")
+    assert verdict is not None and verdict.data.decision == "fail"
+    assert verdict.data.findings[0].check in ("input.digest_mismatch", "input.too_large"), verdict.data.findings
+    assert "model.pkl" in verdict.data.findings[0].message

@@ -99,7 +99,8 @@ def test_producer_and_auditor_change_no_evidence() -> None:
         assert may_publish(producer, subject)
     assert may_publish(producer, Subjects.SERVING_ADMIT)
     assert may_publish(producer, "$O.mlw-datasets.C.abc")
-    assert not may_publish(producer, "$O.mlw-artifacts.C.abc")
+    # Uploaded models (issue 12): added, never purged (see the purge test below).
+    assert may_publish(producer, "$O.mlw-artifacts.C.abc")
     assert not may_publish(producer, "mlw.verdict.dataset")
     assert not may_publish(producer, f"$KV.{TRUST_BUCKET}.data-guard")
     assert not may_publish(producer, "mlw.audit.query")
