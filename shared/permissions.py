@@ -206,7 +206,12 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
         *kv_write(STATE_BUCKET, "data-guard."),
     ],
     # It replaces its own signed bundles when a build is re-signed: the one identity that purges.
-    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET, purge=True)],
+    # It reads data-guard's records for the provenance's dataset decisions (a get, no watch).
+    "artifact-signer": [
+        *object_read(ARTIFACTS_BUCKET),
+        *object_write(ARTIFACTS_BUCKET, purge=True),
+        *kv_read(STATE_BUCKET, watch=False),
+    ],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
     "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],

@@ -19,6 +19,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.artifact_signer.attest import checks_statement, provenance_statement
+from services.artifact_signer.datasets import dataset_decisions
 from services.artifact_signer.dependencies import DependencyReport, check_dependencies
 from services.artifact_signer.hashing import UnsafePathError
 from services.artifact_signer.intake import Inspection, inspect_model
@@ -155,6 +156,7 @@ class Signer:
             lockfile_name=lock_name,
             lockfile_sha256=deps.lock.sha256 if deps else None,
             datasets=build.datasets,
+            dataset_decisions=await dataset_decisions(self.runtime.js, build.datasets),
             invocation_id=event.id,
             started=started,
             finished=datetime.now(UTC),
