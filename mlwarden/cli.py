@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lockfile", type=Path)
     p.add_argument("--dataset", action="append", default=[], help="NAME:VERSION:SHA256 of a training dataset")
     p.add_argument("--builder", help="actor id that built it (default: the signing key's actor)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="send the folder's local path, not an upload to mlw-artifacts (artifact-signer must see this disk)",
+    )
     for kind in ("promotion", "approval"):
         p = add(kind, cmd_publish, pub)
         signed(p)

@@ -60,6 +60,7 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
                 builder=args.builder or actor,
                 lockfile=args.lockfile,
                 datasets=datasets,
+                upload=not args.local,
             )
         key = client.actor(actor)
         if args.kind == "promotion":

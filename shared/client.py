@@ -15,6 +15,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from shared.artifacts import upload_lockfile, upload_model
 from shared.bus import connect, load_trust, publish_event
 from shared.crypto import encrypt_object
 from shared.envelope import Envelope, decode, decode_any, new_event
@@ -173,7 +174,7 @@ class Client:
 
     async def model_built(
         self,
-        artifact: Path,
+        artifact: Path | ObjectRef,
         *,
         model: str,
         version: str,
@@ -181,14 +182,30 @@ class Client:
         lockfile: Path | None = None,
         datasets: list[DatasetRef] | None = None,
         source_commit: str | None = None,
+        upload: bool = False,
     ) -> Envelope[Any]:
-        """Announce a model build whose artifact is a local file or folder, signed by its builder."""
+        """Announce a model build, signed by its builder.
+
+        With `upload`, the folder and the lock file are first stored in `mlw-artifacts`
+        (`shared.artifacts`: one object per file and an index of their sha256), so artifact-signer
+        needs no access to this machine's disk; without it the event names local paths. An
+        `ObjectRef` artifact (an index `shared.artifacts.upload_model` returned) is sent as is.
+        """
         signer = self.actor(builder)
+        lock_ref = ObjectRef(kind="file", path=str(lockfile.resolve())) if lockfile else None
+        if isinstance(artifact, ObjectRef):
+            artifact_ref = artifact
+        elif upload:
+            artifact_ref = await upload_model(self.js, artifact, model=model, version=version)
+        else:
+            artifact_ref = ObjectRef(kind="file", path=str(artifact.resolve()))
+        if upload and lockfile is not None:
+            lock_ref = await upload_lockfile(self.js, lockfile, model=model, version=version)
         event = ModelBuilt(
             model=model,
             version=version,
-            artifact=ObjectRef(kind="file", path=str(artifact.resolve())),
-            lockfile=ObjectRef(kind="file", path=str(lockfile.resolve())) if lockfile else None,
+            artifact=artifact_ref,
+            lockfile=lock_ref,
             datasets=datasets or [],
             builder=signer.key_id,
             source_commit=source_commit,

@@ -42,6 +42,7 @@ from shared.topology import (
     STATE_BUCKET,
     STREAMS,
     TRUST_BUCKET,
+    UPLOADS_BUCKET,
     VERDICT_SIGNERS,
     ConsumerSpec,
     Subjects,
@@ -206,7 +207,13 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
         *kv_write(STATE_BUCKET, "data-guard."),
     ],
     # It replaces its own signed bundles when a build is re-signed: the one identity that purges.
-    "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET, purge=True)],
+    # It reads data-guard's records for the provenance's dataset decisions (a get, no watch).
+    "artifact-signer": [
+        *object_read(UPLOADS_BUCKET),
+        *object_read(ARTIFACTS_BUCKET),
+        *object_write(ARTIFACTS_BUCKET, purge=True),
+        *kv_read(STATE_BUCKET, watch=False),
+    ],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
     "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
@@ -265,9 +272,12 @@ def operator_permissions() -> Permissions:
 def _producer(identity: Identity) -> Permissions:
     publish = [*EVENTS.subjects, *PREDICTIONS.subjects]
     publish += [Subjects.SERVING_ADMIT, Subjects.ARTIFACT_VERIFY, Subjects.REGISTRY_STATUS]
-    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets are
-    # added, never replaced: no purge right (see the module docstring).
-    publish += [*object_write(DATASETS_BUCKET, purge=False), *kv_read(TRUST_BUCKET, watch=False)]
+    # A subscriber verifies a verdict with its signer's key: a get, no listing. Datasets and
+    # uploaded models (`shared.artifacts`, in their own bucket) are added, never replaced: no
+    # purge right (see the module docstring). `mlw-artifacts`, the signed bundles, stays
+    # artifact-signer's alone: an object's metadata subject cannot be scoped by prefix.
+    publish += [*object_write(DATASETS_BUCKET, purge=False), *object_write(UPLOADS_BUCKET, purge=False)]
+    publish += kv_read(TRUST_BUCKET, watch=False)
     return Permissions(identity, _unique(publish), (inbox(identity), "mlw.verdict.>"))
 
 

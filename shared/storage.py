@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -41,17 +42,22 @@ class ObjectExists(InputError):
         self.name = name
 
 
-def _holds(info: ObjectInfo, data: bytes, content_sha256: str) -> bool:
+def _holds(info: ObjectInfo, data: bytes | BufferedIOBase, content_sha256: str) -> bool:
     declared = (info.headers or {}).get(CONTENT_SHA256_HEADER)
     if declared is not None:
         return content_sha256 in (declared if isinstance(declared, list) else [declared])
+    if not isinstance(data, bytes):
+        return False  # a stream is not read twice: an object without the header is other content
     # An object stored before the header existed: compare what is stored.
     digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
     return info.digest == digest
 
 
-async def put_once(store: ObjectStore, bucket: str, name: str, data: bytes, *, content_sha256: str) -> bool:
-    """Store `data` under `name` unless the name already holds the same content; True when it wrote.
+async def put_once(
+    store: ObjectStore, bucket: str, name: str, data: bytes | BufferedIOBase, *, content_sha256: str
+) -> bool:
+    """Store `data` (bytes, or a binary file read to its end) under `name` unless the name already
+    holds the same content; True when it wrote.
 
     Why not a plain `put`: replacing an object makes nats-py purge the old object's chunks, and a
     JetStream purge right cannot be limited to one object (the filter is in the payload), so

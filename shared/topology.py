@@ -224,8 +224,9 @@ CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
 }
 
 DATASETS_BUCKET = "mlw-datasets"
-ARTIFACTS_BUCKET = "mlw-artifacts"
-OBJECT_STORES: tuple[str, ...] = (DATASETS_BUCKET, ARTIFACTS_BUCKET)
+ARTIFACTS_BUCKET = "mlw-artifacts"  # artifact-signer's signed bundles: only it writes here
+UPLOADS_BUCKET = "mlw-uploads"  # model folders producers upload for artifact-signer to judge
+OBJECT_STORES: tuple[str, ...] = (DATASETS_BUCKET, ARTIFACTS_BUCKET, UPLOADS_BUCKET)
 
 TRUST_BUCKET = "mlw-trust"  # service id -> base64 Ed25519 public key
 API_KEYS_BUCKET = "mlw-apikeys"  # key id -> hashed API key record

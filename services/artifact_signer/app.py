@@ -1,5 +1,5 @@
-"""artifact-signer's wiring: a model build in; hash, scan, check the dependencies, sign an OMS
-bundle and its companion statements, store them in `mlw-artifacts`, publish
+"""artifact-signer's wiring: a model build in; hash and scan it (each file read once, issue 12),
+check the dependencies, sign an OMS bundle and its companion statements, store them in `mlw-artifacts`, publish
 `mlw.verdict.artifact` (root digest + object keys, never a bundle: a bundle of a large model can
 exceed NATS's payload limit); `mlw.artifact.verify` re-hashes and verifies the bundle.
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.artifact_signer.attest import checks_statement, provenance_statement
+from services.artifact_signer.datasets import dataset_decisions
 from services.artifact_signer.dependencies import DependencyReport, check_dependencies
 from services.artifact_signer.hashing import UnsafePathError
-from services.artifact_signer.oms import ModelManifest, hash_model, sign_manifest, sign_statement, verify_model
+from services.artifact_signer.intake import Inspection, inspect_model
+from services.artifact_signer.oms import sign_manifest, sign_statement, verify_model
 from services.artifact_signer.osv import OsvDatabase
-from services.artifact_signer.scanner import ScanReport, scan_path
+from services.artifact_signer.scanner import ScanReport
+from services.artifact_signer.stored import check_against_index, fetch_model
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
 from shared.errors import InputError, SignatureError
@@ -84,14 +88,25 @@ class Signer:
         self.settings = settings
         self.osv = osv
 
-    def _artifact_path(self, ref: ObjectRef) -> Path:
-        if ref.kind != "file":
-            raise UnreadableReference(
-                "artifacts are read from file references (object-store artifacts are not supported yet)",
-                ref=ref.describe(),
-                code="unsupported_reference",
-            )
-        return confined_path(ref, self.settings.readable_roots)
+    async def _inspect(self, ref: ObjectRef, name: str) -> tuple[Inspection, str]:
+        """Hash and scan the artifact once; also where it was (recorded beside the bundle).
+
+        A file reference is read in place (confined to the readable roots); an uploaded model is
+        first copied into a private folder, and its digests must match its index.
+        """
+        limit = self.settings.max_artifact_bytes
+        if ref.kind == "file":
+            root = confined_path(ref, self.settings.readable_roots)
+            # One read per file: the digest signed and the scan come from the same bytes (issue 12).
+            return await asyncio.to_thread(inspect_model, root, max_bytes=limit), str(root)
+        with tempfile.TemporaryDirectory(prefix="mlw-artifact-") as private:
+            # Named after the model: the manifest's subject name is the folder's name.
+            root = Path(private) / name
+            root.mkdir()
+            index = await fetch_model(self.runtime.js, ref, root, max_bytes=limit)
+            inspection = await asyncio.to_thread(inspect_model, root, max_bytes=limit)
+        check_against_index(index, inspection.scan, ref)
+        return inspection, ref.describe()
 
     async def judge(self, event: Envelope[ModelBuilt]) -> ArtifactVerdict:
         """Hash, scan, check dependencies, sign, store; the verdict to publish."""
@@ -100,7 +115,6 @@ class Signer:
         extra: list[Finding] = []
         lock_name: str | None = None
         try:
-            root = self._artifact_path(build.artifact)
             deps: DependencyReport | None = None
             if build.lockfile is not None:
                 content = await read_bytes(
@@ -114,10 +128,8 @@ class Signer:
                         check="dependencies.missing", severity=Severity.FAIL, message="the build names no lock file"
                     )
                 )
-            manifest: ModelManifest = await asyncio.to_thread(hash_model, root)
-            if manifest.total_bytes > self.settings.max_artifact_bytes:
-                raise InputError(f"artifact is {manifest.total_bytes} bytes, over the limit")
-            scan: ScanReport = await asyncio.to_thread(scan_path, root)
+            inspection, location = await self._inspect(build.artifact, build.model)
+            manifest, scan = inspection.manifest, inspection.scan
         except (UnreadableReference, UnsafePathError, InputError) as exc:
             code = getattr(exc, "code", type(exc).__name__)
             problem = Finding(check=f"input.{code}", severity=Severity.FAIL, message=str(exc))
@@ -144,6 +156,7 @@ class Signer:
             lockfile_name=lock_name,
             lockfile_sha256=deps.lock.sha256 if deps else None,
             datasets=build.datasets,
+            dataset_decisions=await dataset_decisions(self.runtime.js, build.datasets),
             invocation_id=event.id,
             started=started,
             finished=datetime.now(UTC),
@@ -160,7 +173,7 @@ class Signer:
         await store.put(keys["model"], sign_manifest(manifest, key))
         await store.put(keys["provenance"], sign_statement(provenance, key))
         await store.put(keys["checks"], sign_statement(checks, key))
-        await store.put(location_key(build.model, build.version), str(root).encode())
+        await store.put(location_key(build.model, build.version), location.encode())
         findings = [*extra, *(deps.findings if deps else []), *scan.findings]
         return ArtifactVerdict(
             model=build.model,
@@ -193,13 +206,26 @@ class Signer:
             except (ObjectNotFoundError, NotFoundError):
                 return ArtifactVerifyReply(ok=False, problems=["no artifact path given or recorded"])
             path_text = bytes(location.data or b"").decode()
-        try:
-            root = confined_path(ObjectRef(kind="file", path=path_text), self.settings.readable_roots)
-        except UnreadableReference as exc:
-            return ArtifactVerifyReply(ok=False, problems=[str(exc)])
         # The service's own public key: it verifies what it signed (TrustStore exposes no key).
         public = self.runtime.key.private.public_key()
-        outcome = await asyncio.to_thread(verify_model, root, bundle, public)
+        if path_text.startswith("obj://"):
+            # An uploaded model: re-read the stored objects into a private folder and re-hash them.
+            bucket, _, key = path_text.removeprefix("obj://").partition("/")
+            ref = ObjectRef(kind="object", bucket=bucket, key=key)
+            with tempfile.TemporaryDirectory(prefix="mlw-verify-") as private:
+                root = Path(private) / request.model
+                root.mkdir()
+                try:
+                    await fetch_model(self.runtime.js, ref, root, max_bytes=self.settings.max_artifact_bytes)
+                except UnreadableReference as exc:
+                    return ArtifactVerifyReply(ok=False, problems=[str(exc)])
+                outcome = await asyncio.to_thread(verify_model, root, bundle, public)
+        else:
+            try:
+                root = confined_path(ObjectRef(kind="file", path=path_text), self.settings.readable_roots)
+            except UnreadableReference as exc:
+                return ArtifactVerifyReply(ok=False, problems=[str(exc)])
+            outcome = await asyncio.to_thread(verify_model, root, bundle, public)
         return ArtifactVerifyReply(
             ok=outcome.ok,
             root_digest=outcome.root_digest,

@@ -216,6 +216,12 @@ def _open_regular(path: Path, *, follow_symlinks: bool) -> tuple[int, os.stat_re
     return fd, st
 
 
+def open_regular(path: Path, *, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading (never a FIFO or device; no symlink unless allowed);
+    the caller closes the descriptor. `UnsafePathError` for anything else."""
+    return _open_regular(path, follow_symlinks=follow_symlinks)
+
+
 def _hash_regular_file(path: Path, *, follow_symlinks: bool) -> tuple[str, int]:
     fd, st = _open_regular(path, follow_symlinks=follow_symlinks)
     try:

@@ -302,6 +302,11 @@ def _sort_key(resource: Resource) -> tuple[tuple[str, ...], int, int]:
     return tuple(path.split("/")), int(start), int(end)
 
 
+def sort_resources(resources: Iterable[Resource]) -> list[Resource]:
+    """Resources in OMS order (path components, then shard offsets), as `hash_model` lists them."""
+    return sorted(resources, key=_sort_key)
+
+
 def compute_root_digest(resources: Sequence[Resource]) -> str:
     """SHA-256 over the raw resource digests, concatenated in the given order (OMS subject)."""
     hasher = hashlib.sha256()

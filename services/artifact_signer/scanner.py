@@ -47,7 +47,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 from pydantic import Field
 
-from shared.events import Decision, Finding, Frozen, Severity
+from shared.events import Decision, Finding, Frozen, Severity, Sha256Hex
 
 from ._sklearn_globals import SKLEARN_GLOBALS
 from .hashing import walk_tree
@@ -98,6 +98,9 @@ class FileScan(Frozen):
     decision: Decision
     findings: list[Finding] = Field(default_factory=list)
     globals: list[str] = Field(default_factory=list, description="every 'module.name' the pickles in it import")
+    sha256: Sha256Hex | None = Field(
+        default=None, description="SHA-256 of exactly the bytes scanned, when they were also hashed (issue 12)"
+    )
 
 
 class ScanReport(Frozen):
@@ -1151,6 +1154,15 @@ def scan_bytes(data: bytes, name: str) -> FileScan:
     return _finish(name, len(data), scan)
 
 
+def scan_buffer(buf: Buffer, name: str, *, sha256: str | None = None) -> FileScan:
+    """Scan bytes already in hand (an in-memory copy, or a mapping of a private copy), labelled
+    `name`; `sha256` is recorded as the digest of these very bytes (the caller computed it)."""
+    scan = _Scan()
+    if len(buf):
+        _scan_buffer(buf, name, scan, depth=0)
+    return _finish(name, len(buf), scan).model_copy(update={"sha256": sha256})
+
+
 def scan_file(path: str | os.PathLike[str], *, name: str | None = None) -> FileScan:
     """Scan one file, memory-mapped so large weights are not read into memory."""
     label = name or os.fspath(path)
@@ -1187,6 +1199,7 @@ __all__ = [
     "ScanReport",
     "is_allowed_global",
     "normalize_global",
+    "scan_buffer",
     "scan_bytes",
     "scan_file",
     "scan_path",

@@ -99,7 +99,11 @@ def test_producer_and_auditor_change_no_evidence() -> None:
         assert may_publish(producer, subject)
     assert may_publish(producer, Subjects.SERVING_ADMIT)
     assert may_publish(producer, "$O.mlw-datasets.C.abc")
+    # Uploaded models (issue 12) go to their own bucket: added, never purged; the signed
+    # bundles in mlw-artifacts stay artifact-signer's alone.
+    assert may_publish(producer, "$O.mlw-uploads.C.abc")
     assert not may_publish(producer, "$O.mlw-artifacts.C.abc")
+    assert not may_publish(producer, "$O.mlw-artifacts.M.abc")
     assert not may_publish(producer, "mlw.verdict.dataset")
     assert not may_publish(producer, f"$KV.{TRUST_BUCKET}.data-guard")
     assert not may_publish(producer, "mlw.audit.query")
