@@ -209,7 +209,13 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
     "artifact-signer": [*object_read(ARTIFACTS_BUCKET), *object_write(ARTIFACTS_BUCKET, purge=True)],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
-    "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
+    "audit-log": [
+        *_stream_info(CHECKPOINTS.name),
+        _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
+        # The writer lease `audit-log.lease` (audit_log/app.py, shared/lease.py).
+        *kv_read(STATE_BUCKET, watch=False),
+        *kv_write(STATE_BUCKET, "audit-log."),
+    ],
 }
 
 
