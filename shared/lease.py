@@ -57,6 +57,28 @@ def holder_id(service: str) -> str:
     return f"{service}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _holder_died_here(value: bytes | None) -> bool:
+    """Whether the lease names a process of this host that no longer exists.
+
+    Only a shortcut for the common single-machine restart: the compare-and-set still decides,
+    and a mistaken verdict (a reused pid) merely makes a standby wait for the TTL.
+    """
+    try:
+        held = json.loads(value or b"{}")
+        host, pid = held.get("host"), held.get("pid")
+    except (ValueError, AttributeError):
+        return False
+    if host != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process): alive as far as we can tell
+    return False
+
+
 class KvLease:
     """One contender for the lease `key` in bucket `kv`.
 
@@ -91,7 +113,8 @@ class KvLease:
         return self.token is not None
 
     def _value(self) -> bytes:
-        return json.dumps({"holder": self.holder, "written_at": time.time()}).encode()
+        value = {"holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(), "written_at": time.time()}
+        return json.dumps(value).encode()
 
     async def try_acquire(self) -> bool:
         """One standby step: take the lease if it is free or expired; True if now held."""
@@ -104,10 +127,12 @@ class KvLease:
                 revision = await self.kv.create(self.key, self._value())
                 return self._acquired(revision)
             now, seen = self._clock(), entry.revision or 0
-            if self._seen is None or self._seen[0] != seen:
+            if _holder_died_here(entry.value):
+                pass  # no need to wait out its TTL (a restart after a crash, `mlwarden up`)
+            elif self._seen is None or self._seen[0] != seen:
                 self._seen = (seen, now)
                 return False
-            if now - self._seen[1] < self.timings.ttl_s:
+            elif now - self._seen[1] < self.timings.ttl_s:
                 return False
             revision = await self.kv.update(self.key, self._value(), last=seen)
             return self._acquired(revision)
