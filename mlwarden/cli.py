@@ -61,6 +61,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print("stopping...")
         return EXIT_OK
     finally:
+        # A second Ctrl-C (or SIGTERM) while stopping must not abandon NATS and the services
+        # half-stopped: the stop is bounded (STOP_TIMEOUT_S) anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         system.stop()
 
 
