@@ -98,7 +98,7 @@ def demo_actor_keys(settings: Settings) -> dict[str, SigningKey]:
 async def bootstrap(js: JetStreamContext, settings: Settings) -> Keys:
     """Declare the topology and put every service key (and the demo actors) in the trust store,
     each entry signed by the root key."""
-    await ensure_topology(js)
+    await ensure_topology(js, replicas=settings.js_replicas)
     keys = init_keys(settings)
     root = keys.root or load_root_key(settings)
     for name, key in keys.services.items():

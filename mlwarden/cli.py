@@ -23,7 +23,7 @@ from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from mlwarden.keys_cli import add_keys_commands
-from shared.errors import MlwardenError
+from shared.errors import InputError, MlwardenError
 from shared.topology import SERVICES
 
 # --- operators -----------------------------------------------------------------------------
@@ -34,7 +34,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from mlwarden.supervisor import System
 
     settings = _settings(args)
-    system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port)
+    if args.cluster and args.nats:
+        raise InputError("--cluster runs its own NATS nodes: drop --nats")
+    system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port, cluster_size=args.cluster)
 
     def stop_requested(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -59,6 +61,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print("stopping...")
         return EXIT_OK
     finally:
+        # A second Ctrl-C (or SIGTERM) while stopping must not abandon NATS and the services
+        # half-stopped: the stop is bounded (STOP_TIMEOUT_S) anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         system.stop()
 
 
@@ -226,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up)
     common(p)
     p.add_argument("--port", type=int, default=0, help="embedded NATS port (default: a free one)")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run an N-node JetStream cluster on loopback (free ports, streams replicated min(N, 3) times)",
+    )
 
     p = add("run", cmd_run)
     p.add_argument("service", choices=SERVICES)

@@ -1,5 +1,7 @@
 """`mlwarden up`: embedded nats-server (unless a URL is given) plus every service as its own
-process; Ctrl-C stops all of them cleanly."""
+process; Ctrl-C stops all of them cleanly. `mlwarden up --cluster 3` runs a three-node JetStream
+cluster on loopback instead (`shared.cluster`, what compose.yaml describes) with every stream and
+bucket replicated three times (`MLW_JS_REPLICAS`), the services given every node's URL."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from mlwarden.bootstrap import bootstrap, init_keys, root_key_path
 from shared.bus import connect
+from shared.cluster import EmbeddedCluster
 from shared.embedded import EmbeddedNats
 from shared.errors import MlwardenError
 from shared.settings import Settings
@@ -44,6 +47,9 @@ class System:
     nats_url: str | None = None
     port: int = 0
     nats: EmbeddedNats | None = None
+    #: Nodes of an embedded JetStream cluster to run instead of one server (0: one server).
+    cluster_size: int = 0
+    cluster: EmbeddedCluster | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -51,8 +57,18 @@ class System:
         """The NATS URL the services use."""
         if self.nats_url:
             return self.nats_url
+        if self.cluster is not None:
+            return self.cluster.urls
         assert self.nats is not None
         return self.nats.url
+
+    @property
+    def replicas(self) -> int:
+        """Copies of each stream and bucket: one per node of the embedded cluster, at most 3
+        (JetStream's usual maximum that still survives a node loss); else the environment's."""
+        if self.cluster_size:
+            return min(self.cluster_size, 3)
+        return Settings().js_replicas
 
     def start(self) -> System:
         """Start NATS (when embedded) and every service; wait until each reports ready.
@@ -70,16 +86,24 @@ class System:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Keys and the registry policy exist before any service reads them.
         init_keys(Settings(data_dir=self.data_dir))
-        if self.nats_url is None:
+        if self.nats_url is None and self.cluster_size:
+            # Its own folder: a data dir used with one server keeps that server's store.
+            self.cluster = EmbeddedCluster(self.data_dir / "nats-cluster", size=self.cluster_size).start()
+        elif self.nats_url is None:
             self.nats = EmbeddedNats(self.data_dir / "nats", port=self.port).start()
-        settings = Settings(data_dir=self.data_dir, nats_url=self.url)
+        settings = Settings(data_dir=self.data_dir, nats_url=self.url, js_replicas=self.replicas)
         if root_key_path(settings).exists():
             # The operator's root key is here (dev): register every service key, signed by it,
             # before any service checks that its key is the trusted one.
             asyncio.run(_bootstrap(settings))
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        env = {**os.environ, "MLW_DATA_DIR": str(self.data_dir), "MLW_NATS_URL": self.url}
+        env = {
+            **os.environ,
+            "MLW_DATA_DIR": str(self.data_dir),
+            "MLW_NATS_URL": self.url,
+            "MLW_JS_REPLICAS": str(self.replicas),
+        }
         # audit-log first: it creates the topology and must see everything from the start.
         for name in SERVICES:
             ready = self.data_dir / "run" / f"{name}.ready"
@@ -121,6 +145,9 @@ class System:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
 
     def __enter__(self) -> System:
         return self.start()

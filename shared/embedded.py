@@ -51,6 +51,8 @@ class EmbeddedNats:
     host: str = "127.0.0.1"
     max_payload: int = 1024 * 1024
     log_file: Path | None = None
+    #: More nats-server configuration (a cluster block, a server name: `shared.cluster`).
+    extra_config: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -69,7 +71,7 @@ class EmbeddedNats:
         config.write_text(
             f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: {self.max_payload}\n"
-            f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+            f'jetstream {{ store_dir: "{self.store_dir}" }}\n' + self.extra_config
         )
         args = [nats_server_binary(), "-c", str(config), "-l", str(log)]
         self.process = subprocess.Popen(

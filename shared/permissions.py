@@ -216,7 +216,13 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
     ],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
     "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
-    "audit-log": [*_stream_info(CHECKPOINTS.name), _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}")],
+    "audit-log": [
+        *_stream_info(CHECKPOINTS.name),
+        _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
+        # The writer lease `audit-log.lease` (audit_log/app.py, shared/lease.py).
+        *kv_read(STATE_BUCKET, watch=False),
+        *kv_write(STATE_BUCKET, "audit-log."),
+    ],
 }
 
 

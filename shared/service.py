@@ -171,7 +171,7 @@ class ServiceApp:
             nc = self.broker.connection
             if self.settings.declare_topology:
                 # In a secured deployment the operator declared it; this identity may not.
-                await ensure_topology(nc.jetstream())
+                await ensure_topology(nc.jetstream(), replicas=self.settings.js_replicas)
             self._runtime = await start_runtime(self.service, self.settings, nc)
             for hook in self._startup_hooks:
                 await hook(self._runtime)

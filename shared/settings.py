@@ -41,6 +41,12 @@ class Settings(BaseSettings):
             " secured deployment, where only the operator may (`mlwarden keys init --nats URL`)"
         ),
     )
+    js_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies of each JetStream stream and bucket: 1 on one server, 3 on a three-node cluster",
+    )
     fetch_batch: int = Field(default=64, ge=1, le=4096, description="messages per JetStream fetch")
     trust_root: str | None = Field(
         default=None,

@@ -135,8 +135,8 @@ class StreamSpec:
     deny_delete: bool = False
     deny_purge: bool = False
 
-    def config(self) -> StreamConfig:
-        """The nats-py stream configuration."""
+    def config(self, replicas: int = 1) -> StreamConfig:
+        """The nats-py stream configuration (`replicas` copies on a cluster; 1 on one server)."""
         return StreamConfig(
             name=self.name,
             subjects=list(self.subjects),
@@ -148,6 +148,7 @@ class StreamSpec:
             duplicate_window=DUPLICATE_WINDOW_S,
             deny_delete=self.deny_delete,
             deny_purge=self.deny_purge,
+            num_replicas=replicas,
         )
 
 
@@ -234,13 +235,22 @@ STATE_BUCKET = "mlw-state"  # service-owned state (registry-gate's promotions, s
 KV_BUCKETS: tuple[str, ...] = (TRUST_BUCKET, API_KEYS_BUCKET, STATE_BUCKET)
 
 
-async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+async def _ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
     try:
         await js.stream_info(spec.name)
     except NotFoundError:
-        await js.add_stream(spec.config())
+        await js.add_stream(spec.config(replicas))
         return
-    await js.update_stream(spec.config())
+    await js.update_stream(spec.config(replicas))
+
+
+async def _ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    # A bucket declared before the cluster grew (or with another MLW_JS_REPLICAS) is scaled in
+    # place: JetStream moves a stream between replica counts without losing messages.
+    config = (await js.stream_info(stream)).config
+    if (config.num_replicas or 1) != replicas:
+        config.num_replicas = replicas
+        await js.update_stream(config)
 
 
 async def _deny_object_deletes(js: JetStreamContext, bucket: str) -> None:
@@ -254,10 +264,15 @@ async def _deny_object_deletes(js: JetStreamContext, bucket: str) -> None:
         await js.update_stream(config)
 
 
-async def ensure_topology(js: JetStreamContext) -> None:
-    """Create or update every stream, consumer, object store and key-value bucket."""
+async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create or update every stream, consumer, object store and key-value bucket.
+
+    `replicas` (`MLW_JS_REPLICAS`): copies of each stream and bucket, 3 on a three-node cluster
+    (DESIGN.md principle 9) so that losing one node, even a stream's leader, loses nothing.
+    Durable consumers inherit their stream's replica count.
+    """
     for spec in STREAMS:
-        await _ensure_stream(js, spec)
+        await _ensure_stream(js, spec, replicas)
     for specs in CONSUMERS.values():
         for consumer in specs:
             try:
@@ -272,13 +287,17 @@ async def ensure_topology(js: JetStreamContext) -> None:
         try:
             await js.object_store(bucket)
         except NotFoundError:
-            await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE))
+            await js.create_object_store(bucket, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas))
+        await _ensure_replicas(js, f"OBJ_{bucket}", replicas)
         await _deny_object_deletes(js, bucket)
     for bucket in KV_BUCKETS:
         try:
             await js.key_value(bucket)
         except NotFoundError:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE, replicas=replicas)
+            )
+        await _ensure_replicas(js, f"KV_{bucket}", replicas)
 
 
 def model_for_type(event_type: str) -> type[BaseModel] | None:

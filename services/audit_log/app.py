@@ -36,7 +36,7 @@ from services.audit_log.equivocation import Equivocation
 from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
 from services.audit_log.settings import AuditSettings, mirror_path
-from services.audit_log.store import AuditStore
+from services.audit_log.store import AuditStore, Fence
 from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter, Received
 from shared.bus import ServiceRuntime
 from shared.envelope import decode
@@ -51,12 +51,15 @@ from shared.events import (
     AuditQuery,
     Severity,
 )
+from shared.lease import KvLease, holder_id
 from shared.service import ServiceApp
 from shared.settings import Settings
 from shared.signing import KeyHistory, SigningKey
-from shared.topology import CHECKPOINTS, CONSUMERS, Subjects
+from shared.topology import CHECKPOINTS, CONSUMERS, STATE_BUCKET, Subjects
 
 SERVICE = "audit-log"
+#: The writer lease's key in the state bucket (`shared.lease`).
+LEASE_KEY = "audit-log.lease"
 log = logging.getLogger("mlwarden.audit-log")
 
 
@@ -87,6 +90,8 @@ class Ingestor:
         self.on_commit = on_commit
         self.stored = 0
         self.duplicates = 0
+        #: The writer lease's fencing token: the store refuses a batch under any other claim.
+        self.fence: Fence | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[JetStreamContext.PullSubscription] = []
         self._running = False
@@ -164,7 +169,7 @@ class Ingestor:
         # The trust store verifies each event's signature in the writer (issue 8: labels come
         # from verified signers only).
         messages = [Received(msg.subject, msg.data) for msg in msgs]
-        outcome = await self.writer.write(messages, time.time(), self.runtime.trust)
+        outcome = await self.writer.write(messages, time.time(), self.runtime.trust, fence=self.fence)
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
         for position, reason in outcome.refused:
@@ -352,14 +357,41 @@ def create_app(
             # Time-based checkpoints: new entries wait at most `checkpoint_interval_s` for one.
             while True:
                 await asyncio.sleep(min(1.0, audit.checkpoint_interval_s / 2))
-                await checkpoint_now()
+                if holder["lease"].held:
+                    await checkpoint_now()
 
         # Up to 1024 messages a transaction: the commit, not the fetch, is the cost per message.
         ingestor = Ingestor(writer, runtime, batch=max(settings.fetch_batch, 1024), on_commit=checkpoint_now)
         holder["ingestor"] = ingestor
-        await ingestor.start(runtime.js)
-        # At once, not at the first entry: a database that lost signed entries is reported now.
-        await checkpoint_now()
+
+        # One writer at a time (issue 13): instances contend for a lease in the state bucket;
+        # only the holder consumes, commits and signs, under its fencing token. Standbys answer
+        # queries, proofs and checkpoint requests from the shared database.
+        lease = KvLease(await runtime.js.key_value(STATE_BUCKET), LEASE_KEY, holder_id(SERVICE), audit.lease)
+        holder["lease"] = lease
+        # Tokens compare within one lease bucket: its creation time tells a recreated one apart.
+        epoch = str((await runtime.js.stream_info(f"KV_{STATE_BUCKET}")).created or "")
+
+        async def lead(token: int) -> None:
+            fence = Fence(epoch, token)
+            # Claimed before the first fetch: from now on a former leader's batch is refused.
+            await asyncio.to_thread(the_store.claim_writer, fence, now=time.time())
+            ingestor.fence = fence
+            await ingestor.start(runtime.js)
+            log.info("audit-log: writing as leader (token %d)", token)
+            # At once, not at the first entry: a database that lost signed entries is reported now.
+            await checkpoint_now()
+
+        async def step_down() -> None:
+            log.warning("audit-log: writer lease lost; standing by")
+            await ingestor.stop()
+            ingestor.fence = None
+
+        # A lone instance (or the first) takes the lease before it reports ready.
+        if await lease.try_acquire():
+            assert lease.token is not None
+            await lead(lease.token)
+        tasks.append(asyncio.create_task(lease.run(lead, step_down), name="audit:lease"))
         tasks.append(asyncio.create_task(timer(), name="audit:checkpoints"))
 
     @svc.on_stop
@@ -370,6 +402,9 @@ def create_app(
         tasks.clear()
         if "ingestor" in holder:
             await holder["ingestor"].stop()
+        if "lease" in holder:
+            # After the last commit: a standby takes over at its next look, not after the TTL.
+            await holder["lease"].release()
 
     def checkpointer() -> Checkpointer:
         found: Checkpointer | None = holder.get("checkpointer")

@@ -62,3 +62,20 @@ class SubjectMismatch(InvalidMessage):
         self.claimed = claimed
         #: The subject it really arrived on.
         self.arrived_on = arrived_on
+
+
+class FencedError(MlwardenError, PermissionError):
+    """This writer's fencing token is not the newest claim in the store: another audit-log
+    instance took the writer lease since, so this one must not commit (issue 13)."""
+
+    def __init__(self, *, epoch: str, token: int, current_epoch: str, current_token: int) -> None:
+        super().__init__(
+            f"audit writer fenced: token {token} (epoch {epoch!r}) is not the newest claim"
+            f" {current_token} (epoch {current_epoch!r})"
+        )
+        #: This writer's lease epoch and token.
+        self.epoch = epoch
+        self.token = token
+        #: The newest claim in the store.
+        self.current_epoch = current_epoch
+        self.current_token = current_token

@@ -58,6 +58,12 @@ The design has one audit-log writer: the chain is a total order and `seq` is com
 current head. `append_batch` nevertheless takes the table's write lock first (SQLite
 `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE ... IN EXCLUSIVE MODE`), so an accidental second
 writer waits instead of forking the chain; readers are not blocked (SQLite WAL, PostgreSQL MVCC).
+
+Several audit-log instances elect the writer with a lease in the `mlw-state` bucket
+(`services.audit_log.leader`); its fencing token (the lease's KV revision, with the bucket's
+creation time as epoch) is claimed in table `audit_writers` (append-only, one row per claim)
+inside the same locked transaction as a batch: a batch commits only if its token is the newest
+claim, so a paused former leader cannot commit after a successor claimed (issue 13).
 """
 
 from __future__ import annotations
@@ -101,7 +107,13 @@ from sqlalchemy.schema import CreateSchema
 
 from services.audit_log import equivocation, merkle
 from services.audit_log.equivocation import Equivocation
-from services.audit_log.errors import ConcurrentAppendError, StoreUnavailableError, SubjectMismatch, TreeError
+from services.audit_log.errors import (
+    ConcurrentAppendError,
+    FencedError,
+    StoreUnavailableError,
+    SubjectMismatch,
+    TreeError,
+)
 from services.audit_log.merkle import CompactTree, NodeKey
 from services.audit_log.provenance import provenance
 from shared.envelope import decode_any, parse_raw
@@ -180,8 +192,28 @@ audit_tree = Table(
     sqlite_with_rowid=False,
 )
 
+#: Every writer claim (fencing token), newest = highest `claim`: see "Single writer" above.
+audit_writers = Table(
+    "audit_writers",
+    metadata,
+    Column("claim", _SeqType, primary_key=True, autoincrement=True),
+    Column("epoch", String(64), nullable=False),
+    Column("token", BigInteger(), nullable=False),
+    Column("claimed_at", Double(), nullable=False),
+)
+
+
+class Fence(NamedTuple):
+    """A writer's fencing token: the lease's KV revision within the lease bucket's epoch."""
+
+    #: Identifies the lease bucket (its creation time): tokens compare only within one epoch.
+    epoch: str
+    #: The KV revision at which the lease was acquired.
+    token: int
+
+
 #: Tables whose rows may never change or disappear.
-APPEND_ONLY_TABLES: Final = (audit_entries.name, audit_tree.name)
+APPEND_ONLY_TABLES: Final = (audit_entries.name, audit_tree.name, audit_writers.name)
 _GUARD_FUNCTION = "mlw_audit_append_only"
 
 
@@ -575,7 +607,7 @@ class AuditStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def append_batch(self, items: Sequence[IncomingEvent]) -> AppendResult:
+    def append_batch(self, items: Sequence[IncomingEvent], *, fence: Fence | None = None) -> AppendResult:
         """Append new events in one transaction (group commit), linked into the chain in order.
 
         Idempotent on `event_id`: an id seen earlier in `items`, or already stored, with the
@@ -584,7 +616,8 @@ class AuditStore:
         entry holding both hashes and the second body is appended in its place (see
         `equivocation.py`); each one is returned in `equivocations` so the caller can alert.
         Either the whole batch is committed or none of it is; ack the messages only after this
-        returns.
+        returns. With `fence`, nothing is committed (`FencedError`) unless it is the newest
+        writer claim (`claim_writer`).
         """
         if not items:
             return AppendResult(inserted=0, duplicates=0)
@@ -592,6 +625,8 @@ class AuditStore:
         rows: list[tuple[Any, ...]] = []
         try:
             with self._errors(), self._write() as conn:
+                if fence is not None:
+                    self._check_fence(conn, fence)
                 head = self._head(conn)
                 fresh, duplicates, found = self._plan(conn, items, head.seq)
                 prev, seq = head.entry_hash, head.seq
@@ -697,6 +732,44 @@ class AuditStore:
                 return record, record_id
             # Taken by an entry that is not this evidence (a squatted id): try the next one.
         raise AssertionError("a random uuid4 is never taken")  # pragma: no cover
+
+    def claim_writer(self, fence: Fence, *, now: float) -> None:
+        """Record `fence` as the newest writer claim; from then on only it may append.
+
+        Refused (`FencedError`) if a higher token of the same epoch was claimed already. A new
+        epoch (the lease bucket was recreated, so its revisions restarted) is accepted.
+        """
+        with self._errors(), self._write() as conn:
+            current = self._latest_claim(conn)
+            if current == fence:
+                return
+            if current is not None and current.epoch == fence.epoch and current.token > fence.token:
+                raise FencedError(
+                    epoch=fence.epoch, token=fence.token, current_epoch=current.epoch, current_token=current.token
+                )
+            conn.execute(audit_writers.insert().values(epoch=fence.epoch, token=fence.token, claimed_at=now))
+
+    def writer_claims(self) -> list[Fence]:
+        """Every writer claim, oldest first (who held the lease, for forensics and tests)."""
+        c = audit_writers.c
+        with self._errors(), self._engine.connect() as conn:
+            return [Fence(r.epoch, int(r.token)) for r in conn.execute(select(c.epoch, c.token).order_by(c.claim))]
+
+    @staticmethod
+    def _latest_claim(conn: Connection) -> Fence | None:
+        c = audit_writers.c
+        row = conn.execute(select(c.epoch, c.token).order_by(c.claim.desc()).limit(1)).first()
+        return None if row is None else Fence(row.epoch, int(row.token))
+
+    def _check_fence(self, conn: Connection, fence: Fence) -> None:
+        current = self._latest_claim(conn)
+        if current != fence:
+            raise FencedError(
+                epoch=fence.epoch,
+                token=fence.token,
+                current_epoch=current.epoch if current is not None else "",
+                current_token=current.token if current is not None else 0,
+            )
 
     def head(self) -> ChainHead:
         """The newest entry's seq and hash."""

@@ -27,7 +27,8 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple, Protocol
 
 from services.audit_log.equivocation import Equivocation
-from services.audit_log.store import AuditStore, IncomingEvent
+from services.audit_log.errors import FencedError
+from services.audit_log.store import AuditStore, Fence, IncomingEvent
 from shared.errors import InvalidMessage, TransientError
 from shared.signing import TrustStore
 
@@ -72,13 +73,18 @@ class Received(NamedTuple):
 
 
 def store_batch(
-    store: AuditStore, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+    store: AuditStore,
+    messages: list[Received],
+    recorded_at: float,
+    trust: TrustStore | None = None,
+    fence: Fence | None = None,
 ) -> BatchOutcome:
     """Parse `messages` and append the valid ones in one transaction (the group commit).
 
     An envelope whose type is not the subject it arrived on is refused like a malformed one
     (issue 8): it becomes a dead letter naming the real subject, never an entry of the type
-    it claims. With `trust`, each event's labels come from its verified signature.
+    it claims. With `trust`, each event's labels come from its verified signature. With
+    `fence`, nothing is committed unless it is the store's newest writer claim (`FencedError`).
     """
     items: list[IncomingEvent] = []
     refused: list[tuple[int, str]] = []
@@ -87,7 +93,7 @@ def store_batch(
             items.append(IncomingEvent.from_bytes(body, recorded_at=recorded_at, arrived_on=subject, trust=trust))
         except InvalidMessage as exc:
             refused.append((position, exc.reason))
-    result = store.append_batch(items)
+    result = store.append_batch(items, fence=fence)
     return BatchOutcome(result.inserted, result.duplicates, refused, list(result.equivocations))
 
 
@@ -98,11 +104,17 @@ class BatchWriter(Protocol):
         """Get ready to write (a process writer starts its process and opens the database)."""
 
     async def write(
-        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+        self,
+        messages: list[Received],
+        recorded_at: float,
+        trust: TrustStore | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> BatchOutcome:
         """Store one batch; returns after the commit. Raises `WriterError` if nothing was stored.
 
-        `trust` verifies each event's signature (labels come only from verified signers)."""
+        `trust` verifies each event's signature (labels come only from verified signers);
+        `fence` is the writer lease's token, checked in the commit's transaction."""
         ...
 
     async def stop(self) -> None:
@@ -121,13 +133,18 @@ class InlineWriter:
         """Nothing to start: the store is already open."""
 
     async def write(
-        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+        self,
+        messages: list[Received],
+        recorded_at: float,
+        trust: TrustStore | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> BatchOutcome:
         """Store one batch in the worker thread."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at, trust)
-        except TransientError as exc:
+            return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at, trust, fence)
+        except (TransientError, FencedError) as exc:
             raise WriterError(str(exc), kind=type(exc).__name__) from exc
 
     async def stop(self) -> None:
@@ -166,7 +183,12 @@ class ProcessWriter:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._ensure_started)
 
     async def write(
-        self, messages: list[Received], recorded_at: float, trust: TrustStore | None = None
+        self,
+        messages: list[Received],
+        recorded_at: float,
+        trust: TrustStore | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> BatchOutcome:
         """Send one batch to the child; returns once the child has committed it."""
         # The trust store crosses the pipe only when it changed (a registration, a revocation).
@@ -175,7 +197,10 @@ class ProcessWriter:
             snapshot = trust.snapshot()
             self._trust_sent, self._version_sent = trust, trust.version
         # Plain (subject, body) tuples: the cheapest form to pickle.
-        payload = pickle.dumps((recorded_at, [tuple(m) for m in messages], snapshot), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(
+            (recorded_at, [tuple(m) for m in messages], snapshot, None if fence is None else tuple(fence)),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._round_trip, payload)
 
@@ -267,7 +292,7 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
     with contextlib.closing(store):
         while True:
             try:
-                recorded_at, pairs, snapshot = pickle.loads(conn.recv_bytes())
+                recorded_at, pairs, snapshot, fenced_by = pickle.loads(conn.recv_bytes())
             except EOFError:
                 return  # the service stopped or died
             if snapshot is not None:
@@ -275,7 +300,8 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
             answer: tuple[bool, BatchOutcome | None, str, str]
             try:
                 messages = [Received(subject, body) for subject, body in pairs]
-                answer = (True, store_batch(store, messages, recorded_at, trust), "", "")
+                fence = None if fenced_by is None else Fence(*fenced_by)
+                answer = (True, store_batch(store, messages, recorded_at, trust, fence), "", "")
             except Exception as exc:  # noqa: BLE001 - nothing was committed; the parent retries
                 answer = (False, None, type(exc).__name__, str(exc))
             try:
