@@ -32,6 +32,17 @@ from shared.errors import InvalidMessage
 #: The largest integer JCS accepts: every integer up to it is exact as an IEEE 754 double.
 MAX_SAFE_INTEGER = 2**53 - 1
 
+# For a non-integral float with 1e-4 <= |x| < 1e16, orjson writes the shortest round-trip digits
+# (like Python's repr, and like ECMAScript) in positional form with no trailing zero, which is
+# JCS's form for such a number; such floats skip the Python formatting below. Checked against
+# `ecmascript_number` and `rfc8785` in tests/contracts/test_canonical_jcs.py.
+_ORJSON_AGREES_MIN = 1e-4
+_ORJSON_AGREES_MAX = 1e16
+
+
+#: Types orjson writes as JCS does with no check (the walk's shortcut).
+_AS_IS = frozenset({str, bool, type(None)})
+
 
 def canonical_json(value: Any) -> bytes:
     """Return the RFC 8785 canonical bytes of a JSON value (dict, list, tuple, str, int, float,
@@ -46,18 +57,25 @@ def _prepare(value: Any) -> Any:
     if kind is str or value is None or kind is bool:
         return value
     if kind is float:
+        if value.is_integer():
+            if abs(value) <= MAX_SAFE_INTEGER:
+                # Below 2^53 every integer is a double of its own, so its shortest digits are
+                # all of its digits: ECMAScript writes `1.0` as `1`, `-0.0` as `0`, like int().
+                return int(value)
+        elif _ORJSON_AGREES_MIN <= abs(value) < _ORJSON_AGREES_MAX:
+            return value  # the common case, written by orjson exactly as JCS does (see above)
         return orjson.Fragment(ecmascript_number(value))
     if kind is int:
         if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             raise InvalidMessage(f"integer {value} outside ±(2^53 - 1) in signed content")
         return value
     if kind is dict:
-        prepared = {key: _prepare(item) for key, item in value.items()}
+        prepared = {key: item if type(item) in _AS_IS else _prepare(item) for key, item in value.items()}
         if all(map(str.isascii, prepared)) or not any(key and max(key) > "\uffff" for key in prepared):
             return prepared
         return orjson.Fragment(_object_by_utf16(prepared))
     if kind is list or kind is tuple:
-        return [_prepare(item) for item in value]
+        return [item if type(item) in _AS_IS else _prepare(item) for item in value]
     # Subclasses (StrEnum, IntEnum, OrderedDict...) are JSON as their base type, and checked as it.
     if isinstance(value, str):
         return value

@@ -59,6 +59,21 @@ def test_number_text_is_ecmascript_and_round_trips(number: float) -> None:
     assert float(text) == number
 
 
+@settings(max_examples=5000)
+@given(
+    st.one_of(
+        st.floats(min_value=1e-4, max_value=1e16, exclude_max=True),
+        st.floats(min_value=1e-4, max_value=1e-3),
+        st.floats(min_value=1e15, max_value=1e16, exclude_max=True),
+    ).filter(lambda x: not x.is_integer())
+)
+@example(1e-4 + 1e-20)
+@example(999999999999999.9)
+def test_orjson_writes_jcs_for_the_floats_it_is_trusted_with(number: float) -> None:
+    # canonical_json leaves these floats to orjson (its fast path)
+    assert orjson.dumps(number) == orjson.dumps(-number)[1:] == ecmascript_number(number) == rfc8785.dumps(number)
+
+
 @pytest.mark.parametrize(
     ("value", "jcs", "orjson_said"),
     [
