@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
-from pydantic import BaseModel
 from rich.markup import escape
 
 from mlwarden.apikey_cli import add_api_key_commands
@@ -178,28 +177,11 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    """Print the JSON schema of every event body and request/reply body, by subject."""
-    from shared import events
-    from shared.topology import Subjects, model_for_type
+    """Print the JSON Schema (2020-12) of every message by subject: the whole signed envelope of
+    each stored subject, and the request and reply bodies of each request/reply subject."""
+    from shared.asyncapi import build_json_schemas
 
-    subjects = [v for k, v in vars(Subjects).items() if k.isupper() and isinstance(v, str)]
-    schemas: dict[str, Any] = {}
-    for subject in subjects:
-        model = model_for_type(subject)
-        if model is not None:
-            schemas[subject] = model.model_json_schema()
-    requests: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-        Subjects.SERVING_ADMIT: (events.AdmitRequest, events.AdmitReply),
-        Subjects.AUDIT_QUERY: (events.AuditQuery, events.AuditPage),
-        Subjects.ARTIFACT_VERIFY: (events.ArtifactVerifyRequest, events.ArtifactVerifyReply),
-        Subjects.REGISTRY_STATUS: (events.RegistryStatusRequest, events.RegistryStatus),
-    }
-    for subject, (request, reply) in requests.items():
-        schemas[subject] = {"request": request.model_json_schema(), "reply": reply.model_json_schema()}
-    schemas["mlw.health.<service>"] = {"request": {}, "reply": events.HealthReply.model_json_schema()}
-    schemas["mlw.alert.<service>"] = events.Alert.model_json_schema()
-    schemas["mlw.deadletter.<service>"] = events.DeadLetter.model_json_schema()
-    _print_json(schemas)
+    _print_json(build_json_schemas())
     return EXIT_OK
 
 
