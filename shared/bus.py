@@ -53,6 +53,8 @@ DataT = TypeVar("DataT", bound=BaseModel)
 RETRY_BASE_DELAY_S = 0.5
 #: ... up to this: after an outage, a message waits at most this long to be tried again.
 RETRY_MAX_DELAY_S = 10.0
+#: An outage is over when this long passed after a success with no new failure.
+RECOVERY_QUIET_S = 5.0
 #: A handler that fails with a bug (an unexpected exception) this many times is dead-lettered.
 BUG_ATTEMPTS = 5
 #: Keep a message in progress for at most this long: a handler stuck longer lets it go.
@@ -242,6 +244,7 @@ class ServiceRuntime:
     _outage: Outage | None = None
     #: Infrastructure failures seen per message (subject:stream seq): not counted as bug attempts.
     _infra_failures: dict[str, int] = field(default_factory=dict)
+    _recovery: asyncio.Task[None] | None = None
 
     @property
     def source(self) -> str:
@@ -384,7 +387,11 @@ class ServiceRuntime:
             self._trust_task = asyncio.create_task(self._follow_trust(), name=f"{self.service}:trust")
 
     async def stop(self) -> None:
-        """Stop following the trust store."""
+        """Stop following the trust store (and waiting to confirm a recovery)."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recovery
         if self._trust_task is not None:
             self._trust_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -446,7 +453,7 @@ class ServiceRuntime:
         await msg.ack()
         self._infra_failures.pop(_message_key(msg), None)
         self.processed += 1
-        await self._recovered()
+        await self.infrastructure_recovered()
 
     async def _settle_failure(
         self, msg: Msg, exc: BaseException, failure: FailureClass, *, event_id: str | None = None
@@ -465,7 +472,7 @@ class ServiceRuntime:
                     self._infra_failures[key] = self._infra_failures.get(key, 0) + 1
                     _trim(self._infra_failures)
                     log.warning("%s: infrastructure failure on %s, retrying: %r", self.service, what, exc)
-                    await self._outage_started(exc)
+                    await self.infrastructure_failed(exc)
                     await msg.nak(delay=retry_delay(deliveries))
                 case FailureClass.BUG:
                     # Deliveries spent on infrastructure failures (seen by this process) do not
@@ -497,13 +504,14 @@ class ServiceRuntime:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=retry_delay(deliveries))
 
-    async def _outage_started(self, exc: BaseException) -> None:
+    async def infrastructure_failed(self, exc: BaseException) -> None:
         """Alert once that an infrastructure failure started (again later if the bus was down too)."""
         outage = self._outage
         if outage is None:
             outage = self._outage = Outage(started=time.time(), reason=repr(exc)[:500])
             log.error("%s: infrastructure unavailable: %s", self.service, outage.reason)
         outage.failures += 1
+        outage.healthy_since = None
         if outage.alerted:
             return
         try:
@@ -518,12 +526,22 @@ class ServiceRuntime:
         except Exception as alert_exc:  # noqa: BLE001 - NATS may be what is down; the next failure retries
             log.warning("%s: could not publish the outage alert: %r", self.service, alert_exc)
 
-    async def _recovered(self) -> None:
-        """After a success: if an outage was going on, it is over; say so once."""
-        outage, self._outage = self._outage, None
-        if outage is None:
+    async def infrastructure_recovered(self) -> None:
+        """After a success: if an outage was going on, it is over once RECOVERY_QUIET_S pass
+        with no new failure; then say so, once. A resource that flaps while it comes back (a
+        connection opened during the outage failing once more) stays one outage, one alert."""
+        outage = self._outage
+        if outage is None or outage.healthy_since is not None:
             return
-        lasted = time.time() - outage.started
+        outage.healthy_since = time.time()
+        self._recovery = asyncio.create_task(self._confirm_recovery(outage), name=f"{self.service}:recovery")
+
+    async def _confirm_recovery(self, outage: Outage) -> None:
+        await asyncio.sleep(RECOVERY_QUIET_S)
+        if self._outage is not outage or outage.healthy_since is None:
+            return  # failed again meanwhile: the same outage goes on
+        self._outage = None
+        lasted = outage.healthy_since - outage.started
         log.warning("%s: infrastructure back after %.1f s (%d failures)", self.service, lasted, outage.failures)
         try:
             await self.alert(
@@ -546,6 +564,8 @@ class Outage:
     reason: str
     failures: int = 0
     alerted: bool = False
+    #: When the first success after failures came (None while failing).
+    healthy_since: float | None = None
 
     def key(self, service: str) -> str:
         """The idempotency key of this outage's alerts (one start, one recovery alert)."""
@@ -572,20 +592,21 @@ def _ack_wait_of(msg: Msg) -> float:
 
 
 @contextlib.asynccontextmanager
-async def keep_in_progress(msg: Msg, every_s: float | None = None) -> AsyncIterator[None]:
-    """Tell JetStream the work on `msg` goes on (`+WPI`, resetting its ack wait) every `every_s`
-    (a third of the durable's ack wait by default) until the block exits, for at most
-    MAX_IN_PROGRESS_S: a handler stuck for longer lets its message be redelivered."""
-    interval = every_s if every_s is not None else _ack_wait_of(msg) / 3
+async def keep_in_progress(*msgs: Msg, every_s: float | None = None) -> AsyncIterator[None]:
+    """Tell JetStream the work on `msgs` goes on (`+WPI`, resetting their ack wait) every
+    `every_s` (a third of the durable's ack wait by default) until the block exits, for at most
+    MAX_IN_PROGRESS_S: a handler stuck for longer lets its messages be redelivered."""
+    interval = every_s if every_s is not None else (_ack_wait_of(msgs[0]) if msgs else DEFAULT_ACK_WAIT_S) / 3
 
     async def beat() -> None:
         deadline = time.monotonic() + MAX_IN_PROGRESS_S
         while time.monotonic() < deadline:
             await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # noqa: BLE001 - a core message, or NATS down: the ack wait decides
-                log.debug("in-progress ack failed: %r", exc)
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - a core message, or NATS down: the ack wait decides
+                    log.debug("in-progress ack failed: %r", exc)
 
     task = asyncio.create_task(beat(), name="in-progress")
     try:

@@ -43,6 +43,7 @@ def _upload(version: str) -> DatasetUploaded:
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short nak delays, so many deliveries fit in a test; the behaviour is the same."""
     monkeypatch.setattr(shared.bus, "RETRY_BASE_DELAY_S", 0.02)
+    monkeypatch.setattr(shared.bus, "RECOVERY_QUIET_S", 1.0)
     monkeypatch.setattr(shared.bus, "RETRY_MAX_DELAY_S", 0.1)
 
 
