@@ -1,6 +1,7 @@
 """What every service does on the bus, in one place: connect, publish signed events with their
 id as `Nats-Msg-Id`, verify others' signatures, keep the trust store, and process one JetStream
-message with at-least-once-in / exactly-once-effect semantics and a dead-letter subject.
+message with at-least-once-in / exactly-once-effect semantics: failures settled by class (input
+dead-lettered, infrastructure retried without limit, bugs dead-lettered after a few attempts).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,11 +25,11 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from shared.envelope import Envelope, decode, derived_id, new_event, preview_b64
-from shared.errors import InvalidMessage, MlwardenError, SignatureError
+from shared.errors import FailureClass, InvalidMessage, MlwardenError, SignatureError, classify_failure
 from shared.events import Alert, DeadLetter, Severity
 from shared.settings import Settings
 from shared.signing import SigningKey, TrustStore, load_or_create_key
-from shared.topology import MAX_DELIVER, TRUST_BUCKET, VERDICT_SIGNERS, Subjects
+from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, VERDICT_SIGNERS, Subjects
 from shared.trust import (
     Kind,
     Rejected,
@@ -48,8 +49,16 @@ log = logging.getLogger("mlwarden.bus")
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
-#: Delay before a message that failed transiently is redelivered; grows with each delivery.
+#: Delay before a failed message is redelivered; doubles with each delivery...
 RETRY_BASE_DELAY_S = 0.5
+#: ... up to this: after an outage, a message waits at most this long to be tried again.
+RETRY_MAX_DELAY_S = 10.0
+#: An outage is over when this long passed after a success with no new failure.
+RECOVERY_QUIET_S = 5.0
+#: A handler that fails with a bug (an unexpected exception) this many times is dead-lettered.
+BUG_ATTEMPTS = 5
+#: Keep a message in progress for at most this long: a handler stuck longer lets it go.
+MAX_IN_PROGRESS_S = 30 * 60.0
 
 
 class TrustConflict(MlwardenError, RuntimeError):
@@ -231,6 +240,11 @@ class ServiceRuntime:
     _trust_refresh: asyncio.Lock = field(default_factory=asyncio.Lock)
     _trust_task: asyncio.Task[None] | None = None
     _reported: set[tuple[str, int]] = field(default_factory=set)
+    #: The infrastructure outage going on, if any (one alert when it starts, one when it ends).
+    _outage: Outage | None = None
+    #: Infrastructure failures seen per message (subject:stream seq): not counted as bug attempts.
+    _infra_failures: dict[str, int] = field(default_factory=dict)
+    _recovery: asyncio.Task[None] | None = None
 
     @property
     def source(self) -> str:
@@ -373,7 +387,11 @@ class ServiceRuntime:
             self._trust_task = asyncio.create_task(self._follow_trust(), name=f"{self.service}:trust")
 
     async def stop(self) -> None:
-        """Stop following the trust store."""
+        """Stop following the trust store (and waiting to confirm a recovery)."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recovery
         if self._trust_task is not None:
             self._trust_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -404,33 +422,211 @@ class ServiceRuntime:
         model: type[DataT],
         handler: Callable[[Envelope[DataT]], Awaitable[None]],
     ) -> None:
-        """Decode one JetStream message, run `handler`, then ack.
+        """Decode one JetStream message, run `handler`, then ack; a failure is settled by its
+        class (`shared.errors.classify_failure`, DESIGN.md principle 6, issue 13):
 
-        - Bad JSON, a wrong schema or an oversized message can never succeed: it goes to the
-          dead-letter subject at once and is acked (the letter is stored first).
-        - Any other error is retried with a growing delay (nak); after MAX_DELIVER deliveries
-          the message is dead-lettered. Handlers are idempotent on the event id, so a retry
-          after a partial success does no harm.
+        - input (bad JSON, a wrong schema, an oversized message, `InvalidMessage` from the
+          handler) can never succeed: it goes to the dead-letter subject at once, with the
+          reason, and is acked (the letter is stored first);
+        - infrastructure (database, disk, object store, NATS) is retried with a growing, capped
+          delay for as long as it lasts: the consumers have no delivery limit, so an outage
+          never uses up a message. One alert when it starts, one when it is over;
+        - a bug (any other exception) is retried `BUG_ATTEMPTS` times, then dead-lettered with
+          an alert.
+
+        While the handler works, the message is kept in progress (`+WPI`) every third of its ack
+        wait, so the ack wait can be short and a crashed process's messages come back in
+        seconds. Handlers are idempotent on the event id: a retry after a partial success does
+        no harm. A message leaves the stream only acked after its work or dead-lettered.
         """
         try:
             event = decode(msg.data, model, expected_type=msg.subject)
         except InvalidMessage as exc:
-            await self.dead_letter(msg, exc.reason)
-            await msg.ack()
+            await self._settle_failure(msg, exc, FailureClass.INPUT)
             return
         try:
-            await handler(event)
-        except Exception as exc:  # noqa: BLE001 - the boundary: every failure is retried or kept
-            deliveries, _ = _delivery_info(msg)
-            if deliveries >= MAX_DELIVER:
-                await self.dead_letter(msg, f"failed {deliveries} times: {exc!r}")
-                await msg.ack()
-                return
-            log.warning("%s: retrying %s after %r", self.service, event.id, exc)
-            await msg.nak(delay=RETRY_BASE_DELAY_S * 2 ** (deliveries - 1))
+            async with keep_in_progress(msg):
+                await handler(event)
+        except Exception as exc:  # noqa: BLE001 - the boundary: every failure is classified and settled
+            await self._settle_failure(msg, exc, classify_failure(exc), event_id=event.id)
             return
         await msg.ack()
+        self._infra_failures.pop(_message_key(msg), None)
         self.processed += 1
+        await self.infrastructure_recovered()
+
+    async def _settle_failure(
+        self, msg: Msg, exc: BaseException, failure: FailureClass, *, event_id: str | None = None
+    ) -> None:
+        deliveries, _ = _delivery_info(msg)
+        key = _message_key(msg)
+        what = event_id or msg.subject
+        try:
+            match failure:
+                case FailureClass.INPUT:
+                    reason = exc.reason if isinstance(exc, InvalidMessage) else repr(exc)
+                    await self.dead_letter(msg, reason)
+                    await msg.ack()
+                    self._infra_failures.pop(key, None)
+                case FailureClass.INFRASTRUCTURE:
+                    self._infra_failures[key] = self._infra_failures.get(key, 0) + 1
+                    _trim(self._infra_failures)
+                    log.warning("%s: infrastructure failure on %s, retrying: %r", self.service, what, exc)
+                    await self.infrastructure_failed(exc)
+                    await msg.nak(delay=retry_delay(deliveries))
+                case FailureClass.BUG:
+                    # Deliveries spent on infrastructure failures (seen by this process) do not
+                    # count: a message that waited out an outage still gets its bug attempts.
+                    attempts = max(1, deliveries - self._infra_failures.get(key, 0))
+                    if attempts < BUG_ATTEMPTS:
+                        log.warning("%s: %s failed (attempt %d), retrying: %r", self.service, what, attempts, exc)
+                        await msg.nak(delay=retry_delay(attempts))
+                        return
+                    log.error("%s: %s failed %d times, dead-lettering: %r", self.service, what, attempts, exc)
+                    await self.dead_letter(msg, f"failed {attempts} times: {exc!r}")
+                    await self.alert(
+                        "handler_bug",
+                        Severity.FAIL,
+                        f"{msg.subject} {what} dead-lettered after {attempts} failures: {exc!r}"[:2000],
+                        in_reply_to=f"bug:{key}",
+                        subject=msg.subject,
+                        attempts=attempts,
+                        error=type(exc).__name__,
+                    )
+                    await msg.ack()
+                    self._infra_failures.pop(key, None)
+                case _:
+                    assert_never(failure)
+        except Exception as settle_exc:  # noqa: BLE001 - the bus itself is failing: keep the message
+            # Neither acked nor dead-lettered: it stays in the stream and comes again (after the
+            # nak delay or the ack wait), whatever the class.
+            log.warning("%s: could not settle %s (%s): %r", self.service, what, failure.value, settle_exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=retry_delay(deliveries))
+
+    async def infrastructure_failed(self, exc: BaseException) -> None:
+        """Alert once that an infrastructure failure started (again later if the bus was down too)."""
+        outage = self._outage
+        if outage is None:
+            outage = self._outage = Outage(started=time.time(), reason=repr(exc)[:500])
+            log.error("%s: infrastructure unavailable: %s", self.service, outage.reason)
+        outage.failures += 1
+        outage.healthy_since = None
+        if outage.alerted:
+            return
+        try:
+            await self.alert(
+                "infrastructure.unavailable",
+                Severity.FAIL,
+                f"{self.service} cannot do its work: {outage.reason}; messages are retried until it returns",
+                in_reply_to=outage.key(self.service),
+                error=type(exc).__name__,
+            )
+            outage.alerted = True
+        except Exception as alert_exc:  # noqa: BLE001 - NATS may be what is down; the next failure retries
+            log.warning("%s: could not publish the outage alert: %r", self.service, alert_exc)
+
+    async def infrastructure_recovered(self) -> None:
+        """After a success: if an outage was going on, it is over once RECOVERY_QUIET_S pass
+        with no new failure; then say so, once. A resource that flaps while it comes back (a
+        connection opened during the outage failing once more) stays one outage, one alert."""
+        outage = self._outage
+        if outage is None or outage.healthy_since is not None:
+            return
+        outage.healthy_since = time.time()
+        self._recovery = asyncio.create_task(self._confirm_recovery(outage), name=f"{self.service}:recovery")
+
+    async def _confirm_recovery(self, outage: Outage) -> None:
+        await asyncio.sleep(RECOVERY_QUIET_S)
+        if self._outage is not outage or outage.healthy_since is None:
+            return  # failed again meanwhile: the same outage goes on
+        self._outage = None
+        lasted = outage.healthy_since - outage.started
+        log.warning("%s: infrastructure back after %.1f s (%d failures)", self.service, lasted, outage.failures)
+        try:
+            await self.alert(
+                "infrastructure.recovered",
+                Severity.INFO,
+                f"{self.service} works again after {lasted:.1f} s ({outage.failures} retried failures)",
+                in_reply_to=outage.key(self.service),
+                seconds=round(lasted, 3),
+                failures=outage.failures,
+            )
+        except Exception as alert_exc:  # noqa: BLE001 - the work is done; the alert is best effort
+            log.warning("%s: could not publish the recovery alert: %r", self.service, alert_exc)
+
+
+@dataclass
+class Outage:
+    """An infrastructure failure going on: when it started, why, and whether it was alerted."""
+
+    started: float
+    reason: str
+    failures: int = 0
+    alerted: bool = False
+    #: When the first success after failures came (None while failing).
+    healthy_since: float | None = None
+
+    def key(self, service: str) -> str:
+        """The idempotency key of this outage's alerts (one start, one recovery alert)."""
+        return f"outage:{service}:{self.started:.6f}"
+
+
+def retry_delay(attempt: int) -> float:
+    """The nak delay after `attempt` failed deliveries: doubling from RETRY_BASE_DELAY_S, capped
+    at RETRY_MAX_DELAY_S (so a message comes back within that long after an outage ends)."""
+    return min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** min(max(attempt, 1) - 1, 16))
+
+
+def _ack_wait_of(msg: Msg) -> float:
+    """The ack wait of the durable that delivered `msg`, from the topology (the default if unknown)."""
+    try:
+        meta = msg.metadata
+    except Exception:  # noqa: BLE001 - a core message: no consumer
+        return DEFAULT_ACK_WAIT_S
+    for specs in CONSUMERS.values():
+        for spec in specs:
+            if spec.durable == meta.consumer and spec.stream == meta.stream:
+                return spec.ack_wait_s
+    return DEFAULT_ACK_WAIT_S
+
+
+@contextlib.asynccontextmanager
+async def keep_in_progress(*msgs: Msg, every_s: float | None = None) -> AsyncIterator[None]:
+    """Tell JetStream the work on `msgs` goes on (`+WPI`, resetting their ack wait) every
+    `every_s` (a third of the durable's ack wait by default) until the block exits, for at most
+    MAX_IN_PROGRESS_S: a handler stuck for longer lets its messages be redelivered."""
+    interval = every_s if every_s is not None else (_ack_wait_of(msgs[0]) if msgs else DEFAULT_ACK_WAIT_S) / 3
+
+    async def beat() -> None:
+        deadline = time.monotonic() + MAX_IN_PROGRESS_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(interval)
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - a core message, or NATS down: the ack wait decides
+                    log.debug("in-progress ack failed: %r", exc)
+
+    task = asyncio.create_task(beat(), name="in-progress")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _message_key(msg: Msg) -> str:
+    deliveries, seq = _delivery_info(msg)
+    del deliveries
+    return f"{msg.subject}:{seq}" if seq is not None else hashlib.sha256(msg.data or b"").hexdigest()
+
+
+def _trim(counts: dict[str, int], limit: int = 10_000) -> None:
+    # Messages that left through another replica leave their count behind: forget the oldest.
+    while len(counts) > limit:
+        counts.pop(next(iter(counts)))
 
 
 def _delivery_info(msg: Msg) -> tuple[int, int | None]:

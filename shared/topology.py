@@ -118,8 +118,14 @@ SERVICES: tuple[str, ...] = (
     "serving-monitor",
 )
 
-# A verdict or an event that a consumer fails to process this many times goes to dead letters.
-MAX_DELIVER = 5
+# No delivery limit on the server (issue 13): an infrastructure outage must never use up a
+# message's attempts, so only `ServiceRuntime.process` decides when a message is hopeless (input
+# at once, a bug after `shared.bus.BUG_ATTEMPTS`) and dead-letters it. nats-server updates
+# `max_deliver` of an existing durable in place (`ensure_topology`).
+UNLIMITED_DELIVERIES = -1
+# Short, so that messages a crashed process had fetched come back within seconds; long work keeps
+# its message alive with in-progress acks (`shared.bus.keep_in_progress`) every third of it.
+DEFAULT_ACK_WAIT_S = 30.0
 # JetStream drops a second message with the same Nats-Msg-Id inside this window.
 DUPLICATE_WINDOW_S = 15 * 60.0
 
@@ -159,8 +165,8 @@ class ConsumerSpec:
     stream: str
     durable: str
     filter_subjects: tuple[str, ...] = field(default=())
-    ack_wait_s: float = 30.0
-    max_deliver: int = MAX_DELIVER
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
+    max_deliver: int = UNLIMITED_DELIVERIES
     max_ack_pending: int = 1000
 
     def config(self) -> ConsumerConfig:
@@ -209,8 +215,10 @@ CHECKPOINTS = StreamSpec(
 STREAMS: tuple[StreamSpec, ...] = (EVENTS, PREDICTIONS, VERDICTS, CHECKPOINTS)
 
 CONSUMERS: dict[str, tuple[ConsumerSpec, ...]] = {
-    "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", ("mlw.dataset.>",), ack_wait_s=120.0),),
-    "artifact-signer": (ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,), ack_wait_s=300.0),),
+    # Judging and hashing take long: their handlers send in-progress acks instead of a long ack
+    # wait (a 120 s wait kept a killed data-guard's messages away for two minutes, issue 13).
+    "data-guard": (ConsumerSpec("MLW_EVENTS", "data-guard", ("mlw.dataset.>",)),),
+    "artifact-signer": (ConsumerSpec("MLW_EVENTS", "artifact-signer", (Subjects.MODEL_BUILT,)),),
     "registry-gate": (
         # Requests and approvals on one durable, read one at a time, so they are seen in order.
         ConsumerSpec("MLW_EVENTS", "registry-gate", ("mlw.registry.>",)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -37,10 +38,10 @@ from services.audit_log.proof import EntryNotFoundError, build_inclusion_proof
 from services.audit_log.query import run_query
 from services.audit_log.settings import AuditSettings, mirror_path
 from services.audit_log.store import AuditStore, Fence
-from services.audit_log.writer import BatchWriter, InlineWriter, ProcessWriter, Received
-from shared.bus import ServiceRuntime
+from services.audit_log.writer import BatchOutcome, BatchWriter, InlineWriter, ProcessWriter, Received, WriterError
+from shared.bus import BUG_ATTEMPTS, ServiceRuntime, keep_in_progress, retry_delay
 from shared.envelope import decode
-from shared.errors import InputError, InvalidMessage
+from shared.errors import FailureClass, InputError, InvalidMessage
 from shared.events import (
     AuditCheckpoint,
     AuditCheckpointReply,
@@ -95,6 +96,7 @@ class Ingestor:
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[JetStreamContext.PullSubscription] = []
         self._running = False
+        self._retrying = asyncio.Lock()
 
     async def start(self, js: JetStreamContext) -> None:
         """Start the writer, bind to every audit-log durable and start one fetch loop per stream."""
@@ -138,6 +140,8 @@ class Ingestor:
                     log.warning("audit-log: fetch failed: %r", exc)
                     await asyncio.sleep(0.5)
                     continue
+                if not msgs:
+                    continue  # nats-py may answer a pull with no messages (a status, not a timeout)
                 # Adaptive group commit: while the writer is busy with this stream's earlier
                 # batches, keep fetching into this one (a fetch returns what is there, often
                 # only a few messages when producers trickle).
@@ -146,8 +150,11 @@ class Ingestor:
                         msgs += await sub.fetch(self.batch - len(msgs), timeout=0.05)
                     except (TimeoutError, NatsTimeoutError):
                         break
-                while len(inflight) >= self.depth or (inflight and inflight[0].done()):
-                    await self._settle(inflight.popleft())
+                # This batch waits for a slot at the writer, through a whole database outage if
+                # need be: keep it in progress meanwhile, so it is not redelivered behind itself.
+                async with keep_in_progress(*msgs):
+                    while len(inflight) >= self.depth or (inflight and inflight[0].done()):
+                        await self._settle(inflight.popleft())
                 # Submitted now, in order: the task hands the batch to the writer at once.
                 inflight.append(asyncio.create_task(self.ingest(msgs)))
         finally:
@@ -165,11 +172,31 @@ class Ingestor:
             await asyncio.sleep(0.5)
 
     async def ingest(self, msgs: list[Msg]) -> None:
-        """Store a fetched batch in one transaction, then ack it; bad messages become dead letters."""
-        # The trust store verifies each event's signature in the writer (issue 8: labels come
-        # from verified signers only).
-        messages = [Received(msg.subject, msg.data) for msg in msgs]
-        outcome = await self.writer.write(messages, time.time(), self.runtime.trust, fence=self.fence)
+        """Store a fetched batch in one transaction, then ack it; bad messages become dead letters.
+
+        A batch leaves the stream only stored or dead-lettered (issue 13). While the database is
+        unwritable or unreachable the batch is retried here, in place, with a growing capped
+        delay and no attempt limit, its messages kept in progress so JetStream neither redelivers
+        nor drops them; this stream's fetching pauses meanwhile (its pipeline is full). One alert
+        when the outage starts, one when it ends, and the writer reopens its database by itself.
+        Not a nak: a nak would hand the same batch back to this loop at once, out of order with
+        the batches behind it, and fetching would go on filling the pipeline with doomed work.
+        A batch that fails with a bug (an unexpected exception) is retried `BUG_ATTEMPTS` times,
+        then split to store what it can: the message that makes the writer fail on its own is
+        dead-lettered with an alert.
+        """
+        async with keep_in_progress(*msgs):
+            try:
+                outcome = await self._write_until_stored(msgs)
+            except WriterError as exc:
+                if exc.failure is not FailureClass.BUG:
+                    raise  # stopping mid-outage: unacked, the batch comes again
+                if len(msgs) > 1:
+                    for msg in msgs:
+                        await self.ingest([msg])
+                    return
+                await self._dead_letter_bug(msgs[0], exc)
+                return
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
         for position, reason in outcome.refused:
@@ -181,6 +208,61 @@ class Ingestor:
             await msg.ack()
         if outcome.inserted and self.on_commit is not None:
             await self.on_commit()
+
+    async def _write(self, msgs: list[Msg]) -> BatchOutcome:
+        # The trust store verifies each event's signature in the writer (issue 8: labels come
+        # from verified signers only).
+        messages = [Received(msg.subject, msg.data) for msg in msgs]
+        outcome = await self.writer.write(messages, time.time(), self.runtime.trust, fence=self.fence)
+        if outcome.inserted:
+            # Only a write proves the database is back: a batch of redelivered duplicates
+            # needs only a read, which a read-only or full database still serves.
+            await self.runtime.infrastructure_recovered()
+        return outcome
+
+    async def _write_until_stored(self, msgs: list[Msg]) -> BatchOutcome:
+        try:
+            return await self._write(msgs)
+        except WriterError as exc:
+            failure = exc
+        # One failed batch probes the database at a time, in the order they failed: the others
+        # wait here rather than hammer a database that is down.
+        async with self._retrying:
+            bug_attempts = 0
+            attempt = 0
+            while True:
+                if failure.fenced:
+                    # Another instance took the writer lease: leave the batch unacked for it.
+                    raise failure
+                if failure.failure is FailureClass.BUG:
+                    bug_attempts += 1
+                    if bug_attempts >= BUG_ATTEMPTS:
+                        raise failure
+                    log.warning("audit-log: batch failed (attempt %d): %s", bug_attempts, failure)
+                else:
+                    log.warning("audit-log: database unavailable, batch of %d kept: %s", len(msgs), failure)
+                    await self.runtime.infrastructure_failed(failure)
+                if not self._running:
+                    raise failure
+                attempt += 1
+                await asyncio.sleep(retry_delay(attempt))
+                try:
+                    return await self._write(msgs)
+                except WriterError as exc:
+                    failure = exc
+
+    async def _dead_letter_bug(self, msg: Msg, exc: WriterError) -> None:
+        """Dead-letter a message the writer fails on by itself (a bug), with an alert."""
+        await self.runtime.dead_letter(msg, f"audit-log failed {BUG_ATTEMPTS} times to store it: {exc}")
+        await self.runtime.alert(
+            "handler_bug",
+            Severity.FAIL,
+            f"audit-log dead-lettered a {msg.subject} message it failed {BUG_ATTEMPTS} times to store: {exc}"[:2000],
+            in_reply_to=f"bug:{msg.subject}:{hashlib.sha256(msg.data).hexdigest()}",
+            subject=msg.subject,
+            error=exc.kind,
+        )
+        await msg.ack()
 
     async def alert_equivocation(self, found: Equivocation) -> None:
         """Alert that an event id came again with other content (issue 8).

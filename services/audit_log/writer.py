@@ -15,7 +15,6 @@ time in the order they were submitted, which is the order of the hash chain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import pickle
@@ -29,7 +28,7 @@ from typing import NamedTuple, Protocol
 from services.audit_log.equivocation import Equivocation
 from services.audit_log.errors import FencedError
 from services.audit_log.store import AuditStore, Fence, IncomingEvent
-from shared.errors import InvalidMessage, TransientError
+from shared.errors import FailureClass, InvalidMessage, TransientError, classify_failure
 from shared.signing import TrustStore
 
 log = logging.getLogger("mlwarden.audit-log")
@@ -55,14 +54,23 @@ class BatchOutcome:
 class WriterError(TransientError):
     """The writer could not store a batch (database down or locked, writer process gone).
 
-    Nothing of the batch was committed: leave its messages unacked and JetStream redelivers them.
+    Nothing of the batch was committed: the ingestor retries it (an infrastructure failure, for
+    as long as it lasts) or, for a bug, isolates the message that causes it (issue 13).
     """
 
-    def __init__(self, reason: str, *, kind: str) -> None:
+    def __init__(self, reason: str, *, kind: str, failure: FailureClass = FailureClass.INFRASTRUCTURE) -> None:
         super().__init__(f"audit writer: {kind}: {reason}")
         self.reason = reason
         #: The class name of the underlying error.
         self.kind = kind
+        #: What the failure says about the batch: infrastructure (retry until the database is
+        #: back) or a bug (the batch itself makes the code fail).
+        self.failure = failure
+
+    @property
+    def fenced(self) -> bool:
+        """Another audit-log instance holds the writer lease now: this one must stop, not retry."""
+        return self.kind == "FencedError"
 
 
 class Received(NamedTuple):
@@ -144,8 +152,15 @@ class InlineWriter:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, store_batch, self.store, messages, recorded_at, trust, fence)
-        except (TransientError, FencedError) as exc:
-            raise WriterError(str(exc), kind=type(exc).__name__) from exc
+        except WriterError:
+            raise
+        except Exception as exc:  # nothing was committed; classified for the ingestor
+            failure = classify_failure(exc)
+            if failure is FailureClass.INFRASTRUCTURE and not isinstance(exc, FencedError) and not self.store.in_memory:
+                # Drop the pooled connections: one opened while the file was read-only (or to a
+                # server that went away) would keep failing after the resource is back.
+                await loop.run_in_executor(self._pool, self.store.close)
+            raise WriterError(str(exc), kind=type(exc).__name__, failure=failure) from exc
 
     async def stop(self) -> None:
         """Wait for the batches already submitted."""
@@ -254,9 +269,9 @@ class ProcessWriter:
     @staticmethod
     def _unwrap(answer: bytes) -> BatchOutcome | None:
         outcome: BatchOutcome | None
-        ok, outcome, kind, reason = pickle.loads(answer)
+        ok, outcome, kind, reason, failure = pickle.loads(answer)
         if not ok:
-            raise WriterError(reason, kind=kind)
+            raise WriterError(reason, kind=kind, failure=FailureClass(failure))
         return outcome
 
     def _close(self) -> None:
@@ -285,11 +300,11 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
         store = AuditStore(url, schema=schema)
         store.head()  # reach the database now, so a bad URL fails the start, not the first batch
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send_bytes(pickle.dumps((False, None, type(exc).__name__, str(exc))))
+        conn.send_bytes(pickle.dumps((False, None, type(exc).__name__, str(exc), classify_failure(exc).value)))
         return
-    conn.send_bytes(pickle.dumps((True, None, "", "")))
+    conn.send_bytes(pickle.dumps((True, None, "", "", "")))
     trust: TrustStore | None = None
-    with contextlib.closing(store):
+    try:
         while True:
             try:
                 recorded_at, pairs, snapshot, fenced_by = pickle.loads(conn.recv_bytes())
@@ -297,14 +312,23 @@ def _writer_main(conn: Connection, url: str, schema: str | None) -> None:
                 return  # the service stopped or died
             if snapshot is not None:
                 trust = TrustStore.from_snapshot(snapshot)
-            answer: tuple[bool, BatchOutcome | None, str, str]
+            answer: tuple[bool, BatchOutcome | None, str, str, str]
             try:
                 messages = [Received(subject, body) for subject, body in pairs]
                 fence = None if fenced_by is None else Fence(*fenced_by)
-                answer = (True, store_batch(store, messages, recorded_at, trust, fence), "", "")
+                answer = (True, store_batch(store, messages, recorded_at, trust, fence), "", "", "")
             except Exception as exc:  # noqa: BLE001 - nothing was committed; the parent retries
-                answer = (False, None, type(exc).__name__, str(exc))
+                failure = classify_failure(exc)
+                answer = (False, None, type(exc).__name__, str(exc), failure.value)
+                if failure is FailureClass.INFRASTRUCTURE and not isinstance(exc, FencedError):
+                    # Reopen: a connection made while the file was read-only (or to a server that
+                    # went away) keeps failing after the resource is back (issue 13: "attempt to
+                    # write a readonly database" until the service was restarted).
+                    store.close()
+                    store = AuditStore(url, schema=schema)
             try:
                 conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
             except OSError:
                 return
+    finally:
+        store.close()
