@@ -60,7 +60,7 @@ def outcomes(traffic: Traffic, report: ReplayReport) -> list[tuple[str, str]]:
     alarmed = set(report.alarmed)
     totals = Counter(traffic.labels.values())
     caught = Counter(traffic.labels[c] for c in alarmed)
-    rows = [(f"benign clients alarmed", f"{caught[BENIGN]} / {totals[BENIGN]}")]
+    rows = [("benign clients alarmed", f"{caught[BENIGN]} / {totals[BENIGN]}")]
     for kind in ATTACK_KINDS:
         rows.append((f"{kind} caught", f"{caught[kind]} / {totals[kind]}"))
     kinds = Counter(a.kind for c in alarmed if traffic.labels[c] == BENIGN for a in report.clients[c].alerts)

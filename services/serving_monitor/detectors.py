@@ -19,6 +19,16 @@ from services.serving_monitor.ood import FloatArray, OodMonitor, ReferenceProfil
 from services.serving_monitor.settings import ServingSettings
 
 BoolArray = npt.NDArray[np.bool_]
+#: The client id under which an owner's keys are judged together: `acme.*` for `acme.k1`, `acme.k2`.
+OWNER_SUFFIX = ".*"
+
+
+def owner_of(client: str) -> str:
+    """The owner of an API-key client id: the id up to its first ``.`` (`acme.k2` -> `acme`).
+
+    Client ids are `[A-Za-z0-9][A-Za-z0-9._-]*` (`auth.ApiKeyRecord`), so an operator gives one
+    owner several keys by naming them `OWNER.KEY`; an id without a dot is its own owner."""
+    return client.split(".", 1)[0]
 
 
 def group_by_client(clients: Sequence[str]) -> dict[str, list[int]]:
@@ -85,8 +95,19 @@ class Detectors:
             return alerts
         z = profile.standardise(x)
         flagged = profile.scores_standardised(z) > profile.threshold
+        owners: dict[str, list[int]] = {}
         for client, idx in groups.items():
-            alerts += self.ood.observe(client, profile, len(idx), int(np.count_nonzero(flagged[idx])), now)
+            n_flagged = int(np.count_nonzero(flagged[idx]))
+            alerts += self.ood.observe(client, profile, len(idx), n_flagged, now)
+            owner = owner_of(client)
+            if owner != client:
+                owners.setdefault(owner, [0, 0])
+                owners[owner][0] += len(idx)
+                owners[owner][1] += n_flagged
+        # Sybil: an owner's keys judged together, so an attack split over keys each too quiet
+        # to be judged alone is judged as the one client it is (issue 9).
+        for owner, (records, n_flagged) in owners.items():
+            alerts += self.ood.observe(owner + OWNER_SUFFIX, profile, records, n_flagged, now)
         for client, idx in groups.items():
             alerts += self.extraction.observe(client, profile, z[idx], now)
         return alerts

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from services.serving_monitor.abuse import AlertSpec
-from services.serving_monitor.detectors import BoolArray, Detectors
+from services.serving_monitor.detectors import OWNER_SUFFIX, BoolArray, Detectors, owner_of
 from services.serving_monitor.errors import ServingMonitorError
 from services.serving_monitor.ood import FloatArray, ReferenceProfile, fit_reference
 from services.serving_monitor.settings import ServingSettings
@@ -275,7 +275,14 @@ def replay(
             bad = invalid[idx] if len(idx) != b - a else invalid[a:b]
             profile_for = profile if model == profile.model else None
             for alert in dets.observe(model, sub, bad, rows, profile_for, float(ts[b - 1])):
-                report[alert.client].alerts.append(alert)
+                if alert.client.endswith(OWNER_SUFFIX):
+                    # An owner's alert belongs to every key of that owner seen so far.
+                    owner = alert.client.removesuffix(OWNER_SUFFIX)
+                    for client, entry in report.items():
+                        if owner_of(client) == owner and client != owner:
+                            entry.alerts.append(alert)
+                else:
+                    report[alert.client].alerts.append(alert)
     return ReplayReport(profile, report, len(clients))
 
 

@@ -18,7 +18,7 @@ Attacks, each a client (or an owner's keys) labelled with its kind:
   features come from different rows (marginals kept, correlations broken).
 
 This module is pure numpy/scikit-learn: the benchmark and the tests share it. Client ids follow the
-API-key naming rule; the owner of a key is its client id up to the first ``.`` (see `owner_of`).
+API-key naming rule; the owner of a key is its client id up to the first ``.`` (`detectors.owner_of`).
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ class Traffic:
         for client, ts, row in zip(self.clients, self.ts.tolist(), self.x, strict=True):
             features = dict(zip(names, row.tolist(), strict=True))
             yield orjson.dumps({"client": client, "ts": ts, "model": MODEL, "features": features}) + b"\n"
-
-
-def owner_of(client: str) -> str:
-    """The owner of an API-key client id: the id up to its first ``.`` (`acme.k2` -> `acme`)."""
-    return client.split(".", 1)[0]
 
 
 def load_reference(dataset: Dataset = "breast_cancer", *, seed: int = 0) -> Reference:
@@ -205,10 +200,12 @@ def generate(
         attack(f"walker-{k}", "boundary_walk", rows, _session_times(len(rows), rng))
         rows = np.vstack([_corr_break(ref, rng, 40) for _ in range(3)])
         attack(f"burst-{k}", "corr_break", rows, _session_times(len(rows), rng))
-    for k in range(1, 7):
-        # Each key stays under the per-client minimum counts; together they are one extraction.
-        n = int(rng.integers(20, 29))
-        attack(f"mallory.k{k}", "sybil", _gaussian(ref, rng, n), _session_times(n, rng))
+    # One campaign over 6 keys, round-robin: each key stays under the per-client minimum
+    # counts; together they are one extraction.
+    n = int(rng.integers(120, 170))
+    rows, times = _gaussian(ref, rng, n), _session_times(n, rng)
+    for k in range(6):
+        attack(f"mallory.k{k + 1}", "sybil", rows[k::6], times[k::6])
 
     clients = [name for name, rows, _ in parts for _ in range(len(rows))]
     ts = np.concatenate([t for _, _, t in parts])

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from mlwarden.cli import main
+from services.serving_monitor.detectors import owner_of
 from services.serving_monitor.replay import (
     TrafficInputError,
     batch_bounds,
@@ -17,7 +18,7 @@ from services.serving_monitor.replay import (
     read_traffic,
     replay,
 )
-from services.serving_monitor.synthetic_traffic import MODEL, generate, owner_of, reference_csv
+from services.serving_monitor.synthetic_traffic import MODEL, generate, reference_csv
 
 TRAFFIC = generate(3, benign_clients=6)
 NAMES = TRAFFIC.reference.features
