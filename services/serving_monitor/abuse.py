@@ -68,7 +68,8 @@ class _ClientState:
     last_invalid_alert: float = -math.inf
 
 
-def _record_invalid(features: Mapping[str, float | None], schema: FeatureSchema | None) -> bool:
+def record_invalid(features: Mapping[str, float | None], schema: FeatureSchema | None) -> bool:
+    """Whether one record's inputs are invalid: against `schema`, or not finite without one."""
     if schema is not None:
         return bool(schema.validate_rows([features]))
     # No registered schema: only finiteness can be judged.
@@ -81,7 +82,7 @@ def tally_batch(batch: PredictionBatch, schema: FeatureSchema | None) -> dict[st
     for record in batch.records:
         tally = counts.setdefault(record.client, [0, 0])
         tally[0] += 1
-        tally[1] += _record_invalid(record.features, schema)
+        tally[1] += record_invalid(record.features, schema)
     return {client: ClientTally(records, invalid) for client, (records, invalid) in counts.items()}
 
 

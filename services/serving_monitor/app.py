@@ -15,18 +15,19 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import orjson
 from nats.js.kv import KV_DEL, KV_PURGE
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.serving_monitor.abuse import AbuseMonitor, AlertSpec
+from services.serving_monitor.abuse import AlertSpec, record_invalid
 from services.serving_monitor.admission import Admission
 from services.serving_monitor.auth import ApiKeyRecord, ApiKeyStore
+from services.serving_monitor.detectors import Detectors
 from services.serving_monitor.errors import ServingMonitorError
-from services.serving_monitor.extraction import ExtractionMonitor
 from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX, load_pepper
-from services.serving_monitor.ood import OodMonitor, ReferenceProfile
+from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.ratelimit import GcraLimiter
+from services.serving_monitor.settings import ServingSettings
 from services.serving_monitor.validation import FeatureSchema, SchemaRegistry
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
@@ -42,26 +43,6 @@ MODEL_SERVER_ROLE = "model-server"
 log = logging.getLogger("mlwarden.serving-monitor")
 
 
-class ServingSettings(BaseSettings):
-    """serving-monitor's own knobs (`MLW_SERVING_*`)."""
-
-    model_config = SettingsConfigDict(env_prefix="MLW_SERVING_", extra="ignore", frozen=True)
-
-    rate_per_second: float = 20.0
-    burst: float = 40.0
-    abuse_volume_per_minute: float = 600.0
-    abuse_invalid_rate: float = 0.2
-    abuse_min_records: int = 20
-    abuse_cooldown_s: float = 60.0
-    denial_flush_s: float = 0.5
-    ood_rate_floor: float = 0.1
-    ood_alpha: float = 1e-4
-    ood_min_records: int = 30
-    extraction_w_threshold: float = 0.84
-    extraction_min_queries: int = 100
-    detector_cooldown_s: float = 300.0
-
-
 class Monitor:
     """The live state: keys, schemas, limiter, abuse counters and pending denial counts."""
 
@@ -71,21 +52,8 @@ class Monitor:
         self.schemas = SchemaRegistry()
         self.limiter = GcraLimiter(cfg.rate_per_second, cfg.burst)
         self.admission = Admission(self.keys, self.limiter, self.schemas)
-        self.abuse = AbuseMonitor(
-            cfg.abuse_volume_per_minute, cfg.abuse_invalid_rate, cfg.abuse_min_records, cfg.abuse_cooldown_s
-        )
+        self.detectors = Detectors.from_settings(cfg)
         self.profiles: dict[str, ReferenceProfile] = {}
-        self.ood = OodMonitor(
-            rate_floor=cfg.ood_rate_floor,
-            alpha=cfg.ood_alpha,
-            min_records=cfg.ood_min_records,
-            cooldown_s=cfg.detector_cooldown_s,
-        )
-        self.extraction = ExtractionMonitor(
-            w_threshold=cfg.extraction_w_threshold,
-            min_queries=cfg.extraction_min_queries,
-            cooldown_s=cfg.detector_cooldown_s,
-        )
         self.flush_s = cfg.denial_flush_s
         self.denials: Counter[tuple[str, str, str]] = Counter()
         self.tasks: list[asyncio.Task[None]] = []
@@ -151,19 +119,18 @@ class Monitor:
         if PROFILE_PREFIX + profile.model != key:
             raise ValueError(f"profile for {profile.model} stored under {key}")
         # A new reference changes what "OOD" and the standardised space mean: start clients afresh.
-        self.ood.forget_model(profile.model)
-        self.extraction.forget_model(profile.model)
+        self.detectors.forget_model(profile.model)
         self.profiles[profile.model] = profile
 
     def observe(self, batch: PredictionBatch) -> list[AlertSpec]:
         """Every detector over one logged batch: abuse always, OOD and extraction with a profile."""
-        now = time.monotonic()
-        alerts = self.abuse.observe_batch(batch, self.schemas.get(batch.model), now)
+        schema = self.schemas.get(batch.model)
         profile = self.profiles.get(batch.model)
-        if profile is not None:
-            alerts += self.ood.observe_batch(batch, profile, now)
-            alerts += self.extraction.observe_batch(batch, profile, now)
-        return alerts
+        records = batch.records
+        invalid = np.fromiter((record_invalid(r.features, schema) for r in records), dtype=bool, count=len(records))
+        x = profile.matrix([r.features for r in records]) if profile is not None else None
+        clients = [r.client for r in records]
+        return self.detectors.observe(batch.model, clients, invalid, x, profile, time.monotonic())
 
     def admit(self, request: AdmitRequest) -> AdmitReply:
         """Decide one admission; remember a denial for the audit trail."""

@@ -39,6 +39,7 @@ from services.serving_monitor.ood import FloatArray, ReferenceProfile
 from shared.events import PredictionBatch, Severity
 
 KIND_EXTRACTION = "serving.extraction"
+KIND_BOUNDARY_WALK = "serving.boundary_walk"
 DEFAULT_MAX_CLIENTS = 10_000
 # Distances whose spread is this small relative to their mean are all "the same distance": a grid
 # or fixed-step attack. Shapiro-Wilk is undefined on a constant sample, so score it W = 0.
@@ -47,48 +48,88 @@ _DEGENERATE_SPREAD = 1e-9
 
 @dataclass(slots=True)
 class _ClientState:
-    """A client's growing set G (ring), distance set D (ring), and PRADA's threshold T."""
+    """A client's growing set G (ring), distance set D (ring), PRADA's threshold T, and its
+    current chain of small successive steps."""
 
     dims: int
     max_set: int
     max_distances: int
     warmup: int
+    repeat_radius: float
     g: FloatArray = field(init=False)
+    g_sq: FloatArray = field(init=False)
     g_len: int = 0
     g_next: int = 0
     d: FloatArray = field(init=False)
     d_len: int = 0
     d_next: int = 0
-    # Running sums of the distances admitted to G (for T = mean - std), decayed with the ring
-    # by keeping them over the admitted distances still in G.
+    # The distances admitted to G (for T = mean - std), kept with the ring.
     g_dist: FloatArray = field(init=False)
     threshold: float = 0.0
     queries: int = 0
+    repeats: int = 0
+    untested: int = 0
     last_alert: float = -math.inf
+    prev: FloatArray | None = None
+    chain_start: FloatArray | None = None
+    chain_len: int = 0
+    chain_reach: float = 0.0
+    last_walk_alert: float = -math.inf
 
     def __post_init__(self) -> None:
         self.g = np.zeros((self.max_set, self.dims), dtype=np.float64)
+        self.g_sq = np.zeros(self.max_set, dtype=np.float64)
         self.g_dist = np.zeros(self.max_set, dtype=np.float64)
         self.d = np.zeros(self.max_distances, dtype=np.float64)
 
-    def add(self, z: FloatArray) -> None:
+    def add(self, z: FloatArray, chain_step: float) -> None:
         self.queries += 1
+        self._follow_chain(z, chain_step)
+        if self.g_len == 0:
+            self._admit(z, math.nan)
+            return
+        n = self.g_len
+        zz = float(z @ z)
+        d2 = self.g_sq[:n] - 2.0 * (self.g[:n] @ z) + zz
+        d_min = math.sqrt(max(0.0, float(d2.min())))
+        if d_min < self.repeat_radius:
+            # A repeat (the same row again, or with a natural jitter): benign customers repeat
+            # rows all the time, and zero distances alone drive W to 0 (issue 9). PRADA's D is
+            # over *distinct* queries.
+            self.repeats += 1
+            return
         if self.g_len < self.warmup:
             # The first distances measure how empty G is, not how the client queries: with a
             # handful of points in G every natural query is "far", and those few large values
             # alone push W down. PRADA's D starts after this warm-up here.
-            d_warm = float(np.sqrt(np.min(np.sum((self.g[: self.g_len] - z) ** 2, axis=1)))) if self.g_len else math.nan
-            self._admit(z, d_warm)
+            self._admit(z, d_min)
             return
-        d_min = float(np.sqrt(np.min(np.sum((self.g[: self.g_len] - z) ** 2, axis=1))))
         self.d[self.d_next] = d_min
         self.d_next = (self.d_next + 1) % self.max_distances
         self.d_len = min(self.d_len + 1, self.max_distances)
+        self.untested += 1
         if d_min > self.threshold:
             self._admit(z, d_min)
 
+    def _follow_chain(self, z: FloatArray, chain_step: float) -> None:
+        """Near-duplicate chains: successive queries each a small step from the last. A walk
+        toward the decision boundary (HopSkipJump and its kin) makes one that reaches far from
+        its start; a customer repeating a row with jitter makes one that stays where it began."""
+        prev, self.prev = self.prev, z
+        if prev is None or self.chain_start is None:
+            self.chain_start = z
+            return
+        step = z - prev
+        if float(step @ step) <= chain_step * chain_step:
+            self.chain_len += 1
+            reach = z - self.chain_start
+            self.chain_reach = max(self.chain_reach, math.sqrt(float(reach @ reach)))
+        else:
+            self.chain_start, self.chain_len, self.chain_reach = z, 0, 0.0
+
     def _admit(self, z: FloatArray, d_min: float) -> None:
         self.g[self.g_next] = z
+        self.g_sq[self.g_next] = float(z @ z)
         self.g_dist[self.g_next] = d_min
         self.g_next = (self.g_next + 1) % self.max_set
         self.g_len = min(self.g_len + 1, self.max_set)
@@ -115,13 +156,18 @@ class ExtractionMonitor:
     def __init__(
         self,
         *,
-        w_threshold: float = 0.84,
+        w_threshold: float = 0.5,
         min_queries: int = 100,
         max_set: int = 256,
         max_distances: int = 512,
         warmup: int = 16,
         cooldown_s: float = 300.0,
         max_clients: int = DEFAULT_MAX_CLIENTS,
+        repeat_radius: float = 1.0,
+        test_every: int = 50,
+        chain_step: float = 1.0,
+        chain_min: int = 40,
+        chain_reach: float = 4.0,
     ) -> None:
         if not 0 < w_threshold < 1:
             raise ConfigError("w_threshold", w_threshold, "in (0, 1)")
@@ -134,6 +180,21 @@ class ExtractionMonitor:
             raise ConfigError("max_distances", max_distances, f"in [min_queries={min_queries}, 5000]")
         if not (math.isfinite(cooldown_s) and cooldown_s >= 0):
             raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
+        if not (math.isfinite(repeat_radius) and repeat_radius >= 0):
+            raise ConfigError("repeat_radius", repeat_radius, "finite and >= 0")
+        if test_every < 1:
+            raise ConfigError("test_every", test_every, ">= 1")
+        if not (math.isfinite(chain_step) and chain_step > 0):
+            raise ConfigError("chain_step", chain_step, "finite and > 0")
+        if chain_min < 2:
+            raise ConfigError("chain_min", chain_min, ">= 2")
+        if not (math.isfinite(chain_reach) and chain_reach > chain_step):
+            raise ConfigError("chain_reach", chain_reach, f"finite and > chain_step={chain_step}")
+        self.repeat_radius = repeat_radius
+        self.test_every = test_every
+        self.chain_step = chain_step
+        self.chain_min = chain_min
+        self.chain_reach = chain_reach
         self.w_threshold = w_threshold
         self.min_queries = min_queries
         self.max_set = max_set
@@ -148,7 +209,7 @@ class ExtractionMonitor:
 
     def bytes_per_client(self, dims: int) -> int:
         """Upper bound of the numeric state one client costs, for `dims` features."""
-        return 8 * (self.max_set * (dims + 1) + self.max_distances)
+        return 8 * (self.max_set * (dims + 2) + self.max_distances + 2 * dims)
 
     def forget_model(self, model: str) -> None:
         """Drop every client's state for `model` (a new profile changes the standardised space)."""
@@ -157,7 +218,7 @@ class ExtractionMonitor:
     def _state(self, key: tuple[str, str], dims: int) -> _ClientState:
         return self._clients.touch(
             key,
-            lambda: _ClientState(dims, self.max_set, self.max_distances, self.warmup),
+            lambda: _ClientState(dims, self.max_set, self.max_distances, self.warmup, self.repeat_radius),
             replace=lambda state: state.dims != dims,
         )
 
@@ -168,15 +229,26 @@ class ExtractionMonitor:
             # A query with a missing or non-finite feature has no distance; the OOD and
             # invalid-input detectors judge it.
             if np.isfinite(row).all():
-                state.add(row)
-        if state.d_len < self.min_queries or now - state.last_alert < self.cooldown_s:
-            return []
+                state.add(row, self.chain_step)
+        alerts: list[AlertSpec] = []
+        walk = self._walk_alert(client, profile, state, now)
+        if walk is not None:
+            alerts.append(walk)
+        # W is tested once per `test_every` new distinct queries, not after every batch: each test
+        # is a chance of a false alarm, and the per-client budget is per day, not per test.
+        if (
+            state.d_len < self.min_queries
+            or state.untested < self.test_every
+            or now - state.last_alert < self.cooldown_s
+        ):
+            return alerts
+        state.untested = 0
         w = shapiro_w(state.distances())
         if w >= self.w_threshold:
-            return []
+            return alerts
         state.last_alert = now
         severity = Severity.FAIL if w < self.w_threshold - 0.1 else Severity.WARN
-        return [
+        alerts.append(
             AlertSpec(
                 kind=KIND_EXTRACTION,
                 severity=severity,
@@ -191,10 +263,36 @@ class ExtractionMonitor:
                     "w_threshold": self.w_threshold,
                     "distances": state.d_len,
                     "queries": state.queries,
+                    "repeats": state.repeats,
                     "profile_version": profile.version,
                 },
             )
-        ]
+        )
+        return alerts
+
+    def _walk_alert(self, client: str, profile: ReferenceProfile, state: _ClientState, now: float) -> AlertSpec | None:
+        if state.chain_len < self.chain_min or state.chain_reach < self.chain_reach:
+            return None
+        if now - state.last_walk_alert < self.cooldown_s:
+            return None
+        state.last_walk_alert = now
+        return AlertSpec(
+            kind=KIND_BOUNDARY_WALK,
+            severity=Severity.FAIL,
+            message=(
+                f"client {client!r} walks through {profile.model!r}'s input space in small steps "
+                f"({state.chain_len} steps of at most {self.chain_step:g}, reaching {state.chain_reach:.1f} "
+                "robust sigmas from the start): a decision-boundary search"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "chain_steps": state.chain_len,
+                "chain_reach": round(state.chain_reach, 3),
+                "chain_step": self.chain_step,
+                "profile_version": profile.version,
+            },
+        )
 
     def observe_rows(
         self, client: str, profile: ReferenceProfile, rows: Iterable[Mapping[str, float | None]], now: float

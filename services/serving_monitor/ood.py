@@ -123,7 +123,11 @@ class ReferenceProfile(BaseModel):
 
     def scores(self, rows: Sequence[Mapping[str, float | None]]) -> FloatArray:
         """Squared Mahalanobis distance per record; +inf when a feature is missing or not finite."""
-        return mahalanobis_sq(self.standardise(self.matrix(rows)), self._location, self._precision)
+        return self.scores_standardised(self.standardise(self.matrix(rows)))
+
+    def scores_standardised(self, z: FloatArray) -> FloatArray:
+        """`scores` of rows already standardised with `standardise`."""
+        return mahalanobis_sq(z, self._location, self._precision)
 
     def is_ood(self, rows: Sequence[Mapping[str, float | None]]) -> npt.NDArray[np.bool_]:
         """Which records are out of distribution."""

@@ -50,9 +50,16 @@ def grid_attack(n: int) -> FloatArray:
     return grid[:n]
 
 
+def paper_prada(**kw: float) -> ExtractionMonitor:
+    """PRADA as the paper runs it: every query in D (no repeat filter), W tested after every
+    batch against 0.84; the service's defaults are calibrated on realistic traffic instead
+    (tests/unit/serving_monitor/test_sm_traffic_detection.py)."""
+    return ExtractionMonitor(w_threshold=0.84, test_every=1, repeat_radius=0.0, **kw)  # type: ignore[arg-type]
+
+
 def first_alert(queries: FloatArray, monitor: ExtractionMonitor | None = None, batch: int = 10) -> int | None:
     """Queries sent (in batches of `batch`) when the first alert fired, or None."""
-    m = ExtractionMonitor() if monitor is None else monitor
+    m = paper_prada() if monitor is None else monitor
     z = PROFILE.standardise(queries)
     for i in range(0, len(z), batch):
         if m.observe("c", PROFILE, z[i : i + batch], now=float(i)):
@@ -77,7 +84,7 @@ def test_natural_clients_raise_no_alert() -> None:
 
 
 def test_alert_carries_the_statistic_and_respects_the_cooldown() -> None:
-    m = ExtractionMonitor(cooldown_s=300)
+    m = paper_prada(cooldown_s=300)
     z = PROFILE.standardise(grid_attack(400))
     alerts = [a for i in range(0, 400, 10) for a in m.observe("c", PROFILE, z[i : i + 10], now=float(i) / 10)]
     assert len(alerts) == 1
@@ -93,7 +100,7 @@ def test_memory_per_client_is_bounded() -> None:
     state = m._clients[("m", "c")]
     assert state.g.shape == (64, D) and state.d.shape == (128,)
     assert state.g_len == 64 and state.d_len == 128 and state.queries == 3000
-    assert m.bytes_per_client(D) == 8 * (64 * 7 + 128)
+    assert m.bytes_per_client(D) == 8 * (64 * (D + 2) + 128 + 2 * D)
 
 
 def test_clients_are_bounded_and_separate() -> None:
@@ -104,7 +111,7 @@ def test_clients_are_bounded_and_separate() -> None:
 
 
 def test_batches_are_split_per_client_and_bad_rows_skipped() -> None:
-    m = ExtractionMonitor()
+    m = paper_prada()
     grid = grid_attack(300)
     benign = natural(300, 3)
     records = []

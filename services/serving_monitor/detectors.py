@@ -1,0 +1,113 @@
+"""Every per-client detector over one batch of logged predictions, as a feature matrix.
+
+The service (`app.Monitor.observe`) and the offline replay (`replay.replay`, behind `mlwarden
+check traffic`) both call `Detectors.observe`, built from the same `ServingSettings`: the replay
+runs the service's code with the service's defaults (issue 9), never a copy of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.serving_monitor.abuse import AbuseMonitor, AlertSpec
+from services.serving_monitor.extraction import ExtractionMonitor
+from services.serving_monitor.ood import FloatArray, OodMonitor, ReferenceProfile
+from services.serving_monitor.settings import ServingSettings
+
+BoolArray = npt.NDArray[np.bool_]
+#: The client id under which an owner's keys are judged together: `acme.*` for `acme.k1`, `acme.k2`.
+OWNER_SUFFIX = ".*"
+
+
+def owner_of(client: str) -> str:
+    """The owner of an API-key client id: the id up to its first ``.`` (`acme.k2` -> `acme`).
+
+    Client ids are `[A-Za-z0-9][A-Za-z0-9._-]*` (`auth.ApiKeyRecord`), so an operator gives one
+    owner several keys by naming them `OWNER.KEY`; an id without a dot is its own owner."""
+    return client.split(".", 1)[0]
+
+
+def group_by_client(clients: Sequence[str]) -> dict[str, list[int]]:
+    """Positions of each client's records, clients in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, client in enumerate(clients):
+        positions = groups.get(client)
+        if positions is None:
+            groups[client] = [i]
+        else:
+            positions.append(i)
+    return groups
+
+
+@dataclass
+class Detectors:
+    """The abuse, OOD and extraction monitors of one serving-monitor instance."""
+
+    abuse: AbuseMonitor
+    ood: OodMonitor
+    extraction: ExtractionMonitor
+
+    @classmethod
+    def from_settings(cls, cfg: ServingSettings) -> Detectors:
+        """The detectors with the service's configuration."""
+        return cls(
+            abuse=AbuseMonitor(
+                cfg.abuse_volume_per_minute, cfg.abuse_invalid_rate, cfg.abuse_min_records, cfg.abuse_cooldown_s
+            ),
+            ood=OodMonitor(
+                rate_floor=cfg.ood_rate_floor,
+                alpha=cfg.ood_alpha,
+                min_records=cfg.ood_min_records,
+                cooldown_s=cfg.detector_cooldown_s,
+            ),
+            extraction=ExtractionMonitor(
+                w_threshold=cfg.extraction_w_threshold,
+                min_queries=cfg.extraction_min_queries,
+                cooldown_s=cfg.detector_cooldown_s,
+            ),
+        )
+
+    def forget_model(self, model: str) -> None:
+        """A new profile for `model`: its clients' OOD and extraction state start afresh."""
+        self.ood.forget_model(model)
+        self.extraction.forget_model(model)
+
+    def observe(
+        self,
+        model: str,
+        clients: Sequence[str],
+        invalid: BoolArray,
+        x: FloatArray | None,
+        profile: ReferenceProfile | None,
+        now: float,
+    ) -> list[AlertSpec]:
+        """One batch: record i was sent by `clients[i]`, had invalid inputs when `invalid[i]`, and
+        raw features `x[i]` in `profile`'s order (None without a profile: abuse only)."""
+        groups = group_by_client(clients)
+        alerts: list[AlertSpec] = []
+        for client, idx in groups.items():
+            alerts += self.abuse.observe(client, model, len(idx), int(np.count_nonzero(invalid[idx])), now)
+        if profile is None or x is None:
+            return alerts
+        z = profile.standardise(x)
+        flagged = profile.scores_standardised(z) > profile.threshold
+        owners: dict[str, list[int]] = {}
+        for client, idx in groups.items():
+            n_flagged = int(np.count_nonzero(flagged[idx]))
+            alerts += self.ood.observe(client, profile, len(idx), n_flagged, now)
+            owner = owner_of(client)
+            if owner != client:
+                owners.setdefault(owner, [0, 0])
+                owners[owner][0] += len(idx)
+                owners[owner][1] += n_flagged
+        # Sybil: an owner's keys judged together, so an attack split over keys each too quiet
+        # to be judged alone is judged as the one client it is (issue 9).
+        for owner, (records, n_flagged) in owners.items():
+            alerts += self.ood.observe(owner + OWNER_SUFFIX, profile, records, n_flagged, now)
+        for client, idx in groups.items():
+            alerts += self.extraction.observe(client, profile, z[idx], now)
+        return alerts

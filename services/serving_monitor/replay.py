@@ -1,0 +1,296 @@
+"""Offline replay of logged predictions through the service's own detectors (issue 9).
+
+`mlwarden check traffic TRAFFIC.jsonl --reference REF.csv` is this module: read the log
+(`read_traffic`), fit the profile from the reference (`read_reference`, `ood.fit_reference` with
+its defaults), then `replay`: records in time order, cut into batches as a model server logs them
+(one batch per `batch_s` of log time, at most `MAX_BATCH` records), each handed to
+`detectors.Detectors.observe` built from the default `ServingSettings` with the batch's last
+timestamp as the clock. The service and the replay therefore share code, defaults and clock
+semantics; only the clock source differs (log time here, monotonic time in the service).
+
+Input lines are either a record ``{"client", "ts", "model", "features": {name: number}}`` or an
+`mlw.prediction.logged` event: as `audit export --format jsonl` writes it (`type` and `body`, the
+envelope text; lines of other types are skipped, an export holds every event) or as a bare
+envelope. A record's time is its own `time`, else the export row's `time`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from services.serving_monitor.abuse import AlertSpec
+from services.serving_monitor.detectors import OWNER_SUFFIX, BoolArray, Detectors, owner_of
+from services.serving_monitor.errors import ServingMonitorError
+from services.serving_monitor.ood import FloatArray, ReferenceProfile, fit_reference
+from services.serving_monitor.settings import ServingSettings
+
+PREDICTION_LOGGED = "mlw.prediction.logged"
+#: A logged batch holds at most this many records (`shared.events.PredictionBatch`).
+MAX_BATCH = 10_000
+_NUMERIC = frozenset({int, float})
+
+
+class TrafficInputError(ServingMonitorError, ValueError):
+    """A traffic log or reference the replay cannot read; `line` is 1-based, 0 for the file."""
+
+    def __init__(self, reason: str, *, source: str, line: int = 0) -> None:
+        super().__init__(f"{source} line {line}: {reason}" if line else f"{source}: {reason}")
+        self.reason = reason
+        self.source = source
+        self.line = line
+
+
+@dataclass(frozen=True)
+class TrafficLog:
+    """Logged predictions in file order: who, when, which model, raw features in reference order."""
+
+    clients: list[str]
+    ts: FloatArray
+    models: list[str]
+    x: FloatArray
+
+
+def read_reference(data: bytes, label: str | None, *, source: str = "reference") -> tuple[list[str], FloatArray]:
+    """Feature names and rows of a CSV reference; `label` (a column) is dropped."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if not data.strip():
+        raise TrafficInputError("empty file", source=source)
+    try:
+        table = pacsv.read_csv(io.BytesIO(data))
+    except pa.ArrowInvalid as exc:
+        raise TrafficInputError(f"not a CSV table ({' '.join(str(exc).split())})", source=source) from exc
+    names = list(table.column_names)
+    if label is not None:
+        if label not in names:
+            raise TrafficInputError(f"no label column {label!r}", source=source)
+        names.remove(label)
+    if not names or table.num_rows == 0:
+        raise TrafficInputError("no feature columns or no rows", source=source)
+    columns = []
+    for name in names:
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise TrafficInputError(f"column {name!r} is not numeric ({column.type})", source=source)
+        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
+    x = np.column_stack(columns)
+    if not np.isfinite(x).all():
+        raise TrafficInputError("missing or non-finite values", source=source)
+    return names, x
+
+
+def fit_profile(names: Sequence[str], x: FloatArray, model: str, *, source: str = "reference") -> ReferenceProfile:
+    """The profile the service would follow for `model`, fitted with `fit_reference`'s defaults."""
+    try:
+        return fit_reference(x, names, model)
+    except ServingMonitorError as exc:
+        raise TrafficInputError(str(exc), source=source) from exc
+
+
+def _records(obj: Any, line: int, source: str) -> Iterable[tuple[Any, Any, Any, Any]]:
+    """(client, ts, model, features) of one input line's object."""
+    if not isinstance(obj, dict):
+        raise TrafficInputError("not a JSON object", source=source, line=line)
+    kind = obj.get("type")
+    if kind is None:
+        return ((obj.get("client"), obj.get("ts"), obj.get("model"), obj.get("features")),)
+    if kind != PREDICTION_LOGGED:
+        return ()  # an audit export holds every event; only prediction logs are traffic
+    envelope: Any = obj
+    if "body" in obj:  # an `audit export` row: the envelope text as received
+        body = obj["body"]
+        try:
+            envelope = orjson.loads(body) if isinstance(body, str) else None
+        except orjson.JSONDecodeError:
+            envelope = None
+        if not isinstance(envelope, dict):
+            raise TrafficInputError("export body is not an event", source=source, line=line)
+    data = envelope.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise TrafficInputError(f"{PREDICTION_LOGGED} without records", source=source, line=line)
+    model, fallback = data.get("model"), obj.get("time")
+    out = []
+    for record in data["records"]:
+        if not isinstance(record, dict):
+            raise TrafficInputError("a record is not a JSON object", source=source, line=line)
+        ts = record.get("time")
+        out.append((record.get("client"), fallback if ts is None else ts, model, record.get("features")))
+    return out
+
+
+def read_traffic(lines: Iterable[bytes], features: Sequence[str], *, source: str = "traffic") -> TrafficLog:
+    """Parse a traffic log against the reference's `features`; one clear error for bad input."""
+    names = list(features)
+    known = frozenset(names)
+    nan = math.nan
+    clients: list[str] = []
+    ts: list[float] = []
+    models: list[str] = []
+    rows: list[list[float | None]] = []
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
+        for client, t, model, feats in _records(obj, line_no, source):
+            if not isinstance(client, str) or not client:
+                raise TrafficInputError("'client' must be a non-empty string", source=source, line=line_no)
+            if type(t) not in _NUMERIC or not math.isfinite(t):
+                raise TrafficInputError("'ts' must be a finite number of seconds", source=source, line=line_no)
+            if not isinstance(model, str) or not model:
+                raise TrafficInputError("'model' must be a non-empty string", source=source, line=line_no)
+            if not isinstance(feats, dict):
+                raise TrafficInputError("'features' must be an object", source=source, line=line_no)
+            if not feats.keys() <= known:
+                extra = sorted(set(feats) - known)[0]
+                raise TrafficInputError(f"feature {extra!r} is not in the reference", source=source, line=line_no)
+            row = [feats.get(n, nan) for n in names]
+            # None (JSON null) reads as a missing value; anything else must be a JSON number
+            # (bool is a subclass of int in Python, so compare exact types).
+            if not set(map(type, row)) <= _NUMERIC_OR_NONE:
+                bad = next(n for n, v in zip(names, row, strict=True) if type(v) not in _NUMERIC_OR_NONE)
+                raise TrafficInputError(f"feature {bad!r} is not a number", source=source, line=line_no)
+            clients.append(client)
+            ts.append(float(t))
+            models.append(model)
+            rows.append(row)
+    if not rows:
+        raise TrafficInputError("no prediction records", source=source)
+    with np.errstate(over="ignore"):
+        x = np.array(rows, dtype=np.float64)
+    return TrafficLog(clients, np.asarray(ts, dtype=np.float64), models, x)
+
+
+_NUMERIC_OR_NONE = frozenset({int, float, type(None)})
+
+
+@dataclass
+class ClientReport:
+    """What the replay found about one client."""
+
+    queries: int = 0
+    alerts: list[AlertSpec] = field(default_factory=list)
+
+
+@dataclass
+class ReplayReport:
+    """The outcome of one replay."""
+
+    profile: ReferenceProfile
+    clients: dict[str, ClientReport]
+    records: int
+
+    @property
+    def alarmed(self) -> list[str]:
+        """Clients with at least one alert."""
+        return [c for c, r in self.clients.items() if r.alerts]
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--format json` document."""
+        p = self.profile
+        return {
+            "decision": "fail" if self.alarmed else "pass",
+            "records": self.records,
+            "profile": {
+                "model": p.model,
+                "version": p.version,
+                "features": len(p.features),
+                "n_fit": p.n_fit,
+                "n_calibration": p.n_calibration,
+                "ood_threshold": p.threshold,
+                "false_flag_rate": p.false_flag_rate,
+                "calibrated_rate": p.calibrated_rate,
+            },
+            "alarmed": len(self.alarmed),
+            "clients": {
+                client: {
+                    "queries": r.queries,
+                    "alerts": [
+                        {"kind": a.kind, "severity": a.severity.value, "message": a.message, "evidence": a.evidence}
+                        for a in r.alerts
+                    ],
+                }
+                for client, r in self.clients.items()
+            },
+        }
+
+
+def invalid_rows(x: FloatArray) -> BoolArray:
+    """Records with a missing or non-finite value: what the abuse detector counts as invalid
+    when no feature schema is registered (the replay has none)."""
+    bad: BoolArray = np.asarray(~np.isfinite(x).all(axis=1), dtype=bool)
+    return bad
+
+
+def batch_bounds(ts: FloatArray, batch_s: float, max_batch: int = MAX_BATCH) -> list[tuple[int, int]]:
+    """[start, end) of each batch of sorted times: one per `batch_s` window, at most `max_batch`."""
+    if len(ts) == 0:
+        return []
+    window = np.floor(ts / batch_s)
+    cuts = [0, *(np.flatnonzero(np.diff(window)) + 1).tolist(), len(ts)]
+    bounds: list[tuple[int, int]] = []
+    for a, b in itertools.pairwise(cuts):
+        bounds += [(s, min(s + max_batch, b)) for s in range(a, b, max_batch)]
+    return bounds
+
+
+def replay(
+    log: TrafficLog,
+    profile: ReferenceProfile,
+    *,
+    settings: ServingSettings | None = None,
+    detectors: Detectors | None = None,
+    batch_s: float = 1.0,
+) -> ReplayReport:
+    """Run the service's detectors over `log` in time order (ties keep file order)."""
+    dets = detectors or Detectors.from_settings(settings or ServingSettings())
+    order = np.argsort(log.ts, kind="stable")
+    ts = log.ts[order]
+    x = log.x[order]
+    clients = [log.clients[i] for i in order]
+    models = [log.models[i] for i in order]
+    invalid = invalid_rows(x)
+    report: dict[str, ClientReport] = {}
+    for client in clients:
+        entry = report.get(client)
+        if entry is None:
+            entry = report[client] = ClientReport()
+        entry.queries += 1
+    for a, b in batch_bounds(ts, batch_s):
+        # A batch is of one model; a window holding several is split by model.
+        for model, idx in _by_model(models, a, b).items():
+            sub = [clients[i] for i in idx] if len(idx) != b - a else clients[a:b]
+            rows = x[idx] if len(idx) != b - a else x[a:b]
+            bad = invalid[idx] if len(idx) != b - a else invalid[a:b]
+            profile_for = profile if model == profile.model else None
+            for alert in dets.observe(model, sub, bad, rows, profile_for, float(ts[b - 1])):
+                if alert.client.endswith(OWNER_SUFFIX):
+                    # An owner's alert belongs to every key of that owner seen so far.
+                    owner = alert.client.removesuffix(OWNER_SUFFIX)
+                    for client, entry in report.items():
+                        if owner_of(client) == owner and client != owner:
+                            entry.alerts.append(alert)
+                else:
+                    report[alert.client].alerts.append(alert)
+    return ReplayReport(profile, report, len(clients))
+
+
+def _by_model(models: Sequence[str], a: int, b: int) -> Mapping[str, list[int]]:
+    first = models[a]
+    if all(m == first for m in models[a:b]):
+        return {first: list(range(a, b))}
+    groups: dict[str, list[int]] = {}
+    for i in range(a, b):
+        groups.setdefault(models[i], []).append(i)
+    return groups

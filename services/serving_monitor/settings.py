@@ -1,0 +1,27 @@
+"""serving-monitor's own knobs (`MLW_SERVING_*`), shared by the service and `mlwarden check traffic`."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """serving-monitor's own knobs (`MLW_SERVING_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLW_SERVING_", extra="ignore", frozen=True)
+
+    rate_per_second: float = 20.0
+    burst: float = 40.0
+    abuse_volume_per_minute: float = 600.0
+    abuse_invalid_rate: float = 0.2
+    abuse_min_records: int = 20
+    abuse_cooldown_s: float = 60.0
+    denial_flush_s: float = 0.5
+    ood_rate_floor: float = 0.1
+    ood_alpha: float = 1e-4
+    ood_min_records: int = 30
+    # Calibrated on benchmarks/serving_traffic.py seed 1 (issue 9): benign clients of a finite
+    # customer base reach W = 0.53; 0.5 keeps PRADA inside the per-client false-alarm budget.
+    extraction_w_threshold: float = 0.5
+    extraction_min_queries: int = 100
+    detector_cooldown_s: float = 300.0

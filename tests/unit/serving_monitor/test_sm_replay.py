@@ -1,0 +1,163 @@
+"""`mlwarden check traffic`: the service's detectors replayed over a traffic log (issue 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from mlwarden.cli import main
+from services.serving_monitor.detectors import owner_of
+from services.serving_monitor.replay import (
+    TrafficInputError,
+    batch_bounds,
+    fit_profile,
+    read_reference,
+    read_traffic,
+    replay,
+)
+from services.serving_monitor.synthetic_traffic import MODEL, generate, reference_csv
+
+TRAFFIC = generate(3, benign_clients=6)
+NAMES = TRAFFIC.reference.features
+
+
+def _write(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+@pytest.fixture
+def ref_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "ref.csv"
+    path.write_bytes(reference_csv(TRAFFIC.reference))
+    return path
+
+
+def _records(clients: set[str]) -> list[bytes]:
+    return [line for line in TRAFFIC.jsonl() if orjson.loads(line)["client"] in clients]
+
+
+def test_generator_is_seeded_and_labelled() -> None:
+    again = generate(3, benign_clients=6)
+    assert again.clients == TRAFFIC.clients
+    assert np.array_equal(again.x, TRAFFIC.x)
+    assert set(TRAFFIC.clients) == set(TRAFFIC.labels)
+    assert {"uniform", "gaussian", "boundary_walk", "sybil", "corr_break", "benign"} == set(TRAFFIC.labels.values())
+    assert len({c for c, kind in TRAFFIC.labels.items() if kind == "sybil"}) == 6
+    assert {owner_of(c) for c, kind in TRAFFIC.labels.items() if kind == "sybil"} == {"mallory"}
+    assert np.all(np.diff(TRAFFIC.ts) >= 0)
+
+
+def test_reference_csv_round_trips_without_its_label() -> None:
+    names, x = read_reference(reference_csv(TRAFFIC.reference), "label")
+    assert names == NAMES
+    assert np.allclose(x, TRAFFIC.reference.train)
+
+
+def test_uniform_probe_is_alarmed_and_exit_code_is_1(
+    ref_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = _write(tmp_path / "t.jsonl", _records({"probe-u0"}))
+    assert (
+        main(["check", "traffic", str(log), "--reference", str(ref_csv), "--label", "label", "--format", "json"]) == 1
+    )
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["decision"] == "fail"
+    assert report["profile"]["model"] == MODEL
+    kinds = {a["kind"] for a in report["clients"]["probe-u0"]["alerts"]}
+    assert "serving.ood" in kinds
+    assert report["clients"]["probe-u0"]["queries"] == TRAFFIC.clients.count("probe-u0")
+
+
+def test_quiet_client_exits_0(ref_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = orjson.loads(_records({"shop-00"})[0])
+    lines = [orjson.dumps(one | {"ts": one["ts"] + i}) + b"\n" for i in range(5)]
+    log = _write(tmp_path / "t.jsonl", lines)
+    assert (
+        main(["check", "traffic", str(log), "--reference", str(ref_csv), "--label", "label", "--format", "json"]) == 0
+    )
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["decision"] == "pass"
+    assert report["clients"] == {"shop-00": {"queries": 5, "alerts": []}}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"client":"a","ts":1,"model":"churn","features":{"nope":1}}\n', "feature 'nope' is not in the reference"),
+        (b'{"client":"a","ts":1,"model":"churn","features":{"mean_radius":"3"}}\n', "'mean_radius' is not a number"),
+        (b'{"client":"a","ts":1,"model":"churn","features":{"mean_radius":true}}\n', "'mean_radius' is not a number"),
+        (b'{"client":"a","ts":"x","model":"churn","features":{}}\n', "'ts' must be a finite number"),
+        (b"[1]\n", "not a JSON object"),
+        (b"{oops\n", "not JSON"),
+        (b"\n", "no prediction records"),
+    ],
+)
+def test_input_errors_are_one_line_and_exit_2(
+    ref_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: bytes, message: str
+) -> None:
+    log = _write(tmp_path / "t.jsonl", [line])
+    assert main(["check", "traffic", str(log), "--reference", str(ref_csv), "--label", "label"]) == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_reference_problems_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _write(tmp_path / "t.jsonl", _records({"shop-00"}))
+    ref = tmp_path / "ref.csv"
+    ref.write_bytes(b"a,b\n1,x\n")
+    assert main(["check", "traffic", str(log), "--reference", str(ref)]) == 2
+    assert "column 'b' is not numeric" in capsys.readouterr().err
+    ref.write_bytes(b"")
+    assert main(["check", "traffic", str(log), "--reference", str(ref)]) == 2
+    assert "empty file" in capsys.readouterr().err
+
+
+def test_audit_export_rows_replay_like_plain_records() -> None:
+    """`audit export --format jsonl` rows: `type`, `time` and `body` (the envelope text as
+    received); rows of other event types are skipped."""
+    plain = [orjson.loads(line) for line in _records({"probe-g0", "shop-01"})[:50]]
+    records = [{"client": r["client"], "features": r["features"], "prediction": 1, "time": r["ts"]} for r in plain]
+    envelope = {"specversion": "1.0", "id": "e1", "source": "model-server", "type": "mlw.prediction.logged"}
+    envelope |= {"time": "2026-01-01T00:00:00Z", "data": {"model": MODEL, "records": records}}
+    export = [
+        orjson.dumps({"leaf_index": 0, "type": "mlw.verdict.dataset", "time": 0.0, "body": "{}"}),
+        orjson.dumps(
+            {"leaf_index": 1, "type": "mlw.prediction.logged", "time": 5.0, "body": orjson.dumps(envelope).decode()}
+        ),
+    ]
+    from_export = read_traffic(export, NAMES)
+    from_plain = read_traffic((orjson.dumps(r) for r in plain), NAMES)
+    assert from_export.clients == from_plain.clients
+    assert np.array_equal(from_export.ts, from_plain.ts)
+    assert np.allclose(from_export.x, from_plain.x, equal_nan=True)
+
+
+def test_replay_is_in_time_order_whatever_the_file_order() -> None:
+    lines = _records({"probe-u1", "shop-02", "shop-03"})
+    profile = fit_profile(*read_reference(reference_csv(TRAFFIC.reference), "label"), MODEL)
+    in_order = replay(read_traffic(lines, NAMES), profile).to_json()
+    shuffled = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
+    assert replay(read_traffic(shuffled, NAMES), profile).to_json() == in_order
+
+
+def test_missing_feature_is_an_invalid_record_not_an_error() -> None:
+    log = read_traffic([b'{"client":"a","ts":1,"model":"churn","features":{"mean_radius":null}}'], NAMES)
+    assert np.isnan(log.x).all()
+
+
+def test_batches_follow_log_time_and_the_batch_limit() -> None:
+    ts = np.array([0.1, 0.5, 1.2, 1.3, 1.4, 7.0])
+    assert batch_bounds(ts, 1.0) == [(0, 2), (2, 5), (5, 6)]
+    assert batch_bounds(ts, 1.0, max_batch=2) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+
+
+def test_traffic_input_error_names_source_and_line() -> None:
+    with pytest.raises(TrafficInputError) as info:
+        read_traffic([b"{}", b'{"client":""}'], NAMES, source="x.jsonl")
+    assert info.value.line == 1
+    assert str(info.value).startswith("x.jsonl line 1:")
