@@ -396,7 +396,8 @@ class Demo:
             lambda e: (
                 e.type == "mlw.alert.serving-monitor"
                 and (e.data.client or "") == "cloner"
-                and e.data.kind == "serving.extraction"
+                # small successive steps away from a real input: a boundary walk (issue 9)
+                and e.data.kind in ("serving.extraction", "serving.boundary_walk")
             )
         )
         self.record(
