@@ -289,8 +289,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="run this one generator seed only")
     parser.add_argument("--only", default="", help="run only cases whose name contains this text")
     parser.add_argument("--detail", action="store_true", help="print true/false flags per check")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="a DetectorSettings field (tuning)"
+    )
     args = parser.parse_args()
-    settings = DetectorSettings(threads=THREADS)
+    overrides = dict(item.split("=", 1) for item in args.setting)
+    settings = DetectorSettings.model_validate({"threads": THREADS, **overrides})
     seeds = [args.seed] if args.seed is not None else [args.tune_seed, args.report_seed]
     results: dict[int, list[tuple[Case, Result, Result]]] = {}
     for seed in seeds:
