@@ -12,6 +12,13 @@ above that rate (one-sided binomial test) and above it by an effect-size floor, 
 any tiny excess is "significant". Dataset-level checks (schema, class balance against the
 reference, non-finite values) add their own findings. Decision = the worst finding severity.
 
+Which rows are listed is a separate question from the decision (issue 12): a clean flag rate that
+suits a count test (1 % for labels) would make a third of the rows sent for inspection clean when
+3 % are poisoned. Each outlier scorer and confident learning list only their highest-scoring rows
+of which about `row_false_share` are estimated clean (from the reference's held-out scores);
+backdoor groups list only the rows carrying both the trigger and the target label, and label
+conflicts only the side the label model finds less plausible.
+
 Every input gets a verdict in bounded time (issue 12). Degenerate data (too few rows, no finite
 value, all rows identical, a single class) fails with a plain reason before any estimator sees
 it; each detector's cost is estimated from the table's shape (`budget`) and a detector over its
@@ -77,8 +84,11 @@ class DetectorSettings(BaseModel):
     backdoor_purity: float = Field(default=0.9, gt=0.5, le=1, description="share of a group carrying one label")
     backdoor_alpha: float = Field(default=1e-3, gt=0, lt=1, description="family-wise error per test family")
     # which of a detector's rows are listed for a person to inspect (issue 12)
+    # 0.2 per detector: tuned on generator seed 1 of benchmarks/data_guard_holdout.py (0.1 cost up to
+    # 0.16 of recall on flips and mixed uploads for 0.03 of precision); the union of the detectors'
+    # rows came out 0.84-0.96 precise there. Reported on seed 2.
     row_false_share: float = Field(
-        default=0.1,
+        default=0.2,
         gt=0,
         lt=1,
         description="share of a detector's listed rows expected clean, estimated on the reference's held-out rows",
