@@ -109,3 +109,32 @@ def sample_rows(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
     if n <= cap:
         return np.arange(n)
     return np.sort(rng.choice(n, size=cap, replace=False))
+
+
+def select_by_false_share(scores: np.ndarray, clean_scores: np.ndarray, n: int, share: float) -> np.ndarray:
+    """Positions of the highest `scores` to flag so that clean rows are about `share` of them.
+
+    `scores` are the candidate rows' (already above a detector's calibrated threshold) and
+    `clean_scores` a held-out sample of trusted rows scored the same way. Flagging every candidate
+    scoring at least s is expected to flag n * P_clean(score >= s) clean rows, estimated from
+    `clean_scores`; the lowest s whose estimate is at most `share` of the rows flagged is kept
+    (Benjamini & Hochberg's step-up rule with an empirical null, Storey's FDR estimate with the
+    null share taken as 1, which can only overstate the clean rows). The threshold that gives a
+    detector its count test stays put: this only chooses which of its rows a person is sent to
+    inspect, since a rate calibrated for the decision (0.1 % to 1 % of the upload) is a third of
+    the flags when 3 % of the rows are poisoned (issue 12). Without clean scores every candidate
+    is kept (nothing to estimate the clean share with).
+    """
+    order = np.argsort(-scores, kind="stable")
+    if clean_scores.size == 0 or scores.size == 0:
+        return np.sort(order)
+    ranked = scores[order]
+    clean = np.sort(clean_scores[np.isfinite(clean_scores)])
+    # clean rows scoring at least each candidate's score, and candidates flagged with it (ties in)
+    clean_above = clean.size - np.searchsorted(clean, ranked, "left")
+    flagged = np.searchsorted(-ranked, -ranked, "right")
+    expected_clean = n * clean_above / max(clean.size, 1)
+    ok = np.flatnonzero(expected_clean <= share * flagged)
+    if ok.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(order[: flagged[ok[-1]]]).astype(np.int64)

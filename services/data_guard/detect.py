@@ -12,6 +12,13 @@ above that rate (one-sided binomial test) and above it by an effect-size floor, 
 any tiny excess is "significant". Dataset-level checks (schema, class balance against the
 reference, non-finite values) add their own findings. Decision = the worst finding severity.
 
+Which rows are listed is a separate question from the decision (issue 12): a clean flag rate that
+suits a count test (1 % for labels) would make a third of the rows sent for inspection clean when
+3 % are poisoned. Each outlier scorer and confident learning list only their highest-scoring rows
+of which about `row_false_share` are estimated clean (from the reference's held-out scores);
+backdoor groups list only the rows carrying both the trigger and the target label, and label
+conflicts only the side the label model finds less plausible.
+
 Every input gets a verdict in bounded time (issue 12). Degenerate data (too few rows, no finite
 value, all rows identical, a single class) fails with a plain reason before any estimator sees
 it; each detector's cost is estimated from the table's shape (`budget`) and a detector over its
@@ -29,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from services.data_guard import budget
 from services.data_guard.backdoor import detect_backdoors
+from services.data_guard.calibration import select_by_false_share
 from services.data_guard.drift import feature_drift, type_mismatches
 from services.data_guard.duplicates import (
     find_duplicates,
@@ -75,6 +83,16 @@ class DetectorSettings(BaseModel):
     backdoor_min_group: int = Field(default=5, ge=2, description="smallest trigger group")
     backdoor_purity: float = Field(default=0.9, gt=0.5, le=1, description="share of a group carrying one label")
     backdoor_alpha: float = Field(default=1e-3, gt=0, lt=1, description="family-wise error per test family")
+    # which of a detector's rows are listed for a person to inspect (issue 12)
+    # 0.2 per detector: tuned on generator seed 1 of benchmarks/data_guard_holdout.py (0.1 cost up to
+    # 0.16 of recall on flips and mixed uploads for 0.03 of precision); the union of the detectors'
+    # rows came out 0.84-0.96 precise there. Reported on seed 2.
+    row_false_share: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of a detector's listed rows expected clean, estimated on the reference's held-out rows",
+    )
     # count test shared by the row-level detectors
     fail_excess_rate: float = Field(
         default=0.02, ge=0, description="flagged share above expected that can fail the upload"
@@ -230,14 +248,17 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
             seed=cfg.seed,
         )
         severity, p_value = _count_test(outliers.rows.size, n, outliers.expected_rate, cfg)
+        listed = _trusted_rows(outliers.rows, outliers.scores, outliers.clean_scores, cfg)
         findings.append(
             _finding(
                 f"outliers.{outliers.method}",
                 severity,
                 f"{outliers.rows.size} of {n} rows score above the {outliers.method} threshold "
-                f"{outliers.threshold:.3g} (expected about {outliers.expected_rate:.2%}, {outliers.calibration})",
-                outliers.rows,
+                f"{outliers.threshold:.3g} (expected about {outliers.expected_rate:.2%}, {outliers.calibration})"
+                + _listed_text(listed, outliers.rows, cfg),
+                listed,
                 cfg,
+                above_threshold=int(outliers.rows.size),
                 threshold=outliers.threshold,
                 rate=outliers.rate,
                 expected_rate=outliers.expected_rate,
@@ -246,7 +267,7 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
                 calibrated_on_reference=outliers.fitted_on_reference,
             )
         )
-        flagged.append(outliers.rows)
+        flagged.append(listed)
 
     label_probability: np.ndarray | None = None
     codes: np.ndarray | None = None
@@ -432,15 +453,17 @@ def _label_checks(
     n = table.rows
     severity, p_value = _count_test(issues.rows.size, n, issues.expected_rate, cfg)
     source = "a model trained on the reference" if issues.used_reference else "models cross-fitted on the upload"
+    listed = _trusted_rows(issues.rows, issues.margins, issues.clean_margins, cfg)
     findings.append(
         _finding(
             "label_noise.confident_learning",
             severity,
             f"{issues.rows.size} of {n} rows carry a label that {source} confidently contradicts "
             f"(margin > {issues.threshold:.2f}; expected about {issues.expected_rate:.2%}; "
-            f"estimated noise {issues.estimated_noise_rate:.2%})",
-            issues.rows,
+            f"estimated noise {issues.estimated_noise_rate:.2%})" + _listed_text(listed, issues.rows, cfg),
+            listed,
             cfg,
+            above_threshold=int(issues.rows.size),
             rate=issues.rate,
             expected_rate=issues.expected_rate,
             threshold=issues.threshold,
@@ -452,7 +475,7 @@ def _label_checks(
             calibrated_on_reference=issues.used_reference,
         )
     )
-    flagged = [issues.rows]
+    flagged = [listed]
     if backdoor_skipped is not None:
         findings.append(backdoor_skipped)
     else:
@@ -676,6 +699,28 @@ def _class_balance(y: np.ndarray, ref_y: np.ndarray, cfg: DetectorSettings) -> F
 
 
 # --- decision helpers -----------------------------------------------------------------------
+
+
+def _trusted_rows(rows: np.ndarray, scores: np.ndarray, clean_scores: np.ndarray, cfg: DetectorSettings) -> np.ndarray:
+    """Of a detector's `rows` (above its calibrated threshold), the ones to list for inspection.
+
+    The count test keeps every row above the threshold; the rows listed are the highest-scoring
+    ones of which about `row_false_share` are expected clean (`calibration.select_by_false_share`,
+    clean share estimated on the reference's held-out rows). Without a reference all are listed.
+    """
+    if rows.size == 0:
+        return rows
+    keep = select_by_false_share(scores[rows], clean_scores, scores.size, cfg.row_false_share)
+    return np.sort(rows[keep]).astype(np.int64)
+
+
+def _listed_text(listed: np.ndarray, rows: np.ndarray, cfg: DetectorSettings) -> str:
+    if listed.size == rows.size:
+        return ""
+    return (
+        f"; the {listed.size} highest-scoring are listed (about {cfg.row_false_share:.0%} of them "
+        "expected clean, estimated on the reference)"
+    )
 
 
 def _count_test(flagged: int, n: int, expected_rate: float, cfg: DetectorSettings) -> tuple[Severity, float]:

@@ -15,7 +15,7 @@ confident learning, Northcutt et al., JAIR 2021), kept fast by capping the fitte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -368,6 +368,8 @@ class LabelIssueReport:
     """held-out trusted rows the margin threshold was measured on (0 without a reference)."""
     unknown_label_rows: int
     """rows whose label the reference never had (not judged here; see class balance)."""
+    clean_margins: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """held-out reference rows' margins the threshold was calibrated on (empty without a reference)."""
 
     @property
     def rate(self) -> float:
@@ -423,7 +425,8 @@ def detect_label_issues(
             fit_rows_used = int(splits[0][0].size)
         ref_probs, ref_held = np.vstack(held_probs), np.concatenate(held_codes)
         thresholds = self_confidence_thresholds(ref_probs, ref_held, n_classes)
-        margin_threshold = calibrate(label_margins(ref_probs, ref_held), rate, floor=0.0, extrapolate=False)
+        clean_margins = label_margins(ref_probs, ref_held)
+        margin_threshold = calibrate(clean_margins, rate, floor=0.0, extrapolate=False)
         probs = model.predict_proba(X)
         known = np.isin(codes, np.unique(ref_codes))
     else:
@@ -439,6 +442,7 @@ def detect_label_issues(
         fit_rows_used = min(n, max_fit)
         thresholds = None
         margin_threshold = Threshold(no_reference_margin, no_reference_rate, 0, "assumed")
+        clean_margins = np.zeros(0)
         known = np.ones(n, dtype=bool)
 
     issues, Q = find_label_issues(probs[known], codes[known], thresholds)
@@ -457,4 +461,5 @@ def detect_label_issues(
         fit_rows=fit_rows_used,
         calibration_rows=margin_threshold.calibration_rows,
         unknown_label_rows=int(np.count_nonzero(~known)),
+        clean_margins=clean_margins,
     )

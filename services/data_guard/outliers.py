@@ -17,7 +17,7 @@ on the held-out rest (see `calibration`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -391,6 +391,8 @@ class OutlierReport:
     """True when the scorer was fitted and calibrated on a trusted reference."""
     calibration: str = "assumed"
     """how the threshold was set: 'empirical', 'tail' or 'assumed'."""
+    clean_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """held-out reference rows' scores the threshold was calibrated on (empty without a reference)."""
 
     @property
     def rate(self) -> float:
@@ -459,4 +461,5 @@ def detect_outliers(
         expected_rate=threshold.rate,
         fitted_on_reference=trusted is not None,
         calibration=threshold.method,
+        clean_scores=oof if trusted is not None else np.zeros(0),
     )
