@@ -85,19 +85,20 @@ async def watch(settings: Settings, console: Console, seconds: float | None) -> 
     """Print verdicts, alerts and dead letters live, each checked against the trust store."""
     from shared.trust import load_root_public
 
-    root = load_root_public(settings.trust_root, settings.keys_dir)
-    async with bus_client(settings, source="mlwarden/watch") as client, client.watch(verify_with=root) as watcher:
-        console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
-        seen = 0
-        deadline = None if seconds is None else time.monotonic() + seconds
-        while deadline is None or time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            for event in watcher.events[seen:]:
-                problem = watcher.unverified.get(event.id)
-                # A forged verdict is shown for what it is, never as the service's word.
-                prefix = f"UNVERIFIED ({problem}) " if problem is not None else ""
-                console.print(prefix + describe(event), markup=False)
-            seen = len(watcher.events)
+    async with bus_client(settings, source="mlwarden/watch") as client:
+        root = load_root_public(settings.trust_root, settings.keys_dir)
+        async with client.watch(verify_with=root) as watcher:
+            console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
+            seen = 0
+            deadline = None if seconds is None else time.monotonic() + seconds
+            while deadline is None or time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                for event in watcher.events[seen:]:
+                    problem = watcher.unverified.get(event.id)
+                    # A forged verdict is shown for what it is, never as the service's word.
+                    prefix = f"UNVERIFIED ({problem}) " if problem is not None else ""
+                    console.print(prefix + describe(event), markup=False)
+                seen = len(watcher.events)
 
 
 async def audit_query(settings: Settings, query: AuditQuery) -> AuditPage:
