@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.data_guard.access import AccessEvidence, DatasetRecord, ReadVolumeMonitor, decide_access
 from services.data_guard.detect import DatasetReport, DetectorSettings, analyze
-from services.data_guard.judged import equivocation, label_coverage, reference_problem
+from services.data_guard.judged import equivocation, label_coverage, laundering, reference_problem
 from services.data_guard.loader import (
     DEFAULT_MAX_CELLS,
     DEFAULT_MAX_COLUMNS,
@@ -199,6 +199,30 @@ class Guard:
             },
         )
 
+    async def _laundering(self, event: Envelope[DatasetUploaded], digest: str) -> Finding | None:
+        """A `fail` finding, and an alert, when these bytes were judged before under a name with
+        stronger protection than the upload asks for (`judged.laundering`)."""
+        same: list[DatasetRecord] = []
+        for dataset, version in await self._judged_names(digest):
+            found = await self.record(dataset, version)
+            if found is not None and found.sha256 == digest:
+                same.append(found)
+        problem = laundering(event.data, same, policy=self.policy_now())
+        if problem is None:
+            return None
+        await self.runtime.alert(
+            "laundering",
+            Severity.FAIL,
+            f"{event.data.uploader} announced {event.data.dataset}:{event.data.version}: {problem}",
+            in_reply_to=event.id,
+            dataset=event.data.dataset,
+            version=event.data.version,
+            uploader=event.data.uploader,
+        )
+        return Finding(
+            check="integrity.laundering", severity=Severity.FAIL, message=problem, evidence={"sha256": digest}
+        )
+
     async def judge(self, event: Envelope[DatasetUploaded]) -> DatasetVerdict:
         """The verdict on one upload."""
         upload = event.data
@@ -218,6 +242,10 @@ class Guard:
             problem = Finding(check=f"input.{code}", severity=Severity.FAIL, message=str(exc))
             # Nothing was judged: no digest, so nothing is recorded.
             return self._verdict(event, "", Decision.FAIL, [problem, *policy_findings], rows=0, flagged=0)
+        laundered = await self._laundering(event, digest)
+        if laundered is not None:
+            # Not recorded (sha256 empty): the bytes keep the protection they were judged under.
+            return self._verdict(event, "", Decision.FAIL, [laundered, *policy_findings], rows=0, flagged=0)
         if upload.sensitivity in ENCRYPTED_LEVELS:
             policy_findings.append(
                 Finding(

@@ -14,6 +14,10 @@ Three rules, each a pure function over the records of earlier judgements:
   data changes. The same again is a retry and is judged again, idempotently.
 - `label_coverage`: an upload whose label checks did not run says so in its verdict, so that
   registry-gate can refuse to promote a model trained on it (a backdoor needs labels to be seen).
+- `laundering`: bytes data-guard judged under one name keep that name's protection under every
+  other name. An upload may point its `location` at any object (or copy the bytes): without this
+  rule, restricted data re-announced as a public dataset with the uploader on its allow-list was
+  decrypted, judged and recorded as readable by them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from services.data_guard.access import DatasetRecord
 from services.data_guard.policy import AccessPolicy, check_read
-from shared.events import DatasetUploaded, Decision, Finding, Severity
+from shared.events import DatasetUploaded, Decision, Finding, Sensitivity, Severity
 
 #: The checks that need a label column, by the finding each one emits (see `detect.analyze`).
 LABEL_CHECKS: Mapping[str, str] = {
@@ -106,4 +110,29 @@ def reference_problem(
     readable = [check_read(upload.uploader, r.sensitivity, list(r.allowed_readers), policy) for r in records]
     if not any(d.allowed for d in readable):
         return f"{name}: {readable[0].reason}, so it may not serve as their reference"
+    return None
+
+
+#: Sensitivity levels from least to most protected (the enum's order).
+_LEVELS: tuple[Sensitivity, ...] = tuple(Sensitivity)
+
+
+def laundering(upload: DatasetUploaded, same_bytes: Iterable[DatasetRecord], *, policy: AccessPolicy) -> str | None:
+    """Why these bytes may not be recorded under the upload's name and access metadata (None when
+    they may): every earlier name of the same bytes must be at most as sensitive as the upload,
+    and the uploader (unless it uploaded them before) and every allowed reader must be allowed
+    to read each earlier name."""
+    for earlier in same_bytes:
+        if (earlier.dataset, earlier.version) == (upload.dataset, upload.version):
+            continue
+        name = f"{earlier.dataset}:{earlier.version}"
+        if _LEVELS.index(upload.sensitivity) < _LEVELS.index(earlier.sensitivity):
+            return (
+                f"these bytes were judged as {earlier.sensitivity.value} data ({name});"
+                f" they cannot be published again as {upload.sensitivity.value}"
+            )
+        who = set(upload.allowed_readers) | ({upload.uploader} if upload.uploader != earlier.uploader else set())
+        for principal in sorted(who):
+            if not check_read(principal, earlier.sensitivity, list(earlier.allowed_readers), policy).allowed:
+                return f"{principal!r} may not read {name}, which holds these bytes"
     return None

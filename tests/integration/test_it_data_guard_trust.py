@@ -309,3 +309,41 @@ async def test_csv_parse_error_names_line_and_column_without_quoting_the_file(bu
     finding = verdict.data.findings[0]
     assert finding.check == "input.unreadable"
     assert "line 4" in finding.message and "column 4" in finding.message, finding.message
+
+
+async def test_restricted_bytes_reannounced_under_a_public_name_are_refused(bus: Any, tmp_path: Path) -> None:
+    """The attack: point a new public dataset's `location` at someone's restricted object (the
+    claimed sha256 is the plaintext's), listing yourself as a reader."""
+    running = await bus("audit-log", "data-guard")
+    key = load_or_create_master_key(running.settings.keys_dir)
+    data = _csv_bytes()
+    secret = await _upload(
+        running,
+        _write(tmp_path / "secret.csv", data),
+        dataset="patients",
+        version="1",
+        sensitivity=Sensitivity.RESTRICTED,
+        readers=["bob"],
+        master_key=key,
+    )
+    assert secret.data.decision != "fail", secret.data.findings
+    copy = DatasetUploaded(
+        dataset="open-data",
+        version="1",
+        location=ObjectRef(kind="object", bucket=DATASETS_BUCKET, key="patients/1"),
+        sha256=hashlib.sha256(data).hexdigest(),
+        format="csv",
+        label_column="label",
+        uploader="alice",  # a data engineer, not on the restricted data's allow-list
+        sensitivity=Sensitivity.PUBLIC,
+        allowed_readers=["carol"],
+    )
+    async with running.client.watch() as watcher:
+        verdict = await _publish_upload(running, copy)
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.data-guard" and e.data.kind == "laundering", 30)
+    assert verdict.data.decision == "fail" and verdict.data.sha256 == ""
+    assert verdict.data.findings[0].check == "integrity.laundering"
+    assert "restricted" in verdict.data.findings[0].message
+    assert alert is not None
+    guard = running.apps["data-guard"].state["guard"]
+    assert await guard.record("open-data", "1") is None  # nothing readable was recorded
