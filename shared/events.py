@@ -161,7 +161,7 @@ class PromotionRequested(Frozen):
 
     model: Name = Field(description="model name")
     version: str = Field(min_length=1, max_length=64, description="model version")
-    stage: Literal["staging", "production"] = Field(description="target stage")
+    stage: Name = Field(description="target stage: one the registry policy declares (e.g. staging, production)")
     requester: Name = Field(description="actor id; must match the signing key's owner")
     root_digest: Sha256Hex = Field(description="artifact root digest being promoted")
     reason: str = Field(default="", max_length=2000, description="free text")
@@ -173,7 +173,7 @@ class ApprovalGiven(Frozen):
     request_id: str = Field(min_length=1, max_length=64, description="id of the promotion event")
     model: Name = Field(description="model name")
     version: str = Field(min_length=1, max_length=64, description="model version")
-    stage: Literal["staging", "production"] = Field(description="target stage")
+    stage: Name = Field(description="stage of the request approved")
     approver: Name = Field(description="actor id; must match the signing key's owner")
     comment: str = Field(default="", max_length=2000, description="free text")
 

@@ -38,6 +38,7 @@ from shared.events import (
 GateOutcome = Literal["promoted", "rejected", "pending"]
 
 # Finding check names, one per rule.
+CHECK_STAGE = "registry.stage"
 CHECK_SIGNER = "registry.requester_signer"
 CHECK_REQUEST_ROLE = "registry.requester_role"
 CHECK_ARTIFACT = "registry.artifact_verdict"
@@ -303,8 +304,16 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy) -> G
     if recorded is None:
         raise UnknownRequest(request_id)
     request, signer = recorded.request, recorded.signer
-    stage = policy.stage(request.stage)
     out = _Findings()
+    stage = policy.stage(request.stage)
+    if stage is None:
+        # (0) Only the stages the policy declares exist (issue 11): nothing else can be checked.
+        out.reject(
+            CHECK_STAGE,
+            f"stage {request.stage!r} is not declared in the registry policy ({', '.join(policy.stages)})",
+            stage=request.stage,
+        )
+        return _decision(request_id, recorded, out, [])
 
     # (1) The identity is the key that signed the envelope, never the `requester` field.
     if signer != request.requester:
@@ -340,14 +349,19 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy) -> G
             approvals=len(approvers),
             needed=stage.approvals,
         )
+    return _decision(request_id, recorded, out, approvers)
+
+
+def _decision(request_id: str, recorded: RecordedRequest, out: _Findings, approvers: list[str]) -> GateDecision:
     findings = list(out.ordered())
+    request = recorded.request
     return GateDecision(
         request_id=request_id,
         model=request.model,
         version=request.version,
         stage=request.stage,
-        requester=signer,
-        decision=outcome,
+        requester=recorded.signer,
+        decision=out.outcome(),
         reasons=[f.message for f in findings],
         approvers=approvers,
         findings=findings,

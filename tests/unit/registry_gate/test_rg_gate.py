@@ -26,7 +26,7 @@ from services.registry_gate.policy import (
     RegistryPolicy,
     Stage,
     StagePolicy,
-    StagesPolicy,
+    default_stages,
     policy_for_actors,
 )
 from shared.envelope import new_event
@@ -50,7 +50,7 @@ POISONED = hashlib.sha256(b"iris v1 bytes, poisoned").hexdigest()
 class Desk:
     """A registry with actors, signing their events and handing verified ones to the state."""
 
-    def __init__(self, roles: dict[str, tuple[str, ...]], stages: StagesPolicy | None = None) -> None:
+    def __init__(self, roles: dict[str, tuple[str, ...]], stages: dict[str, StagePolicy] | None = None) -> None:
         self.keys = {actor: SigningKey.generate(actor) for actor in roles}
         self.policy: RegistryPolicy = policy_for_actors(
             {actor: (key.public_b64(), roles[actor]) for actor, key in self.keys.items()}, stages=stages
@@ -131,6 +131,11 @@ class Desk:
 
     def decide(self, request_id: str) -> GateDecision:
         return evaluate(request_id, self.state, self.policy)
+
+
+def stages_with(**overrides: StagePolicy) -> dict[str, StagePolicy]:
+    """The default stages with some replaced or added."""
+    return {**default_stages(), **overrides}
 
 
 DEMO = {"alice": (ML_ENGINEER,), "bob": (REVIEWER,), "carol": (REVIEWER,), "mallory": ()}
@@ -450,14 +455,14 @@ def test_staging_accepts_a_dataset_without_label_checks_by_default(desk: Desk) -
 
 
 def test_stage_policy_can_require_or_waive_label_checks() -> None:
-    strict = StagesPolicy(staging=StagePolicy(approvals=1, require_label_checks=True))
+    strict = stages_with(staging=StagePolicy(approvals=1, require_label_checks=True))
     desk = Desk(dict(DEMO), stages=strict)
     desk.artifact()
     desk.dataset(Decision.PASS, label_checked=False)
     rid = desk.request(stage="staging")
     desk.approve(rid, "bob", stage="staging")
     assert desk.decide(rid).decision == "rejected"
-    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_label_checks=False))
+    lenient = stages_with(production=StagePolicy(approvals=2, require_label_checks=False))
     desk = Desk(dict(DEMO), stages=lenient)
     desk.artifact()
     desk.dataset(Decision.PASS, label_checked=False)
@@ -473,7 +478,7 @@ def test_production_rejects_an_artifact_without_training_datasets(desk: Desk) ->
 
 
 def test_stage_policy_can_allow_artifacts_without_datasets() -> None:
-    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_datasets=False))
+    lenient = stages_with(production=StagePolicy(approvals=2, require_datasets=False))
     desk = Desk(dict(DEMO), stages=lenient)
     desk.artifact(datasets=())
     assert desk.decide(approved(desk)).decision == "promoted"
@@ -548,3 +553,25 @@ def test_unknown_request_raises(desk: Desk) -> None:
     with pytest.raises(UnknownRequest) as info:
         desk.decide("nope")
     assert info.value.request_id == "nope"
+
+
+# --- stages from the policy (issue 11) -------------------------------------------------------
+
+
+def test_rejected_when_stage_is_not_declared(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset()
+    rid = desk.request(stage="qa")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert "stage 'qa' is not declared" in reasons(decision)
+
+
+def test_a_declared_dev_stage_applies_its_own_rules() -> None:
+    desk = Desk(dict(DEMO), stages=stages_with(dev=StagePolicy(approvals=0, require_label_checks=False)))
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    rid = desk.request(stage="dev")
+    decision = desk.decide(rid)
+    assert decision.decision == "promoted", reasons(decision)
+    assert decision.stage == "dev"
