@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from mlwarden.bootstrap import actor_key
+from mlwarden.registry_cli import registry_status
 from services.registry_gate.policy import RegistryPolicy
 from shared.events import (
     ArtifactVerdict,
@@ -139,6 +140,9 @@ async def test_promotion_demotion_and_rollback_across_a_restart(bus: Any) -> Non
         assert first.data.provenance_key == "churn/1/provenance.sig"
         await _promote(running, watcher, "2")
         assert await _current(running) == {"production": "2"}
+        # What `mlwarden registry status --model churn` asks and shows.
+        shown = await registry_status(running.settings, "churn")
+        assert [(c.stage, c.version, c.root_digest) for c in shown.current] == [("production", "2", ROOTS["2"])]
 
         rollback = await client.publish(
             Subjects.ROLLBACK_REQUESTED,
