@@ -51,7 +51,7 @@ def cmd_registry_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    current = Table("model", "stage", "version", "root digest", "by", "since", title="current version per stage")
+    current = Table("model", "stage", "version", "root digest", "by", "since", "why", title="current version per stage")
     for c in status.current:
         current.add_row(
             printable(c.model),
@@ -60,6 +60,7 @@ def cmd_registry_status(args: argparse.Namespace) -> int:
             c.root_digest[:16],
             c.action,
             _when(c.since),
+            printable(c.reason or "-"),
         )
     out.print(current)
     pending = Table(

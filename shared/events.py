@@ -250,6 +250,9 @@ class ArtifactVerdict(Frozen):
 
 #: What a registry request asks for: a version into a stage, out of it, or an earlier one back.
 RegistryAction = Literal["promotion", "demotion", "rollback"]
+#: What changed a stage: a request, or a recall (registry-gate itself, when a fact a promotion
+#: relied on turned bad, issue 11).
+StageAction = Literal["promotion", "demotion", "rollback", "recall"]
 
 
 class PromotionVerdict(Frozen):
@@ -266,7 +269,9 @@ class PromotionVerdict(Frozen):
     approvers: list[str] = Field(default_factory=list)
     request_id: str
     in_reply_to: str
-    action: RegistryAction = Field(default="promotion", description="what the request asked for")
+    action: StageAction = Field(
+        default="promotion", description="what the request asked for, or `recall` (registry-gate pulled it)"
+    )
     root_digest: str = Field(
         default="", description="root digest of the artifact decided on: a deploy bot verifies exactly these bytes"
     )
@@ -428,9 +433,10 @@ class StageCurrent(Frozen):
     stage: str
     version: str | None = Field(description="None once demoted and nothing replaced it")
     root_digest: str = Field(default="", description="root digest it was promoted with")
-    action: RegistryAction = Field(description="the request that put it there (or took it out)")
+    action: StageAction = Field(description="the request that put it there (or took it out), or a recall")
     request_id: str = Field(description="that request's event id")
     since: float = Field(description="unix seconds when registry-gate decided it")
+    reason: str = Field(default="", description="why, for a recall (the fact that turned bad)")
 
 
 class RegistryStatus(Frozen):

@@ -28,6 +28,7 @@ from services.registry_gate.gate import (
     StageChange,
     closing_fact,
     evaluate,
+    recalls,
 )
 from services.registry_gate.policy import RegistryPolicy, load_policy
 from shared.bus import ServiceRuntime
@@ -37,6 +38,7 @@ from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
     DatasetVerdict,
+    Decision,
     DemotionRequested,
     PromotionRequested,
     PromotionVerdict,
@@ -141,6 +143,48 @@ class Gate:
                 return []
             case None:
                 return []
+
+    async def recall(self, sha256: str, cause: str) -> None:
+        """Take out of their stages the model versions trained on bytes now judged `fail`
+        (issue 11): each change is journaled, published as a `demoted` verdict with action
+        `recall`, and alerted; pending requests of the same model and stage are re-evaluated."""
+        affected: list[str] = []
+        for change in recalls(self.state, self.policy_now(), sha256, now=self.clock()):
+            affected += self.state.record_change(change)
+            await self.journal("change", change.request_id, change)
+            version = change.replaced or ""
+            artifact = self.state.artifact_verdict(change.model, version)
+            verdict = PromotionVerdict(
+                model=change.model,
+                version=version,
+                stage=change.stage,
+                decision="demoted",
+                reasons=[f"recalled from {change.stage}: {change.reason}"],
+                requester=SERVICE,
+                request_id=change.request_id,
+                in_reply_to=cause,
+                action="recall",
+                root_digest=change.root_digest,
+                manifest_key=artifact.manifest_key if artifact is not None else None,
+                provenance_key=artifact.provenance_key if artifact is not None else None,
+            )
+            await self.runtime.emit(
+                Subjects.VERDICT_PROMOTION,
+                verdict,
+                in_reply_to=f"{change.request_id}:{cause}",
+                about=f"model:{change.model}:{version}",
+            )
+            await self.runtime.alert(
+                "recall",
+                Severity.FAIL,
+                f"{change.model} {version} recalled from {change.stage}: {change.reason}",
+                in_reply_to=cause,
+                model=change.model,
+                version=version,
+                stage=change.stage,
+                dataset_sha256=sha256,
+            )
+        await self.decide(sorted(set(affected)), cause)
 
     def open_requests(self) -> list[str]:
         """Requests neither decided nor expired: the tick re-evaluates them."""
@@ -307,6 +351,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         async with g.lock:
             record = partial(g.state.record_dataset_verdict, event.data)
             await g.apply(event.id, "dataset", record, event.data, always=False)
+            if event.data.decision is Decision.FAIL:
+                await g.recall(event.data.sha256, event.id)
 
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),

@@ -44,6 +44,7 @@ from shared.events import (
     RegistryAction,
     RollbackRequested,
     Severity,
+    StageAction,
     StageCurrent,
 )
 
@@ -147,14 +148,16 @@ class RecordedApproval(Frozen):
 class StageChange(Frozen):
     """What a decided request changed: `version` is now current in `stage` (None: nothing is)."""
 
-    request_id: str = Field(description="the request that made the change (one change per request)")
-    action: RegistryAction
+    request_id: str = Field(description="the request (or recall) that made the change (one change per id)")
+    action: StageAction
     model: str
     stage: str
     version: str | None = Field(description="the version now current; None after a demotion")
     root_digest: str = Field(description="root digest of the version promoted or demoted")
     at: float = Field(description="unix seconds registry-gate decided it")
     seq: int = Field(ge=0, description="order of the changes (the journal's keys are unordered)")
+    reason: str = Field(default="", description="why, for a recall")
+    replaced: str | None = Field(default=None, description="the version current before (demotions, recalls)")
 
     def current(self) -> StageCurrent:
         """The status form."""
@@ -166,6 +169,7 @@ class StageChange(Frozen):
             action=self.action,
             request_id=self.request_id,
             since=self.at,
+            reason=self.reason,
         )
 
 
@@ -403,7 +407,7 @@ class GateDecision(Frozen):
     """registry-gate's decision on one request, with every reason."""
 
     request_id: str = Field(description="id of the request event")
-    action: RegistryAction = Field(default="promotion", description="what the request asks for")
+    action: StageAction = Field(default="promotion", description="what the request asks for")
     model: str
     version: str
     stage: str
@@ -460,7 +464,7 @@ class _Findings:
         self.expired = True
         self._add(Severity.FAIL, CHECK_EXPIRY, message, evidence)
 
-    def outcome(self, action: RegistryAction) -> GateOutcome:
+    def outcome(self, action: StageAction) -> GateOutcome:
         severities = {f.severity for f in self.items}
         if self.expired:
             return "expired"
@@ -468,7 +472,7 @@ class _Findings:
             return "rejected"
         if Severity.WARN in severities:
             return "pending"
-        return "demoted" if action == "demotion" else "promoted"
+        return "demoted" if action in ("demotion", "recall") else "promoted"
 
     def ordered(self) -> Iterator[Finding]:
         order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
@@ -490,10 +494,52 @@ def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> St
             root_digest=decision.root_digest,
             at=now,
             seq=state.next_seq(),
+            replaced=decision.version if decision.action == "demotion" else None,
         )
     if decision.decision == "expired":
         return RequestExpired(request_id=decision.request_id, at=now)
     return None
+
+
+def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: float) -> list[StageChange]:
+    """The stage changes a `fail` on the dataset bytes `sha256` calls for (issue 11, recall):
+    every model version currently in a stage whose policy says `recall`, trained on those
+    bytes, is taken out. Pure: the caller records, journals, publishes and alerts."""
+    judged = state.dataset_verdicts(sha256)
+    if not judged or max(_rank(v.decision) for v in judged) < _rank(Decision.FAIL):
+        return []
+    bad = next(v for v in judged if v.decision is Decision.FAIL)
+    changes: list[StageChange] = []
+    seq = state.next_seq()
+    for current in state.currents():
+        if current.version is None:
+            continue
+        stage = policy.stage(current.stage)
+        if stage is None or not stage.recall:
+            continue
+        artifact = state.artifact_verdict(current.model, current.version)
+        if artifact is None or all(ref.sha256 != sha256 for ref in artifact.datasets):
+            continue
+        # One id per (bytes, model version, stage): a redelivered verdict recalls nothing twice.
+        recall_id = f"recall-{sha256[:16]}-{current.model}-{current.version}-{current.stage}"
+        if state.change_for(recall_id) is not None:
+            continue
+        changes.append(
+            StageChange(
+                request_id=recall_id,
+                action="recall",
+                model=current.model,
+                stage=current.stage,
+                version=None,
+                root_digest=current.root_digest,
+                at=now,
+                seq=seq,
+                reason=f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail",
+                replaced=current.version,
+            )
+        )
+        seq += 1
+    return changes
 
 
 def _when(t: float) -> str:

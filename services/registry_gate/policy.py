@@ -112,6 +112,10 @@ class StagePolicy(Frozen):
         ),
     )
 
+    recall: bool = Field(
+        default=True,
+        description="take the current version out of this stage when a fact its promotion relied on turns bad",
+    )
     request_ttl_s: float = Field(
         default=DEFAULT_REQUEST_TTL_S,
         gt=0,
@@ -133,7 +137,7 @@ def default_stages() -> dict[str, StagePolicy]:
     stages were declared in the policy (issue 11)."""
     return {
         "staging": StagePolicy(
-            approvals=1, accept_warn_datasets=True, require_datasets=False, require_label_checks=False
+            approvals=1, accept_warn_datasets=True, require_datasets=False, require_label_checks=False, recall=False
         ),
         PRODUCTION: StagePolicy(),
     }

@@ -218,3 +218,28 @@ async def test_request_for_an_undeclared_stage_is_rejected(bus: Any) -> None:
         verdict = await watcher.wait(_about(request.id), 20)
         assert verdict is not None and verdict.data.decision == "rejected"
         assert any("not declared" in r for r in verdict.data.reasons)
+
+
+async def test_dataset_turning_fail_recalls_production_after_a_restart(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    guard = SigningKey.from_pem("data-guard", (running.settings.keys_dir / "data-guard.pem").read_bytes())
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        await running.stop("registry-gate")
+        await running.start("registry-gate")  # the promotion replays from the journal
+        # A re-check with a new reference: the same bytes are now judged fail.
+        bad = DatasetVerdict(
+            dataset="train", version="1", sha256=DATA_SHA, decision=Decision.FAIL, in_reply_to="recheck"
+        )
+        await client.publish(Subjects.VERDICT_DATASET, bad, key=guard)
+        recalled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
+        assert recalled is not None
+        assert (recalled.data.decision, recalled.data.version, recalled.data.stage) == ("demoted", "1", "production")
+        assert recalled.data.root_digest == ROOTS["1"]
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["dataset_sha256"] == DATA_SHA
+    status = await _status(running)
+    assert [(c.version, c.action) for c in status.current] == [(None, "recall")]
+    assert "now judged fail" in status.current[0].reason

@@ -22,6 +22,7 @@ from services.registry_gate.gate import (
     UnknownRequest,
     closing_fact,
     evaluate,
+    recalls,
 )
 from services.registry_gate.policy import (
     ML_ENGINEER,
@@ -857,3 +858,52 @@ def test_stage_changes_and_expiries_survive_the_dict_round_trip(desk: Desk) -> N
     assert evaluate(rid, restored, desk.policy, now=desk.now).decision == "expired"
     current = restored.current("churn", "production")
     assert current is not None and current.version == "4"
+
+
+# --- recall on a dataset that turned bad (issue 11) --------------------------------------------
+
+
+def test_dataset_turning_fail_recalls_the_production_version_trained_on_it(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []  # still pass
+    desk.dataset(Decision.FAIL)  # a re-check with a new reference
+    changes = recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now)
+    assert [(c.model, c.stage, c.version, c.replaced, c.action) for c in changes] == [
+        ("churn", "production", None, "3", "recall")
+    ]
+    assert "iris 1" in changes[0].reason and "fail" in changes[0].reason
+    desk.state.record_change(changes[0])
+    current = desk.state.current("churn", "production")
+    assert current is not None and current.version is None and current.current().reason == changes[0].reason
+    # A redelivered verdict recalls nothing twice.
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []
+
+
+def test_recall_leaves_stages_whose_policy_does_not_recall(desk: Desk) -> None:
+    desk.dataset()
+    desk.artifact()
+    rid = desk.request(stage="staging")
+    desk.approve(rid, "bob", stage="staging")
+    assert desk.settle(rid).decision == "promoted"
+    desk.dataset(Decision.FAIL)
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []
+
+
+def test_recall_leaves_models_trained_on_other_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.dataset(Decision.FAIL, name="other", sha256=POISONED)
+    assert recalls(desk.state, desk.policy, POISONED, now=desk.now) == []
+
+
+def test_a_recalled_version_cannot_be_rolled_back_to(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.dataset(Decision.FAIL)
+    for change in recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now):
+        desk.state.record_change(change)
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    assert desk.decide(rid).decision == "rejected"
