@@ -58,7 +58,7 @@ def decision_rows(n: int) -> list[Row]:
         event = decode(bodies[i[0] % n], PromotionRequested)
         signer = event.verify(trust)
         state.record_request(event.id, event.data, signer)
-        evaluate(event.id, state, policy)
+        evaluate(event.id, state, policy, now=0.0)
         i[0] += 1
 
     envelopes = [decode(b, PromotionRequested) for b in bodies]

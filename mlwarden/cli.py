@@ -22,6 +22,7 @@ from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from mlwarden.keys_cli import add_keys_commands
+from mlwarden.registry_cli import add_registry_commands
 from mlwarden.traffic_cli import add_traffic_commands
 from shared.errors import InputError, MlwardenError
 from shared.topology import SERVICES
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         signed(p)
         p.add_argument("--model", required=True)
         p.add_argument("--version", required=True)
-        p.add_argument("--stage", default="production", choices=["staging", "production"])
+        p.add_argument("--stage", default="production", help="a stage the registry policy declares")
         if kind == "promotion":
             p.add_argument("--root-digest", required=True)
         else:
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_commands(check, add)
 
     add_artifact_commands(sub, add)
+    add_registry_commands(sub, add, common)
 
     p = add("health", cmd_health)
     common(p)

@@ -27,6 +27,8 @@ _FLOWS: dict[str, tuple[str, list[str]]] = {
     Subjects.MODEL_BUILT: ("producers (signed)", ["artifact-signer", "audit-log"]),
     Subjects.PROMOTION_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.APPROVAL_GIVEN: ("people (signed)", ["registry-gate", "audit-log"]),
+    Subjects.DEMOTION_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
+    Subjects.ROLLBACK_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.PREDICTION_LOGGED: ("model servers (signed)", ["serving-monitor", "audit-log"]),
     Subjects.VERDICT_DATASET: ("data-guard", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_ACCESS: ("data-guard", ["audit-log", "data owners"]),

@@ -161,19 +161,43 @@ class PromotionRequested(Frozen):
 
     model: Name = Field(description="model name")
     version: str = Field(min_length=1, max_length=64, description="model version")
-    stage: Literal["staging", "production"] = Field(description="target stage")
+    stage: Name = Field(description="target stage: one the registry policy declares (e.g. staging, production)")
     requester: Name = Field(description="actor id; must match the signing key's owner")
     root_digest: Sha256Hex = Field(description="artifact root digest being promoted")
     reason: str = Field(default="", max_length=2000, description="free text")
 
 
-class ApprovalGiven(Frozen):
-    """`mlw.registry.approval`: a reviewer approves a promotion request; signed by the reviewer."""
+class DemotionRequested(Frozen):
+    """`mlw.registry.demotion`: an actor asks to take a model version out of a stage (nothing is
+    current there afterwards); signed by the actor, approved like a promotion to that stage."""
 
-    request_id: str = Field(min_length=1, max_length=64, description="id of the promotion event")
     model: Name = Field(description="model name")
-    version: str = Field(min_length=1, max_length=64, description="model version")
-    stage: Literal["staging", "production"] = Field(description="target stage")
+    version: str = Field(min_length=1, max_length=64, description="the version currently in the stage")
+    stage: Name = Field(description="stage to take it out of")
+    requester: Name = Field(description="actor id; must match the signing key's owner")
+    reason: str = Field(min_length=1, max_length=2000, description="why (audited)")
+
+
+class RollbackRequested(Frozen):
+    """`mlw.registry.rollback`: an actor asks to put back a version that was promoted to the stage
+    before; signed by the actor, approved and checked like a promotion to that stage."""
+
+    model: Name = Field(description="model name")
+    version: str = Field(min_length=1, max_length=64, description="the earlier version to put back")
+    stage: Name = Field(description="stage to roll back")
+    requester: Name = Field(description="actor id; must match the signing key's owner")
+    root_digest: Sha256Hex = Field(description="root digest that version was promoted with")
+    reason: str = Field(min_length=1, max_length=2000, description="why (audited)")
+
+
+class ApprovalGiven(Frozen):
+    """`mlw.registry.approval`: a reviewer approves a promotion, demotion or rollback request;
+    signed by the reviewer."""
+
+    request_id: str = Field(min_length=1, max_length=64, description="id of the promotion, demotion or rollback event")
+    model: Name = Field(description="model name")
+    version: str = Field(min_length=1, max_length=64, description="model version, as in the request")
+    stage: Name = Field(description="stage of the request approved")
     approver: Name = Field(description="actor id; must match the signing key's owner")
     comment: str = Field(default="", max_length=2000, description="free text")
 
@@ -224,18 +248,42 @@ class ArtifactVerdict(Frozen):
     )
 
 
+#: What a registry request asks for: a version into a stage, out of it, or an earlier one back.
+RegistryAction = Literal["promotion", "demotion", "rollback"]
+#: What changed a stage: a request, or a recall (registry-gate itself, when a fact a promotion
+#: relied on turned bad, issue 11).
+StageAction = Literal["promotion", "demotion", "rollback", "recall"]
+
+
 class PromotionVerdict(Frozen):
-    """`mlw.verdict.promotion`: registry-gate's decision on a promotion request."""
+    """`mlw.verdict.promotion`: registry-gate's decision on a promotion, demotion or rollback request."""
 
     model: Name
     version: str
     stage: str
-    decision: Literal["promoted", "rejected", "pending"]
+    decision: Literal["promoted", "demoted", "rejected", "pending", "expired"] = Field(
+        description="promoted (also a rollback done), demoted, rejected, pending, or expired (not approved in time)"
+    )
     reasons: list[str] = Field(default_factory=list, description="every reason, also when promoted")
     requester: str = ""
     approvers: list[str] = Field(default_factory=list)
     request_id: str
     in_reply_to: str
+    action: StageAction = Field(
+        default="promotion", description="what the request asked for, or `recall` (registry-gate pulled it)"
+    )
+    root_digest: str = Field(
+        default="", description="root digest of the artifact decided on: a deploy bot verifies exactly these bytes"
+    )
+    manifest_key: str | None = Field(
+        default=None, description="object in mlw-artifacts: the signature bundle over that root digest"
+    )
+    provenance_key: str | None = Field(
+        default=None, description="object in mlw-artifacts: the signed provenance statement (same root digest)"
+    )
+    expires_at: float | None = Field(
+        default=None, description="unix seconds after which the request can no longer be approved"
+    )
 
 
 class AdmissionVerdict(Frozen):
@@ -374,14 +422,30 @@ class ErrorReply(Frozen):
 class RegistryStatusRequest(Frozen):
     """Body of `mlw.registry.status`: where does a model version stand?"""
 
-    model: Name
+    model: Name | None = Field(default=None, description="every model when omitted")
     version: str | None = Field(default=None, description="all versions when omitted")
 
 
-class RegistryStatus(Frozen):
-    """Reply to `mlw.registry.status`: the latest decision on each promotion request."""
+class StageCurrent(Frozen):
+    """The version of one model currently in one stage, and how it got there."""
 
-    promotions: list[PromotionVerdict]
+    model: Name
+    stage: str
+    version: str | None = Field(description="None once demoted and nothing replaced it")
+    root_digest: str = Field(default="", description="root digest it was promoted with")
+    action: StageAction = Field(description="the request that put it there (or took it out), or a recall")
+    request_id: str = Field(description="that request's event id")
+    since: float = Field(description="unix seconds when registry-gate decided it")
+    reason: str = Field(default="", description="why, for a recall (the fact that turned bad)")
+
+
+class RegistryStatus(Frozen):
+    """Reply to `mlw.registry.status`: the latest decision on each request, the current version per
+    stage, and the requests still pending."""
+
+    promotions: list[PromotionVerdict] = Field(description="latest decision on every matching request")
+    current: list[StageCurrent] = Field(default_factory=list, description="current version per (model, stage)")
+    pending: list[PromotionVerdict] = Field(default_factory=list, description="requests still open")
 
 
 class ArtifactVerifyRequest(Frozen):

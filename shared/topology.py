@@ -32,10 +32,12 @@ from shared.events import (
     DatasetUploaded,
     DatasetVerdict,
     DeadLetter,
+    DemotionRequested,
     ModelBuilt,
     PredictionBatch,
     PromotionRequested,
     PromotionVerdict,
+    RollbackRequested,
 )
 
 
@@ -48,6 +50,8 @@ class Subjects:
     MODEL_BUILT = "mlw.model.built"
     PROMOTION_REQUESTED = "mlw.registry.promotion"
     APPROVAL_GIVEN = "mlw.registry.approval"
+    DEMOTION_REQUESTED = "mlw.registry.demotion"
+    ROLLBACK_REQUESTED = "mlw.registry.rollback"
     PREDICTION_LOGGED = "mlw.prediction.logged"
 
     VERDICT_DATASET = "mlw.verdict.dataset"
@@ -190,7 +194,12 @@ class ConsumerSpec:
 #: captured the `mlw.registry.status` requests, so JetStream answered each with a publish ack
 #: (the requester's reply) and registry-gate's durable dead-lettered it (issue 8). A stored
 #: registry subject added later goes here; `ensure_topology` updates the stream in place.
-REGISTRY_EVENTS: tuple[str, ...] = (Subjects.PROMOTION_REQUESTED, Subjects.APPROVAL_GIVEN)
+REGISTRY_EVENTS: tuple[str, ...] = (
+    Subjects.PROMOTION_REQUESTED,
+    Subjects.APPROVAL_GIVEN,
+    Subjects.DEMOTION_REQUESTED,
+    Subjects.ROLLBACK_REQUESTED,
+)
 EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", *REGISTRY_EVENTS))
 PREDICTIONS = StreamSpec(
     "MLW_PREDICTIONS",
@@ -322,6 +331,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     Subjects.MODEL_BUILT: ModelBuilt,
     Subjects.PROMOTION_REQUESTED: PromotionRequested,
     Subjects.APPROVAL_GIVEN: ApprovalGiven,
+    Subjects.DEMOTION_REQUESTED: DemotionRequested,
+    Subjects.ROLLBACK_REQUESTED: RollbackRequested,
     Subjects.PREDICTION_LOGGED: PredictionBatch,
     Subjects.VERDICT_DATASET: DatasetVerdict,
     Subjects.VERDICT_ARTIFACT: ArtifactVerdict,

@@ -1,12 +1,15 @@
-"""registry-gate's wiring: signed promotion requests and approvals in, verified verdicts from
-data-guard and artifact-signer in, `mlw.verdict.promotion` out. The decision is `gate.evaluate`.
+"""registry-gate's wiring: signed promotion, demotion and rollback requests and approvals in,
+verified verdicts from data-guard and artifact-signer in, `mlw.verdict.promotion` out. The decision
+is `gate.evaluate`; a periodic tick re-evaluates open requests so expiry needs no event (issue 11).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -15,11 +18,17 @@ from nats.js.errors import NoKeysError
 from pydantic import BaseModel
 
 from services.registry_gate.gate import (
+    AnyRequest,
     ConflictingEvent,
+    GateDecision,
     RecordedApproval,
     RecordedRequest,
     RegistryState,
+    RequestExpired,
+    StageChange,
+    closing_fact,
     evaluate,
+    recalls,
 )
 from services.registry_gate.policy import RegistryPolicy, load_policy
 from shared.bus import ServiceRuntime
@@ -29,10 +38,13 @@ from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
     DatasetVerdict,
+    Decision,
+    DemotionRequested,
     PromotionRequested,
     PromotionVerdict,
     RegistryStatus,
     RegistryStatusRequest,
+    RollbackRequested,
     Severity,
 )
 from shared.service import ServiceApp
@@ -43,14 +55,26 @@ SERVICE = "registry-gate"
 JOURNAL_PREFIX = "registry-gate."
 log = logging.getLogger("mlwarden.registry-gate")
 
+Clock = Callable[[], float]
+
+
+def tick_interval(policy: RegistryPolicy) -> float:
+    """How often open requests are re-evaluated for expiry: a tenth of the shortest TTL, between
+    0.2 s and 30 s (an expiry is published at most that late)."""
+    shortest = min((stage.request_ttl_s for stage in policy.stages.values()), default=300.0)
+    return min(30.0, max(0.2, shortest / 10))
+
 
 class Gate:
     """registry-gate's state and what it publishes; one event at a time under a lock."""
 
-    def __init__(self, runtime: ServiceRuntime, policy: RegistryPolicy, state: RegistryState) -> None:
+    def __init__(
+        self, runtime: ServiceRuntime, policy: RegistryPolicy, state: RegistryState, clock: Clock = time.time
+    ) -> None:
         self.runtime = runtime
         self.policy = policy
         self.state = state
+        self.clock = clock
         self.lock = asyncio.Lock()
         # The last decision published per request: re-evaluations that change nothing stay quiet.
         self.last: dict[str, PromotionVerdict] = {}
@@ -84,11 +108,16 @@ class Gate:
         await asyncio.gather(self.journal(kind, event_id, fact), self.decide(ids, event_id, always=always))
 
     async def decide(self, request_ids: list[str], cause: str, *, always: bool = False) -> None:
-        """Evaluate each request and publish its verdict when it changed (or `always`)."""
-        for request_id in request_ids:
+        """Evaluate each request and publish its verdict when it changed (or `always`); record
+        and journal what a decided request changes (a stage's current version, an expiry)."""
+        queue = list(dict.fromkeys(request_ids))
+        while queue:
+            request_id = queue.pop(0)
             if self.state.request(request_id) is None:
                 continue
-            decision = evaluate(request_id, self.state, self.policy_now())
+            now = self.clock()
+            decision = evaluate(request_id, self.state, self.policy_now(), now=now)
+            queue += [rid for rid in await self.close(decision, now) if rid not in queue and rid != request_id]
             verdict = decision.to_verdict(in_reply_to=cause)
             previous = self.last.get(request_id)
             if not always and previous is not None and _same(previous, verdict):
@@ -101,7 +130,67 @@ class Gate:
                 about=f"model:{verdict.model}:{verdict.version}",
             )
 
-    async def reject_unsigned(self, event: Envelope[PromotionRequested], reason: str) -> None:
+    async def close(self, decision: GateDecision, now: float) -> list[str]:
+        """Record and journal the fact a final decision leaves, once; return the requests it affects."""
+        match closing_fact(decision, self.state, now):
+            case StageChange() as change:
+                affected = self.state.record_change(change)
+                await self.journal("change", change.request_id, change)
+                return affected
+            case RequestExpired() as fact:
+                self.state.record_expiry(fact)
+                await self.journal("expiry", fact.request_id, fact)
+                return []
+            case None:
+                return []
+
+    async def recall(self, sha256: str, cause: str) -> None:
+        """Take out of their stages the model versions trained on bytes now judged `fail`
+        (issue 11): each change is journaled, published as a `demoted` verdict with action
+        `recall`, and alerted; pending requests of the same model and stage are re-evaluated."""
+        affected: list[str] = []
+        for change in recalls(self.state, self.policy_now(), sha256, now=self.clock()):
+            affected += self.state.record_change(change)
+            await self.journal("change", change.request_id, change)
+            version = change.replaced or ""
+            artifact = self.state.artifact_verdict(change.model, version)
+            verdict = PromotionVerdict(
+                model=change.model,
+                version=version,
+                stage=change.stage,
+                decision="demoted",
+                reasons=[f"recalled from {change.stage}: {change.reason}"],
+                requester=SERVICE,
+                request_id=change.request_id,
+                in_reply_to=cause,
+                action="recall",
+                root_digest=change.root_digest,
+                manifest_key=artifact.manifest_key if artifact is not None else None,
+                provenance_key=artifact.provenance_key if artifact is not None else None,
+            )
+            await self.runtime.emit(
+                Subjects.VERDICT_PROMOTION,
+                verdict,
+                in_reply_to=f"{change.request_id}:{cause}",
+                about=f"model:{change.model}:{version}",
+            )
+            await self.runtime.alert(
+                "recall",
+                Severity.FAIL,
+                f"{change.model} {version} recalled from {change.stage}: {change.reason}",
+                in_reply_to=cause,
+                model=change.model,
+                version=version,
+                stage=change.stage,
+                dataset_sha256=sha256,
+            )
+        await self.decide(sorted(set(affected)), cause)
+
+    def open_requests(self) -> list[str]:
+        """Requests neither decided nor expired: the tick re-evaluates them."""
+        return [rid for rid in self.state.request_ids() if not self.state.closed(rid)]
+
+    async def reject_unsigned(self, event: Envelope[Any], action: str, reason: str) -> None:
         """A request whose signature does not hold is rejected outright (verify_actor alerted)."""
         data = event.data
         verdict = PromotionVerdict(
@@ -113,6 +202,8 @@ class Gate:
             requester=data.requester,
             request_id=event.id,
             in_reply_to=event.id,
+            action=action,  # type: ignore[arg-type]
+            root_digest=getattr(data, "root_digest", ""),
         )
         await self.runtime.emit(
             Subjects.VERDICT_PROMOTION, verdict, in_reply_to=event.id, about=f"model:{data.model}:{data.version}"
@@ -120,13 +211,21 @@ class Gate:
 
 
 def _same(a: PromotionVerdict, b: PromotionVerdict) -> bool:
-    return (a.decision, a.reasons, a.approvers) == (b.decision, b.reasons, b.approvers)
+    return (a.decision, a.reasons, a.approvers, a.manifest_key) == (b.decision, b.reasons, b.approvers, b.manifest_key)
 
 
 async def _load_state(runtime: ServiceRuntime) -> RegistryState:
-    """Replay the journal: verdicts first, then requests, then approvals."""
+    """Replay the journal: verdicts first, then requests, approvals, stage changes (in their
+    recorded order) and expiries."""
     kv = await runtime.js.key_value(STATE_BUCKET)
-    facts: dict[str, list[bytes]] = {"artifact": [], "dataset": [], "request": [], "approval": []}
+    facts: dict[str, list[bytes]] = {
+        "artifact": [],
+        "dataset": [],
+        "request": [],
+        "approval": [],
+        "change": [],
+        "expiry": [],
+    }
     try:
         # (nats-py 2.16's `keys(filters=...)` finds nothing for a wildcard filter: filter here.)
         keys = [k for k in await kv.keys() if k.startswith(JOURNAL_PREFIX)]
@@ -144,49 +243,91 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         state.record_dataset_verdict(DatasetVerdict.model_validate_json(raw))
     for raw in facts["request"]:
         req = RecordedRequest.model_validate_json(raw)
-        state.record_request(req.request_id, req.request, req.signer)
+        state.record_request(req.request_id, req.request, req.signer, opened_at=req.opened_at)
     for raw in facts["approval"]:
         appr = RecordedApproval.model_validate_json(raw)
-        state.record_approval(appr.event_id, appr.approval, appr.signer)
+        state.record_approval(appr.event_id, appr.approval, appr.signer, received_at=appr.received_at)
+    for change in sorted((StageChange.model_validate_json(raw) for raw in facts["change"]), key=lambda c: c.seq):
+        state.record_change(change)
+    for raw in facts["expiry"]:
+        state.record_expiry(RequestExpired.model_validate_json(raw))
     return state
 
 
-def create_app(settings: Settings | None = None) -> ServiceApp:
-    """Build registry-gate."""
+def create_app(settings: Settings | None = None, *, clock: Clock = time.time) -> ServiceApp:
+    """Build registry-gate (`clock` gives unix seconds: tests may pass their own)."""
     settings = settings or Settings()
     svc = ServiceApp(SERVICE, settings)
+    ticker: list[asyncio.Task[None]] = []
 
     def gate() -> Gate:
         return svc.get("gate", Gate)
 
+    async def tick(g: Gate, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                async with g.lock:
+                    for rid in g.open_requests():
+                        await g.decide([rid], rid)
+            except Exception:  # a bus hiccup must not end the ticking; the next tick retries
+                log.exception("registry-gate tick failed")
+
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:
         policy = load_policy(settings.registry_policy_path)
-        svc.state["gate"] = Gate(runtime, policy, await _load_state(runtime))
+        g = Gate(runtime, policy, await _load_state(runtime), clock)
+        svc.state["gate"] = g
+        ticker.append(asyncio.create_task(tick(g, tick_interval(policy))))
 
-    async def on_promotion(event: Envelope[PromotionRequested]) -> None:
-        """A promotion request, signed by its requester: decide promoted, pending or rejected."""
+    @svc.on_stop
+    async def stop() -> None:
+        for task in ticker:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ticker.clear()
+
+    async def on_request(event: Envelope[Any], action: str) -> None:
         g = gate()
+        data: AnyRequest = event.data
         async with g.lock:
             try:
-                signer = await g.runtime.verify_actor(event, event.data.requester)
+                signer = await g.runtime.verify_actor(event, data.requester)
             except SignatureError as exc:
-                await g.reject_unsigned(event, exc.reason)
+                await g.reject_unsigned(event, action, exc.reason)
                 return
-            fact = RecordedRequest(request_id=event.id, signer=signer, request=event.data)
-            record = partial(g.state.record_request, event.id, event.data, signer)
+            # The request counts from the earlier of its signed time and its arrival: a requester
+            # cannot postdate it to stay open longer (issue 11).
+            opened_at = min(event.time.timestamp(), g.clock())
+            record = partial(g.state.record_request, event.id, data, signer, opened_at=opened_at)
+            fact = RecordedRequest(request_id=event.id, signer=signer, action=action, request=data, opened_at=opened_at)  # type: ignore[arg-type]
             await g.apply(event.id, "request", record, fact, always=True)
 
+    async def on_promotion(event: Envelope[PromotionRequested]) -> None:
+        """A promotion request, signed by its requester: decide promoted, pending, rejected or expired."""
+        await on_request(event, "promotion")
+
+    async def on_demotion(event: Envelope[DemotionRequested]) -> None:
+        """A demotion request, signed by its requester: approved like a promotion to that stage."""
+        await on_request(event, "demotion")
+
+    async def on_rollback(event: Envelope[RollbackRequested]) -> None:
+        """A rollback request to a version the stage held before: approved and checked like a promotion."""
+        await on_request(event, "rollback")
+
     async def on_approval(event: Envelope[ApprovalGiven]) -> None:
-        """An approval, signed by its approver: counts towards the stage's approvals."""
+        """An approval, signed by its approver: counts towards the stage's approvals until the request expires."""
         g = gate()
         async with g.lock:
             try:
                 signer = await g.runtime.verify_actor(event, event.data.approver)
             except SignatureError:
                 return  # alerted by verify_actor; a forged approval counts for nothing
-            fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data)
-            record = partial(g.state.record_approval, event.id, event.data, signer)
+            # Registry-gate's own clock: an approver could backdate the signed time.
+            received_at = g.clock()
+            fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data, received_at=received_at)
+            record = partial(g.state.record_approval, event.id, event.data, signer, received_at=received_at)
             await g.apply(event.id, "approval", record, fact, always=True)
 
     async def on_artifact_verdict(event: Envelope[ArtifactVerdict]) -> None:
@@ -210,10 +351,14 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         async with g.lock:
             record = partial(g.state.record_dataset_verdict, event.data)
             await g.apply(event.id, "dataset", record, event.data, always=False)
+            if event.data.decision is Decision.FAIL:
+                await g.recall(event.data.sha256, event.id)
 
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
         Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
+        Subjects.DEMOTION_REQUESTED: (DemotionRequested, on_demotion),
+        Subjects.ROLLBACK_REQUESTED: (RollbackRequested, on_rollback),
     }
     # One at a time, in stream order. The decisions would come out the same in any order (the
     # state is order-free), but the sequence of published verdicts would not: people read it.
@@ -226,18 +371,21 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     @svc.reply(Subjects.REGISTRY_STATUS, RegistryStatusRequest)
     async def status(request: RegistryStatusRequest) -> RegistryStatus:
-        """Where each promotion request of a model (version) stands."""
+        """Where each request of a model (version) stands, the current version per stage, and
+        the requests still pending (every model when none is named)."""
         g = gate()
         async with g.lock:
-            found = []
+            found: list[PromotionVerdict] = []
             policy = g.policy_now()
+            now = g.clock()
             for request_id in g.state.request_ids():
                 recorded = g.state.request(request_id)
-                if recorded is None or recorded.request.model != request.model:
+                if recorded is None or (request.model is not None and recorded.request.model != request.model):
                     continue
                 if request.version is not None and recorded.request.version != request.version:
                     continue
-                found.append(evaluate(request_id, g.state, policy).to_verdict(in_reply_to=request_id))
-        return RegistryStatus(promotions=found)
+                found.append(evaluate(request_id, g.state, policy, now=now).to_verdict(in_reply_to=request_id))
+            current = [c.current() for c in g.state.currents() if request.model is None or c.model == request.model]
+        return RegistryStatus(promotions=found, current=current, pending=[v for v in found if v.decision == "pending"])
 
     return svc

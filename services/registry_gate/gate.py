@@ -5,20 +5,28 @@ against the policy's actor keys, verdicts against the service trust store) and p
 verified signer id alongside the event. Here nothing is taken from a plain field: the signer is
 the identity, and the `requester` / `approver` fields only have to agree with it.
 
+Requests are promotions, demotions (take the current version out of a stage) and rollbacks (put
+back a version promoted to the stage before); all three follow the stage's approval rules, and a
+request still pending after its stage's `request_ttl_s` expires (issue 11). What a decided request
+changed is recorded as a `StageChange`, so the current version per stage is a replay of facts.
+
 `evaluate` lists every reason as a `Finding` whose severity says what it does to the outcome:
 
 - `fail`: a rule is broken for good (unauthorised or forged request, failed or mismatching
   verdict) -> `rejected`;
 - `warn`: something is still missing (a verdict not seen yet, too few approvals) -> `pending`;
 - `info`: context that blocks nothing (an approval that does not count, and why).
+
+`evaluate` is pure: the clock comes in as `now`, so expiry is tested without waiting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from services.registry_gate.policy import RegistryPolicy, Stage, StagePolicy
 from shared.errors import MlwardenError
@@ -28,22 +36,36 @@ from shared.events import (
     DatasetRef,
     DatasetVerdict,
     Decision,
+    DemotionRequested,
     Finding,
     Frozen,
     PromotionRequested,
     PromotionVerdict,
+    RegistryAction,
+    RollbackRequested,
     Severity,
+    StageAction,
+    StageCurrent,
 )
 
-GateOutcome = Literal["promoted", "rejected", "pending"]
+GateOutcome = Literal["promoted", "demoted", "rejected", "pending", "expired"]
+AnyRequest = PromotionRequested | DemotionRequested | RollbackRequested
+_REQUEST_MODELS: dict[str, type[Frozen]] = {
+    "promotion": PromotionRequested,
+    "demotion": DemotionRequested,
+    "rollback": RollbackRequested,
+}
 
 # Finding check names, one per rule.
+CHECK_STAGE = "registry.stage"
 CHECK_SIGNER = "registry.requester_signer"
 CHECK_REQUEST_ROLE = "registry.requester_role"
 CHECK_ARTIFACT = "registry.artifact_verdict"
 CHECK_DATASET = "registry.dataset_verdict"
 CHECK_APPROVAL = "registry.approval"
 CHECK_APPROVALS_NEEDED = "registry.approvals_needed"
+CHECK_EXPIRY = "registry.expiry"
+CHECK_TARGET = "registry.target_version"
 
 _STATE_FORMAT = 1
 
@@ -74,11 +96,36 @@ class StateError(MlwardenError, ValueError):
 
 
 class RecordedRequest(Frozen):
-    """A promotion request as received, with the verified signer of its envelope."""
+    """A promotion, demotion or rollback request as received, with the verified signer of its envelope."""
 
-    request_id: str = Field(description="id of the promotion event")
+    request_id: str = Field(description="id of the request event")
     signer: str = Field(description="actor whose key signed the envelope")
-    request: PromotionRequested
+    action: RegistryAction = Field(default="promotion", description="what the request asks for")
+    request: AnyRequest
+    opened_at: float | None = Field(
+        default=None,
+        description="unix seconds the request counts from: the earlier of its signed time and its arrival"
+        " (None: recorded before requests expired, issue 11; it never expires)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_by_action(cls, data: Any) -> Any:
+        # A rollback and a promotion have the same fields: the action, not the shape, says which.
+        if isinstance(data, dict) and isinstance(data.get("request"), dict):
+            model = _REQUEST_MODELS.get(str(data.get("action", "promotion")))
+            if model is not None:
+                return {**data, "request": model.model_validate(data["request"])}
+        return data
+
+    def same_event(self, other: RecordedRequest) -> bool:
+        """Whether `other` is this event again (a redelivery arrives later: its time differs)."""
+        return (self.request_id, self.signer, self.action, self.request) == (
+            other.request_id,
+            other.signer,
+            other.action,
+            other.request,
+        )
 
 
 class RecordedApproval(Frozen):
@@ -87,6 +134,50 @@ class RecordedApproval(Frozen):
     event_id: str = Field(description="id of the approval event (the idempotency key)")
     signer: str = Field(description="actor whose key signed the envelope")
     approval: ApprovalGiven
+    received_at: float | None = Field(
+        default=None,
+        description="unix seconds registry-gate received it, by its own clock: an approver cannot backdate"
+        " it past the request's expiry (None: recorded before expiry existed)",
+    )
+
+    def same_event(self, other: RecordedApproval) -> bool:
+        """Whether `other` is this event again (a redelivery arrives later: its time differs)."""
+        return (self.event_id, self.signer, self.approval) == (other.event_id, other.signer, other.approval)
+
+
+class StageChange(Frozen):
+    """What a decided request changed: `version` is now current in `stage` (None: nothing is)."""
+
+    request_id: str = Field(description="the request (or recall) that made the change (one change per id)")
+    action: StageAction
+    model: str
+    stage: str
+    version: str | None = Field(description="the version now current; None after a demotion")
+    root_digest: str = Field(description="root digest of the version promoted or demoted")
+    at: float = Field(description="unix seconds registry-gate decided it")
+    seq: int = Field(ge=0, description="order of the changes (the journal's keys are unordered)")
+    reason: str = Field(default="", description="why, for a recall")
+    replaced: str | None = Field(default=None, description="the version current before (demotions, recalls)")
+
+    def current(self) -> StageCurrent:
+        """The status form."""
+        return StageCurrent(
+            model=self.model,
+            stage=self.stage,
+            version=self.version,
+            root_digest=self.root_digest,
+            action=self.action,
+            request_id=self.request_id,
+            since=self.at,
+            reason=self.reason,
+        )
+
+
+class RequestExpired(Frozen):
+    """A request that was still pending at its expiry: closed for good."""
+
+    request_id: str
+    at: float = Field(description="unix seconds registry-gate decided it expired")
 
 
 class _StateDoc(Frozen):
@@ -96,6 +187,8 @@ class _StateDoc(Frozen):
     dataset_verdicts: list[DatasetVerdict]
     requests: list[RecordedRequest]
     approvals: list[RecordedApproval]
+    changes: list[StageChange] = Field(default_factory=list)
+    expired: list[RequestExpired] = Field(default_factory=list)
 
 
 def _rank(decision: Decision) -> int:
@@ -127,6 +220,8 @@ class RegistryState:
         self._datasets: dict[tuple[str, str, str], DatasetVerdict] = {}
         self._requests: dict[str, RecordedRequest] = {}
         self._approvals: dict[str, dict[str, RecordedApproval]] = {}
+        self._changes: dict[str, StageChange] = {}
+        self._expired: dict[str, RequestExpired] = {}
 
     # --- recording --------------------------------------------------------------------------
 
@@ -153,26 +248,58 @@ class RegistryState:
                 affected.append(rid)
         return affected
 
-    def record_request(self, request_id: str, request: PromotionRequested, signer: str) -> list[str]:
-        """Record a promotion request whose envelope `signer` signed (a redelivery is a no-op)."""
-        recorded = RecordedRequest(request_id=request_id, signer=signer, request=request)
+    def record_request(
+        self, request_id: str, request: AnyRequest, signer: str, *, opened_at: float | None = None
+    ) -> list[str]:
+        """Record a request whose envelope `signer` signed (a redelivery is a no-op: the first
+        arrival's `opened_at` stays)."""
+        action: RegistryAction = (
+            "demotion"
+            if isinstance(request, DemotionRequested)
+            else "rollback"
+            if isinstance(request, RollbackRequested)
+            else "promotion"
+        )
+        recorded = RecordedRequest(
+            request_id=request_id, signer=signer, action=action, request=request, opened_at=opened_at
+        )
         old = self._requests.setdefault(request_id, recorded)
-        if old != recorded:
-            raise ConflictingEvent("promotion request", request_id)
+        if not old.same_event(recorded):
+            raise ConflictingEvent(f"{old.action} request", request_id)
         return [request_id]
 
-    def record_approval(self, event_id: str, approval: ApprovalGiven, signer: str) -> list[str]:
-        """Record an approval whose envelope `signer` signed; the same event twice counts once.
+    def record_approval(
+        self, event_id: str, approval: ApprovalGiven, signer: str, *, received_at: float | None = None
+    ) -> list[str]:
+        """Record an approval whose envelope `signer` signed; the same event twice counts once
+        (and keeps its first arrival time).
 
         Approvals that arrive before their request are kept until it does.
         """
-        recorded = RecordedApproval(event_id=event_id, signer=signer, approval=approval)
+        recorded = RecordedApproval(event_id=event_id, signer=signer, approval=approval, received_at=received_at)
         for approvals in self._approvals.values():
             old = approvals.get(event_id)
-            if old is not None and old != recorded:
-                raise ConflictingEvent("approval", event_id)
+            if old is not None:
+                if not old.same_event(recorded):
+                    raise ConflictingEvent("approval", event_id)
+                return [approval.request_id] if approval.request_id in self._requests else []
         self._approvals.setdefault(approval.request_id, {})[event_id] = recorded
         return [approval.request_id] if approval.request_id in self._requests else []
+
+    def record_change(self, change: StageChange) -> list[str]:
+        """Record what a decided request changed (once per request); return the open requests
+        for the same model and stage, whose target checks may now read differently."""
+        self._changes.setdefault(change.request_id, change)
+        return [
+            rid
+            for rid, rec in self._requests.items()
+            if (rec.request.model, rec.request.stage) == (change.model, change.stage) and not self.closed(rid)
+        ]
+
+    def record_expiry(self, fact: RequestExpired) -> list[str]:
+        """Record that a request expired; it stays expired."""
+        self._expired.setdefault(fact.request_id, fact)
+        return [fact.request_id] if fact.request_id in self._requests else []
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -200,6 +327,38 @@ class RegistryState:
         """Every distinct approval event naming `request_id`, in arrival order."""
         return list(self._approvals.get(request_id, {}).values())
 
+    def change_for(self, request_id: str) -> StageChange | None:
+        """What request `request_id` changed, once it was decided."""
+        return self._changes.get(request_id)
+
+    def expiry(self, request_id: str) -> RequestExpired | None:
+        """When request `request_id` expired, if it did."""
+        return self._expired.get(request_id)
+
+    def closed(self, request_id: str) -> bool:
+        """Whether the request is done (changed a stage) or expired."""
+        return request_id in self._changes or request_id in self._expired
+
+    def next_seq(self) -> int:
+        """The sequence number of the next stage change."""
+        return max((c.seq for c in self._changes.values()), default=-1) + 1
+
+    def history(self, model: str, stage: str) -> list[StageChange]:
+        """Every change of (model, stage), oldest first."""
+        return sorted((c for c in self._changes.values() if (c.model, c.stage) == (model, stage)), key=lambda c: c.seq)
+
+    def current(self, model: str, stage: str) -> StageChange | None:
+        """The latest change of (model, stage): its version is the current one."""
+        changes = self.history(model, stage)
+        return changes[-1] if changes else None
+
+    def currents(self) -> list[StageChange]:
+        """The latest change of every (model, stage) that has one."""
+        latest: dict[tuple[str, str], StageChange] = {}
+        for change in sorted(self._changes.values(), key=lambda c: c.seq):
+            latest[(change.model, change.stage)] = change
+        return list(latest.values())
+
     # --- persistence ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +369,8 @@ class RegistryState:
             dataset_verdicts=list(self._datasets.values()),
             requests=list(self._requests.values()),
             approvals=[a for per_request in self._approvals.values() for a in per_request.values()],
+            changes=sorted(self._changes.values(), key=lambda c: c.seq),
+            expired=list(self._expired.values()),
         )
         return doc.model_dump(mode="json")
 
@@ -227,9 +388,13 @@ class RegistryState:
         for dataset in doc.dataset_verdicts:
             state.record_dataset_verdict(dataset)
         for req in doc.requests:
-            state.record_request(req.request_id, req.request, req.signer)
+            state.record_request(req.request_id, req.request, req.signer, opened_at=req.opened_at)
         for appr in doc.approvals:
-            state.record_approval(appr.event_id, appr.approval, appr.signer)
+            state.record_approval(appr.event_id, appr.approval, appr.signer, received_at=appr.received_at)
+        for change in doc.changes:
+            state.record_change(change)
+        for fact in doc.expired:
+            state.record_expiry(fact)
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -239,17 +404,22 @@ class RegistryState:
 
 
 class GateDecision(Frozen):
-    """registry-gate's decision on one promotion request, with every reason."""
+    """registry-gate's decision on one request, with every reason."""
 
-    request_id: str = Field(description="id of the promotion event")
+    request_id: str = Field(description="id of the request event")
+    action: StageAction = Field(default="promotion", description="what the request asks for")
     model: str
     version: str
-    stage: Stage
+    stage: str
     requester: str = Field(description="the verified signer of the request")
     decision: GateOutcome
     reasons: list[str] = Field(description="one sentence per finding, blocking ones first")
     approvers: list[str] = Field(description="distinct approvers that counted, in order")
     findings: list[Finding] = Field(description="the same reasons with check name, severity, evidence")
+    root_digest: str = Field(default="", description="root digest of the artifact the request is about")
+    manifest_key: str | None = Field(default=None, description="its signature bundle in mlw-artifacts")
+    provenance_key: str | None = Field(default=None, description="its provenance statement in mlw-artifacts")
+    expires_at: float | None = Field(default=None, description="unix seconds the request expires")
 
     def to_verdict(self, in_reply_to: str) -> PromotionVerdict:
         """The `mlw.verdict.promotion` body, answering event `in_reply_to`."""
@@ -263,6 +433,11 @@ class GateDecision(Frozen):
             approvers=self.approvers,
             request_id=self.request_id,
             in_reply_to=in_reply_to,
+            action=self.action,
+            root_digest=self.root_digest,
+            manifest_key=self.manifest_key,
+            provenance_key=self.provenance_key,
+            expires_at=self.expires_at,
         )
 
 
@@ -271,6 +446,7 @@ class _Findings:
 
     def __init__(self) -> None:
         self.items: list[Finding] = []
+        self.expired = False
 
     def _add(self, severity: Severity, check: str, message: str, evidence: dict[str, str | int | bool]) -> None:
         self.items.append(Finding(check=check, severity=severity, message=message, evidence=evidence))
@@ -284,27 +460,109 @@ class _Findings:
     def note(self, check: str, message: str, **evidence: str | int | bool) -> None:
         self._add(Severity.INFO, check, message, evidence)
 
-    def outcome(self) -> GateOutcome:
+    def expire(self, message: str, **evidence: str | int | bool) -> None:
+        self.expired = True
+        self._add(Severity.FAIL, CHECK_EXPIRY, message, evidence)
+
+    def outcome(self, action: StageAction) -> GateOutcome:
         severities = {f.severity for f in self.items}
+        if self.expired:
+            return "expired"
         if Severity.FAIL in severities:
             return "rejected"
         if Severity.WARN in severities:
             return "pending"
-        return "promoted"
+        return "demoted" if action in ("demotion", "recall") else "promoted"
 
     def ordered(self) -> Iterator[Finding]:
         order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
         return iter(sorted(self.items, key=lambda f: order[f.severity]))
 
 
-def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy) -> GateDecision:
-    """Decide promotion request `request_id` from the recorded evidence and the policy."""
+def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> StageChange | RequestExpired | None:
+    """The fact a final decision leaves, if it is the first one for its request: a stage change
+    (promoted, rolled back, demoted) or an expiry. The caller records and journals it."""
+    if state.closed(decision.request_id):
+        return None
+    if decision.decision in ("promoted", "demoted"):
+        return StageChange(
+            request_id=decision.request_id,
+            action=decision.action,
+            model=decision.model,
+            stage=decision.stage,
+            version=None if decision.action == "demotion" else decision.version,
+            root_digest=decision.root_digest,
+            at=now,
+            seq=state.next_seq(),
+            replaced=decision.version if decision.action == "demotion" else None,
+        )
+    if decision.decision == "expired":
+        return RequestExpired(request_id=decision.request_id, at=now)
+    return None
+
+
+def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: float) -> list[StageChange]:
+    """The stage changes a `fail` on the dataset bytes `sha256` calls for (issue 11, recall):
+    every model version currently in a stage whose policy says `recall`, trained on those
+    bytes, is taken out. Pure: the caller records, journals, publishes and alerts."""
+    judged = state.dataset_verdicts(sha256)
+    if not judged or max(_rank(v.decision) for v in judged) < _rank(Decision.FAIL):
+        return []
+    bad = next(v for v in judged if v.decision is Decision.FAIL)
+    changes: list[StageChange] = []
+    seq = state.next_seq()
+    for current in state.currents():
+        if current.version is None:
+            continue
+        stage = policy.stage(current.stage)
+        if stage is None or not stage.recall:
+            continue
+        artifact = state.artifact_verdict(current.model, current.version)
+        if artifact is None or all(ref.sha256 != sha256 for ref in artifact.datasets):
+            continue
+        # One id per (bytes, model version, stage): a redelivered verdict recalls nothing twice.
+        recall_id = f"recall-{sha256[:16]}-{current.model}-{current.version}-{current.stage}"
+        if state.change_for(recall_id) is not None:
+            continue
+        changes.append(
+            StageChange(
+                request_id=recall_id,
+                action="recall",
+                model=current.model,
+                stage=current.stage,
+                version=None,
+                root_digest=current.root_digest,
+                at=now,
+                seq=seq,
+                reason=f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail",
+                replaced=current.version,
+            )
+        )
+        seq += 1
+    return changes
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy, *, now: float) -> GateDecision:
+    """Decide request `request_id` from the recorded evidence and the policy, at unix time `now`."""
     recorded = state.request(request_id)
     if recorded is None:
         raise UnknownRequest(request_id)
     request, signer = recorded.request, recorded.signer
-    stage = policy.stage(request.stage)
     out = _Findings()
+    stage = policy.stage(request.stage)
+    if stage is None:
+        # (0) Only the stages the policy declares exist (issue 11): nothing else can be checked.
+        out.reject(
+            CHECK_STAGE,
+            f"stage {request.stage!r} is not declared in the registry policy ({', '.join(policy.stages)})",
+            stage=request.stage,
+        )
+        return _decision(recorded, out, [], root_digest=_root_of(recorded, state), artifact=None, expires_at=None)
+    expires_at = recorded.opened_at + stage.request_ttl_s if recorded.opened_at is not None else None
 
     # (1) The identity is the key that signed the envelope, never the `requester` field.
     if signer != request.requester:
@@ -324,37 +582,139 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy) -> G
             actor=signer,
             roles=",".join(policy.roles_of(signer)),
         )
-    # (3) The artifact: artifact-signer passed exactly the bytes being promoted.
-    artifact = _check_artifact(request, state, out)
-    # (4) Its training data: data-guard passed every dataset, by content digest.
-    if artifact is not None:
-        _check_datasets(artifact, stage, request.stage, state, out)
-    # (5) Two-person rule: enough distinct, authorised approvers, none of them the author.
-    approvers = _count_approvals(request_id, recorded, artifact, stage, policy, state, out)
+    artifact: ArtifactVerdict | None
+    match recorded.action:
+        case "promotion" | "rollback":
+            assert not isinstance(request, DemotionRequested)
+            if recorded.action == "rollback":
+                # (2b) A rollback only puts back what this stage once held, with the same bytes.
+                _check_rollback_target(recorded, request, state, out)
+            # (3) The artifact: artifact-signer passed exactly the bytes being promoted.
+            artifact = _check_artifact(request, state, out)
+            # (4) Its training data: data-guard passed every dataset, by content digest.
+            if artifact is not None:
+                _check_datasets(artifact, stage, request.stage, state, out)
+        case "demotion":
+            # (2b) Only the version currently in the stage can be taken out of it.
+            _check_demotion_target(recorded, state, out)
+            artifact = state.artifact_verdict(request.model, request.version)
+        case _:
+            assert_never(recorded.action)
+    # (5) Two-person rule: enough distinct, authorised approvers, none of them the author,
+    # each received before the request expired.
+    approvers = _count_approvals(request_id, recorded, artifact, stage, policy, state, out, expires_at)
 
-    outcome = out.outcome()
-    if outcome == "promoted":
+    # (6) Expiry (issue 11): a request still waiting at its deadline is closed for good.
+    expired = state.expiry(request_id)
+    if expired is not None:
+        out.expire(f"request expired at {_when(expired.at)} before it was approved", expired_at=_when(expired.at))
+    elif out.outcome(recorded.action) == "pending" and expires_at is not None and now >= expires_at:
+        out.expire(
+            f"request expired at {_when(expires_at)}: still pending after {stage.request_ttl_s:g} s",
+            expired_at=_when(expires_at),
+            ttl_s=int(stage.request_ttl_s),
+        )
+    if out.outcome(recorded.action) in ("promoted", "demoted"):
         out.note(
             CHECK_APPROVALS_NEEDED,
             f"approved by {', '.join(approvers) or 'nobody'} ({stage.approvals} needed)",
             approvals=len(approvers),
             needed=stage.approvals,
         )
-    findings = list(out.ordered())
-    return GateDecision(
-        request_id=request_id,
-        model=request.model,
-        version=request.version,
-        stage=request.stage,
-        requester=signer,
-        decision=outcome,
-        reasons=[f.message for f in findings],
-        approvers=approvers,
-        findings=findings,
+    return _decision(
+        recorded, out, approvers, root_digest=_root_of(recorded, state), artifact=artifact, expires_at=expires_at
     )
 
 
-def _check_artifact(request: PromotionRequested, state: RegistryState, out: _Findings) -> ArtifactVerdict | None:
+def _root_of(recorded: RecordedRequest, state: RegistryState) -> str:
+    request = recorded.request
+    if not isinstance(request, DemotionRequested):
+        return request.root_digest
+    # A demotion names a version; the digest is the one it was promoted to the stage with.
+    for change in reversed(state.history(request.model, request.stage)):
+        if change.version == request.version:
+            return change.root_digest
+    return ""
+
+
+def _decision(
+    recorded: RecordedRequest,
+    out: _Findings,
+    approvers: list[str],
+    *,
+    root_digest: str,
+    artifact: ArtifactVerdict | None,
+    expires_at: float | None,
+) -> GateDecision:
+    findings = list(out.ordered())
+    request = recorded.request
+    # The bundle is named only when it signs exactly the digest decided on (issue 11: a deploy
+    # bot verifies the bytes it deploys against it).
+    bundle = artifact if artifact is not None and root_digest and artifact.root_digest == root_digest else None
+    return GateDecision(
+        request_id=recorded.request_id,
+        action=recorded.action,
+        model=request.model,
+        version=request.version,
+        stage=request.stage,
+        requester=recorded.signer,
+        decision=out.outcome(recorded.action),
+        reasons=[f.message for f in findings],
+        approvers=approvers,
+        findings=findings,
+        root_digest=root_digest,
+        manifest_key=bundle.manifest_key if bundle is not None else None,
+        provenance_key=bundle.provenance_key if bundle is not None else None,
+        expires_at=expires_at,
+    )
+
+
+def _check_rollback_target(
+    recorded: RecordedRequest, request: PromotionRequested | RollbackRequested, state: RegistryState, out: _Findings
+) -> None:
+    if state.change_for(recorded.request_id) is not None:
+        return  # decided already: it is the current version because of this very request
+    history = state.history(request.model, request.stage)
+    before = [c for c in history if c.version == request.version and c.action != "demotion"]
+    name = f"{request.model} {request.version}"
+    if not before:
+        out.reject(
+            CHECK_TARGET,
+            f"{name} was never promoted to {request.stage}: a rollback only puts back an earlier version",
+            version=request.version,
+        )
+        return
+    if all(c.root_digest != request.root_digest for c in before):
+        out.reject(
+            CHECK_TARGET,
+            f"rollback names root digest {request.root_digest[:12]}… but {name} was promoted to {request.stage} "
+            f"as {before[-1].root_digest[:12]}…",
+            requested=request.root_digest,
+            promoted=before[-1].root_digest,
+        )
+    current = history[-1]
+    if current.version == request.version:
+        out.reject(CHECK_TARGET, f"{name} is already the current version in {request.stage}", version=request.version)
+
+
+def _check_demotion_target(recorded: RecordedRequest, state: RegistryState, out: _Findings) -> None:
+    if state.change_for(recorded.request_id) is not None:
+        return  # decided already: the version is out because of this very request
+    request = recorded.request
+    current = state.current(request.model, request.stage)
+    if current is None or current.version != request.version:
+        now_there = current.version if current is not None and current.version else "nothing"
+        out.reject(
+            CHECK_TARGET,
+            f"{request.model} {request.version} is not the current version in {request.stage} ({now_there} is)",
+            version=request.version,
+            current=now_there,
+        )
+
+
+def _check_artifact(
+    request: PromotionRequested | RollbackRequested, state: RegistryState, out: _Findings
+) -> ArtifactVerdict | None:
     name = f"{request.model} {request.version}"
     verdict = state.artifact_verdict(request.model, request.version)
     if verdict is None:
@@ -445,6 +805,7 @@ def _count_approvals(
     policy: RegistryPolicy,
     state: RegistryState,
     out: _Findings,
+    expires_at: float | None,
 ) -> list[str]:
     request = recorded.request
     # Both the claimed and the proven requester are excluded, so a forged request cannot make
@@ -470,6 +831,8 @@ def _count_approvals(
             why_not = f"{who} holds no approver role for {request.stage} ({', '.join(stage.approver_roles)})"
         elif who in counted:
             why_not = f"{who} approved twice; counts once"
+        elif expires_at is not None and rec.received_at is not None and rec.received_at > expires_at:
+            why_not = f"{who}'s approval arrived at {_when(rec.received_at)}, after the request expired"
         if why_not is None:
             counted.append(who)
         else:
@@ -477,7 +840,8 @@ def _count_approvals(
     if len(counted) < stage.approvals:
         out.wait(
             CHECK_APPROVALS_NEEDED,
-            f"{len(counted)} of {stage.approvals} distinct approvals for {request.stage}",
+            f"{len(counted)} of {stage.approvals} distinct approvals for {request.stage}"
+            + (f" (expires {_when(expires_at)})" if expires_at is not None else ""),
             approvals=len(counted),
             needed=stage.approvals,
         )

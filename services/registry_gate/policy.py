@@ -8,8 +8,9 @@ Validation is strict because a loose policy silently disables a control:
 
 - every role an actor holds or a stage names must be declared in `roles` (a typo such as
   `reviwer` would otherwise leave a stage with no possible approver, or grant nothing);
-- production needs at least one approval: with zero, one person could promote alone, which is
-  exactly what the two-person rule forbids (the requester plus >= 1 distinct approver);
+- stages are declared by name (dev, staging, production, or a team's own, issue 11); a stage
+  named `production` needs at least one approval: with zero, one person could promote alone,
+  which is exactly what the two-person rule forbids (the requester plus >= 1 distinct approver);
 - public keys must be raw 32-byte Ed25519 keys in base64, and no two actors may share one (two
   ids with one key would let one person count as two approvers).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
@@ -28,8 +29,13 @@ from shared.errors import MlwardenError, SignatureError
 from shared.events import Frozen, Name
 from shared.signing import TrustStore, load_public_key
 
-#: The two stages a promotion can target (as in `shared.events.PromotionRequested.stage`).
-Stage = Literal["staging", "production"]
+#: A stage name as requests carry it; only the stages the policy declares exist.
+Stage = str
+
+PRODUCTION = "production"
+#: A week: long enough for reviewers across time zones, short enough that a stale request (whose
+#: evidence may have been superseded) cannot be approved months later (issue 11).
+DEFAULT_REQUEST_TTL_S = 7 * 24 * 3600.0
 
 ML_ENGINEER = "ml-engineer"
 REVIEWER = "reviewer"
@@ -106,6 +112,17 @@ class StagePolicy(Frozen):
         ),
     )
 
+    recall: bool = Field(
+        default=True,
+        description="take the current version out of this stage when a fact its promotion relied on turns bad",
+    )
+    request_ttl_s: float = Field(
+        default=DEFAULT_REQUEST_TTL_S,
+        gt=0,
+        le=366 * 24 * 3600.0,
+        description="seconds a request stays open; an approval received later does not count",
+    )
+
     @model_validator(mode="after")
     def _reachable(self) -> StagePolicy:
         if not self.request_roles:
@@ -115,16 +132,15 @@ class StagePolicy(Frozen):
         return self
 
 
-class StagesPolicy(Frozen):
-    """The policy of each stage; unknown stage names are refused."""
-
-    staging: StagePolicy = Field(
-        default=StagePolicy(approvals=1, accept_warn_datasets=True, require_datasets=False, require_label_checks=False),
-        description="pre-production: one approval, 'warn' datasets and datasets without label checks accepted",
-    )
-    production: StagePolicy = Field(
-        default=StagePolicy(), description="two distinct approvals, datasets must pass with their label checks run"
-    )
+def default_stages() -> dict[str, StagePolicy]:
+    """The stages a policy without a `stages` section has: staging and production, as before
+    stages were declared in the policy (issue 11)."""
+    return {
+        "staging": StagePolicy(
+            approvals=1, accept_warn_datasets=True, require_datasets=False, require_label_checks=False, recall=False
+        ),
+        PRODUCTION: StagePolicy(),
+    }
 
 
 class RegistryPolicy(Frozen):
@@ -132,7 +148,10 @@ class RegistryPolicy(Frozen):
 
     roles: RoleSet = Field(default=(ML_ENGINEER, REVIEWER), description="every role that exists")
     actors: dict[Name, ActorPolicy] = Field(default_factory=dict, description="actor id -> key, roles")
-    stages: StagesPolicy = Field(default_factory=StagesPolicy, description="stage -> requirements")
+    stages: dict[Name, StagePolicy] = Field(
+        default_factory=default_stages,
+        description="stage name -> requirements, in promotion order (e.g. dev, staging, production)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RegistryPolicy:
@@ -140,13 +159,15 @@ class RegistryPolicy(Frozen):
         problems: list[str] = []
         for actor_id, actor in self.actors.items():
             problems += [f"actor {actor_id!r} holds undeclared role {r!r}" for r in actor.roles if r not in declared]
-        for stage_name in ("staging", "production"):
-            stage = self.stage(stage_name)
+        if not self.stages:
+            problems.append("no stages declared: nothing could ever be promoted")
+        for stage_name, stage in self.stages.items():
             for role in (*stage.request_roles, *stage.approver_roles):
                 if role not in declared:
                     problems.append(f"stage {stage_name!r} names undeclared role {role!r}")
         # Two-person rule: the requester alone must never be enough for production.
-        if self.stages.production.approvals < 1:
+        production = self.stages.get(PRODUCTION)
+        if production is not None and production.approvals < 1:
             problems.append("production needs at least 1 approval (two-person rule)")
         owners: dict[str, str] = {}
         for actor_id, actor in self.actors.items():
@@ -157,9 +178,9 @@ class RegistryPolicy(Frozen):
             raise ValueError("; ".join(problems))
         return self
 
-    def stage(self, name: Stage) -> StagePolicy:
-        """The requirements of stage `name`."""
-        return self.stages.production if name == "production" else self.stages.staging
+    def stage(self, name: Stage) -> StagePolicy | None:
+        """The requirements of stage `name`, or None when the policy declares no such stage."""
+        return self.stages.get(name)
 
     def roles_of(self, actor_id: str) -> tuple[str, ...]:
         """The roles `actor_id` holds (none for an unknown actor)."""
@@ -168,11 +189,13 @@ class RegistryPolicy(Frozen):
 
     def may_request(self, actor_id: str, stage: Stage) -> bool:
         """Whether `actor_id` holds a role allowed to request promotion to `stage`."""
-        return bool(set(self.roles_of(actor_id)) & set(self.stage(stage).request_roles))
+        rules = self.stage(stage)
+        return rules is not None and bool(set(self.roles_of(actor_id)) & set(rules.request_roles))
 
     def may_approve(self, actor_id: str, stage: Stage) -> bool:
         """Whether `actor_id` holds a role whose approval counts for `stage`."""
-        return bool(set(self.roles_of(actor_id)) & set(self.stage(stage).approver_roles))
+        rules = self.stage(stage)
+        return rules is not None and bool(set(self.roles_of(actor_id)) & set(rules.approver_roles))
 
     def with_trust(self, trust: TrustStore) -> RegistryPolicy:
         """This policy with its actors taken from the root-signed trust store: their current keys
@@ -228,7 +251,7 @@ def load_policy(path: Path) -> RegistryPolicy:
 
 
 def policy_for_actors(
-    actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: StagesPolicy | None = None
+    actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: Mapping[str, StagePolicy] | None = None
 ) -> RegistryPolicy:
     """A validated policy from `{actor_id: (public_key_b64, roles)}` and default (or given) stages."""
     return RegistryPolicy.from_dict(
@@ -236,12 +259,14 @@ def policy_for_actors(
             "actors": {
                 actor_id: {"public_key": key, "roles": list(roles)} for actor_id, (key, roles) in actors.items()
             },
-            "stages": (stages or StagesPolicy()).model_dump(mode="json"),
+            "stages": {name: rules.model_dump(mode="json") for name, rules in (stages or default_stages()).items()},
         }
     )
 
 
-def render_policy(actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: StagesPolicy | None = None) -> str:
+def render_policy(
+    actors: Mapping[str, tuple[str, Iterable[str]]], *, stages: Mapping[str, StagePolicy] | None = None
+) -> str:
     """Policy YAML for `{actor_id: (public_key_b64, roles)}`, validated before it is written."""
     header = (
         "# mlwarden registry-gate policy: the roles that exist and what each stage needs.\n"

@@ -16,9 +16,13 @@ from services.registry_gate.gate import (
     ConflictingEvent,
     GateDecision,
     RegistryState,
+    RequestExpired,
+    StageChange,
     StateError,
     UnknownRequest,
+    closing_fact,
     evaluate,
+    recalls,
 )
 from services.registry_gate.policy import (
     ML_ENGINEER,
@@ -26,7 +30,7 @@ from services.registry_gate.policy import (
     RegistryPolicy,
     Stage,
     StagePolicy,
-    StagesPolicy,
+    default_stages,
     policy_for_actors,
 )
 from shared.envelope import new_event
@@ -37,26 +41,31 @@ from shared.events import (
     DatasetRef,
     DatasetVerdict,
     Decision,
+    DemotionRequested,
     PromotionRequested,
+    RollbackRequested,
 )
 from shared.signing import SigningKey
 
 ROOT = hashlib.sha256(b"churn model v3 manifest").hexdigest()
 OTHER_ROOT = hashlib.sha256(b"tampered manifest").hexdigest()
 IRIS = DatasetRef(dataset="iris", version="1", sha256=hashlib.sha256(b"iris v1 bytes").hexdigest())
+T0 = 1_800_000_000.0
 POISONED = hashlib.sha256(b"iris v1 bytes, poisoned").hexdigest()
 
 
 class Desk:
     """A registry with actors, signing their events and handing verified ones to the state."""
 
-    def __init__(self, roles: dict[str, tuple[str, ...]], stages: StagesPolicy | None = None) -> None:
+    def __init__(self, roles: dict[str, tuple[str, ...]], stages: dict[str, StagePolicy] | None = None) -> None:
         self.keys = {actor: SigningKey.generate(actor) for actor in roles}
         self.policy: RegistryPolicy = policy_for_actors(
             {actor: (key.public_b64(), roles[actor]) for actor, key in self.keys.items()}, stages=stages
         )
         self.trust = self.policy.trust_store()
         self.state = RegistryState()
+        #: The desk's clock (unix seconds): requests open and approvals arrive at it.
+        self.now = T0
 
     def _verified(self, type_: str, data: BaseModel, signed_by: str) -> tuple[str, str]:
         key = self.keys[signed_by]
@@ -73,7 +82,7 @@ class Desk:
     ) -> str:
         body = PromotionRequested(model="churn", version="3", stage=stage, requester=requester, root_digest=root)
         event_id, signer = self._verified("mlw.registry.promotion", body, signed_by or requester)
-        self.state.record_request(event_id, body, signer)
+        self.state.record_request(event_id, body, signer, opened_at=self.now)
         return event_id
 
     def approve(
@@ -87,8 +96,34 @@ class Desk:
     ) -> str:
         body = ApprovalGiven(request_id=request_id, model="churn", version=version, stage=stage, approver=approver)
         event_id, signer = self._verified("mlw.registry.approval", body, signed_by or approver)
-        self.state.record_approval(event_id, body, signer)
+        self.state.record_approval(event_id, body, signer, received_at=self.now)
         return event_id
+
+    def demote(self, requester: str = "alice", *, version: str = "3", stage: str = "production") -> str:
+        body = DemotionRequested(model="churn", version=version, stage=stage, requester=requester, reason="bad")
+        event_id, signer = self._verified("mlw.registry.demotion", body, requester)
+        self.state.record_request(event_id, body, signer, opened_at=self.now)
+        return event_id
+
+    def rollback(
+        self, requester: str = "alice", *, version: str = "3", stage: str = "production", root: str = ROOT
+    ) -> str:
+        body = RollbackRequested(
+            model="churn", version=version, stage=stage, requester=requester, root_digest=root, reason="v4 is bad"
+        )
+        event_id, signer = self._verified("mlw.registry.rollback", body, requester)
+        self.state.record_request(event_id, body, signer, opened_at=self.now)
+        return event_id
+
+    def settle(self, request_id: str) -> GateDecision:
+        """Decide and record the fact the decision leaves, as the wiring does."""
+        decision = self.decide(request_id)
+        fact = closing_fact(decision, self.state, self.now)
+        if isinstance(fact, StageChange):
+            self.state.record_change(fact)
+        elif isinstance(fact, RequestExpired):
+            self.state.record_expiry(fact)
+        return decision
 
     def artifact(
         self,
@@ -97,11 +132,14 @@ class Desk:
         root: str = ROOT,
         builder: str = "train-job-7",
         datasets: tuple[DatasetRef, ...] = (IRIS,),
+        version: str = "3",
     ) -> list[str]:
         return self.state.record_artifact_verdict(
             ArtifactVerdict(
                 model="churn",
-                version="3",
+                version=version,
+                manifest_key=f"churn/{version}/{root[:12]}.sigstore.json",
+                provenance_key=f"churn/{version}/{root[:12]}.intoto.jsonl",
                 root_digest=root,
                 decision=decision,
                 datasets=list(datasets),
@@ -130,7 +168,12 @@ class Desk:
         )
 
     def decide(self, request_id: str) -> GateDecision:
-        return evaluate(request_id, self.state, self.policy)
+        return evaluate(request_id, self.state, self.policy, now=self.now)
+
+
+def stages_with(**overrides: StagePolicy) -> dict[str, StagePolicy]:
+    """The default stages with some replaced or added."""
+    return {**default_stages(), **overrides}
 
 
 DEMO = {"alice": (ML_ENGINEER,), "bob": (REVIEWER,), "carol": (REVIEWER,), "mallory": ()}
@@ -450,14 +493,14 @@ def test_staging_accepts_a_dataset_without_label_checks_by_default(desk: Desk) -
 
 
 def test_stage_policy_can_require_or_waive_label_checks() -> None:
-    strict = StagesPolicy(staging=StagePolicy(approvals=1, require_label_checks=True))
+    strict = stages_with(staging=StagePolicy(approvals=1, require_label_checks=True))
     desk = Desk(dict(DEMO), stages=strict)
     desk.artifact()
     desk.dataset(Decision.PASS, label_checked=False)
     rid = desk.request(stage="staging")
     desk.approve(rid, "bob", stage="staging")
     assert desk.decide(rid).decision == "rejected"
-    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_label_checks=False))
+    lenient = stages_with(production=StagePolicy(approvals=2, require_label_checks=False))
     desk = Desk(dict(DEMO), stages=lenient)
     desk.artifact()
     desk.dataset(Decision.PASS, label_checked=False)
@@ -473,7 +516,7 @@ def test_production_rejects_an_artifact_without_training_datasets(desk: Desk) ->
 
 
 def test_stage_policy_can_allow_artifacts_without_datasets() -> None:
-    lenient = StagesPolicy(production=StagePolicy(approvals=2, require_datasets=False))
+    lenient = stages_with(production=StagePolicy(approvals=2, require_datasets=False))
     desk = Desk(dict(DEMO), stages=lenient)
     desk.artifact(datasets=())
     assert desk.decide(approved(desk)).decision == "promoted"
@@ -517,7 +560,7 @@ def test_state_round_trips_through_its_dict_form(desk: Desk) -> None:
 
     assert restored == desk.state
     assert restored.to_dict() == data
-    assert evaluate(rid, restored, desk.policy) == before
+    assert evaluate(rid, restored, desk.policy, now=desk.now) == before
     assert before.decision == "rejected"
 
 
@@ -548,3 +591,319 @@ def test_unknown_request_raises(desk: Desk) -> None:
     with pytest.raises(UnknownRequest) as info:
         desk.decide("nope")
     assert info.value.request_id == "nope"
+
+
+# --- stages from the policy (issue 11) -------------------------------------------------------
+
+
+def test_rejected_when_stage_is_not_declared(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset()
+    rid = desk.request(stage="qa")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert "stage 'qa' is not declared" in reasons(decision)
+
+
+def test_a_declared_dev_stage_applies_its_own_rules() -> None:
+    desk = Desk(dict(DEMO), stages=stages_with(dev=StagePolicy(approvals=0, require_label_checks=False)))
+    desk.artifact()
+    desk.dataset(Decision.PASS, label_checked=False)
+    rid = desk.request(stage="dev")
+    decision = desk.decide(rid)
+    assert decision.decision == "promoted", reasons(decision)
+    assert decision.stage == "dev"
+
+
+# --- expiry (issue 11) -------------------------------------------------------------------------
+
+DAY = 24 * 3600.0
+
+
+def test_pending_request_expires_after_its_stage_ttl(desk: Desk) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "bob")
+    ttl = desk.policy.stages["production"].request_ttl_s
+    desk.now = T0 + ttl - 1
+    assert desk.decide(rid).decision == "pending"
+    desk.now = T0 + ttl
+    decision = desk.decide(rid)
+    assert decision.decision == "expired"
+    assert decision.findings[0].check == "registry.expiry"
+    assert "request expired at" in reasons(decision)
+    assert decision.expires_at == T0 + ttl
+
+
+def test_approval_after_expiry_does_not_count() -> None:
+    desk = Desk(dict(DEMO), stages=stages_with(production=StagePolicy(request_ttl_s=60)))
+    rid = ready(desk)
+    desk.approve(rid, "bob")
+    desk.now = T0 + 61
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "expired"
+    assert decision.approvers == ["bob"]
+    assert "carol's approval arrived at" in reasons(decision)
+
+
+def test_approvals_in_time_promote_even_when_evaluated_later() -> None:
+    desk = Desk(dict(DEMO), stages=stages_with(production=StagePolicy(request_ttl_s=60)))
+    desk.artifact()
+    desk.dataset()
+    rid = approved(desk)
+    desk.now = T0 + 3600
+    assert desk.decide(rid).decision == "promoted"
+
+
+def test_an_expired_request_stays_expired_when_evidence_arrives_later() -> None:
+    desk = Desk(dict(DEMO), stages=stages_with(production=StagePolicy(request_ttl_s=60)))
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    desk.now = T0 + 61
+    assert desk.settle(rid).decision == "expired"
+    desk.artifact()
+    desk.dataset()
+    assert desk.decide(rid).decision == "expired"
+
+
+def test_a_rejection_is_not_turned_into_an_expiry(desk: Desk) -> None:
+    desk.artifact(Decision.FAIL)
+    desk.dataset()
+    rid = desk.request()
+    desk.now = T0 + 30 * DAY
+    assert desk.decide(rid).decision == "rejected"
+
+
+def test_requests_recorded_before_expiry_existed_never_expire(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset()
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="alice", root_digest=ROOT)
+    desk.state.record_request("old-1", body, "alice")  # no opened_at: journaled before issue 11
+    desk.now = T0 + 365 * DAY
+    assert desk.decide("old-1").decision == "pending"
+
+
+def test_redelivered_request_keeps_its_first_opening_time(desk: Desk) -> None:
+    body = PromotionRequested(model="churn", version="3", stage="production", requester="alice", root_digest=ROOT)
+    desk.state.record_request("req-1", body, "alice", opened_at=T0)
+    desk.state.record_request("req-1", body, "alice", opened_at=T0 + 500)  # redelivery, later
+    recorded = desk.state.request("req-1")
+    assert recorded is not None and recorded.opened_at == T0
+
+
+# --- the verdict names exactly what to deploy (issue 11) ---------------------------------------
+
+
+def test_promoted_verdict_carries_root_digest_and_signature_bundle(desk: Desk) -> None:
+    desk.artifact()
+    desk.dataset()
+    decision = desk.decide(approved(desk))
+    verdict = decision.to_verdict(in_reply_to="x")
+    assert verdict.decision == "promoted"
+    assert verdict.root_digest == ROOT
+    assert verdict.manifest_key == f"churn/3/{ROOT[:12]}.sigstore.json"
+    assert verdict.provenance_key == f"churn/3/{ROOT[:12]}.intoto.jsonl"
+
+
+def test_no_bundle_named_for_a_digest_the_artifact_verdict_does_not_sign(desk: Desk) -> None:
+    desk.artifact(root=OTHER_ROOT)
+    desk.dataset()
+    verdict = desk.decide(desk.request()).to_verdict(in_reply_to="x")
+    assert verdict.root_digest == ROOT
+    assert verdict.manifest_key is None and verdict.provenance_key is None
+
+
+# --- current version, demotion, rollback (issue 11) --------------------------------------------
+
+
+def promote(desk: Desk, version: str, root: str) -> str:
+    desk.artifact(version=version, root=root)
+    body = PromotionRequested(model="churn", version=version, stage="production", requester="alice", root_digest=root)
+    event_id, signer = desk._verified("mlw.registry.promotion", body, "alice")
+    desk.state.record_request(event_id, body, signer, opened_at=desk.now)
+    desk.approve(event_id, "bob", version=version)
+    desk.approve(event_id, "carol", version=version)
+    assert desk.settle(event_id).decision == "promoted"
+    return event_id
+
+
+ROOT4 = hashlib.sha256(b"churn model v4 manifest").hexdigest()
+
+
+def test_promotion_makes_the_version_current_and_a_later_one_replaces_it(desk: Desk) -> None:
+    desk.dataset()
+    first = promote(desk, "3", ROOT)
+    current = desk.state.current("churn", "production")
+    assert current is not None and (current.version, current.request_id) == ("3", first)
+    promote(desk, "4", ROOT4)
+    current = desk.state.current("churn", "production")
+    assert current is not None and current.version == "4" and current.root_digest == ROOT4
+
+
+def test_demotion_of_the_current_version_needs_the_stage_approvals(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    rid = desk.demote()
+    assert desk.settle(rid).decision == "pending"
+    desk.approve(rid, "alice")  # the requester cannot approve their own demotion either
+    desk.approve(rid, "bob")
+    assert desk.settle(rid).decision == "pending"
+    desk.approve(rid, "carol")
+    decision = desk.settle(rid)
+    assert decision.decision == "demoted", reasons(decision)
+    assert decision.root_digest == ROOT
+    current = desk.state.current("churn", "production")
+    assert current is not None and current.version is None and current.action == "demotion"
+    # Decided once, it stays demoted (its target check is not re-run against its own effect).
+    assert desk.settle(rid).decision == "demoted"
+
+
+def test_demotion_of_a_version_not_current_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    promote(desk, "4", ROOT4)
+    decision = desk.decide(desk.demote(version="3"))
+    assert decision.decision == "rejected"
+    assert "is not the current version in production (4 is)" in reasons(decision)
+
+
+def test_demotion_by_someone_without_request_role_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    assert desk.decide(desk.demote("mallory")).decision == "rejected"
+
+
+def test_rollback_to_a_previously_promoted_version(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    promote(desk, "4", ROOT4)
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.settle(rid)
+    assert decision.decision == "promoted", reasons(decision)
+    assert decision.action == "rollback"
+    assert decision.to_verdict("x").manifest_key == f"churn/3/{ROOT[:12]}.sigstore.json"
+    current = desk.state.current("churn", "production")
+    assert current is not None and (current.version, current.action) == ("3", "rollback")
+    assert desk.settle(rid).decision == "promoted"  # stays done once decided
+
+
+def test_rollback_to_a_version_never_promoted_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "4", ROOT4)
+    desk.artifact(version="3", root=ROOT)
+    decision = desk.decide(desk.rollback(version="3", root=ROOT))
+    assert decision.decision == "rejected"
+    assert "was never promoted to production" in reasons(decision)
+
+
+def test_rollback_with_other_bytes_than_were_promoted_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    promote(desk, "4", ROOT4)
+    decision = desk.decide(desk.rollback(version="3", root=OTHER_ROOT))
+    assert decision.decision == "rejected"
+    assert "rollback names root digest" in reasons(decision)
+
+
+def test_rollback_to_a_version_whose_dataset_failed_since_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    promote(desk, "4", ROOT4)
+    desk.dataset(Decision.FAIL)  # a re-check found the training data bad
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    assert desk.decide(rid).decision == "rejected"
+
+
+def test_rollback_to_the_current_version_is_rejected(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    decision = desk.decide(desk.rollback(version="3", root=ROOT))
+    assert "already the current version" in reasons(decision)
+
+
+def test_two_requests_for_one_stage_are_applied_in_decision_order(desk: Desk) -> None:
+    desk.dataset()
+    desk.artifact(version="4", root=ROOT4)
+    promote(desk, "3", ROOT)
+    body = PromotionRequested(model="churn", version="4", stage="production", requester="alice", root_digest=ROOT4)
+    event_id, signer = desk._verified("mlw.registry.promotion", body, "alice")
+    desk.state.record_request(event_id, body, signer, opened_at=desk.now)
+    demotion = desk.demote(version="3")
+    for approver in ("bob", "carol"):
+        desk.approve(event_id, approver, version="4")
+        desk.approve(demotion, approver, version="3")
+    assert desk.settle(event_id).decision == "promoted"
+    # v3 is no longer current: the demotion raced the promotion and lost.
+    assert desk.settle(demotion).decision == "rejected"
+    current = desk.state.current("churn", "production")
+    assert current is not None and current.version == "4"
+
+
+def test_stage_changes_and_expiries_survive_the_dict_round_trip(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    promote(desk, "4", ROOT4)
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.now = T0 + 30 * DAY
+    assert desk.settle(rid).decision == "expired"
+    restored = RegistryState.from_dict(json.loads(json.dumps(desk.state.to_dict())))
+    assert restored == desk.state
+    restored_request = restored.request(rid)
+    assert restored_request is not None and restored_request.action == "rollback"
+    assert evaluate(rid, restored, desk.policy, now=desk.now).decision == "expired"
+    current = restored.current("churn", "production")
+    assert current is not None and current.version == "4"
+
+
+# --- recall on a dataset that turned bad (issue 11) --------------------------------------------
+
+
+def test_dataset_turning_fail_recalls_the_production_version_trained_on_it(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []  # still pass
+    desk.dataset(Decision.FAIL)  # a re-check with a new reference
+    changes = recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now)
+    assert [(c.model, c.stage, c.version, c.replaced, c.action) for c in changes] == [
+        ("churn", "production", None, "3", "recall")
+    ]
+    assert "iris 1" in changes[0].reason and "fail" in changes[0].reason
+    desk.state.record_change(changes[0])
+    current = desk.state.current("churn", "production")
+    assert current is not None and current.version is None and current.current().reason == changes[0].reason
+    # A redelivered verdict recalls nothing twice.
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []
+
+
+def test_recall_leaves_stages_whose_policy_does_not_recall(desk: Desk) -> None:
+    desk.dataset()
+    desk.artifact()
+    rid = desk.request(stage="staging")
+    desk.approve(rid, "bob", stage="staging")
+    assert desk.settle(rid).decision == "promoted"
+    desk.dataset(Decision.FAIL)
+    assert recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now) == []
+
+
+def test_recall_leaves_models_trained_on_other_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.dataset(Decision.FAIL, name="other", sha256=POISONED)
+    assert recalls(desk.state, desk.policy, POISONED, now=desk.now) == []
+
+
+def test_a_recalled_version_cannot_be_rolled_back_to(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.dataset(Decision.FAIL)
+    for change in recalls(desk.state, desk.policy, IRIS.sha256, now=desk.now):
+        desk.state.record_change(change)
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    assert desk.decide(rid).decision == "rejected"

@@ -48,13 +48,13 @@ def test_rendered_demo_policy_reads_back_equal(demo_yaml: str, tmp_path: Path) -
 
 
 def test_default_stages_enforce_two_person_rule_for_production() -> None:
-    production = RegistryPolicy().stage("production")
+    production = RegistryPolicy().stages["production"]
     assert production.approvals == 2
     assert production.request_roles == ("ml-engineer",)
     assert production.approver_roles == ("reviewer",)
     assert not production.accept_warn_datasets
     assert production.require_label_checks
-    staging = RegistryPolicy().stage("staging")
+    staging = RegistryPolicy().stages["staging"]
     assert staging.approvals == 1
     assert staging.accept_warn_datasets
     assert not staging.require_label_checks
@@ -80,7 +80,7 @@ def test_refuses_production_without_approvals(demo_yaml: str) -> None:
 def test_staging_may_need_no_approvals(demo_yaml: str) -> None:
     data = as_dict(demo_yaml)
     data["stages"]["staging"]["approvals"] = 0
-    assert RegistryPolicy.from_dict(data).stage("staging").approvals == 0
+    assert RegistryPolicy.from_dict(data).stages["staging"].approvals == 0
 
 
 def test_refuses_undeclared_roles(demo_yaml: str) -> None:
@@ -98,7 +98,7 @@ def test_refuses_undeclared_roles(demo_yaml: str) -> None:
     declared = as_dict(demo_yaml)
     declared["roles"] = ["ml-engineer", "reviewer", "admin"]
     declared["stages"]["production"]["approver_roles"] = ["admin"]
-    assert RegistryPolicy.from_dict(declared).stage("production").approver_roles == ("admin",)
+    assert RegistryPolicy.from_dict(declared).stages["production"].approver_roles == ("admin",)
 
 
 @pytest.mark.parametrize(
@@ -125,9 +125,9 @@ def test_refuses_one_key_for_two_actors(demo_keys: dict[str, SigningKey]) -> Non
     assert any("share one public key" in p for p in info.value.problems)
 
 
-def test_refuses_unknown_stage_and_unknown_fields(demo_yaml: str) -> None:
+def test_refuses_unknown_fields(demo_yaml: str) -> None:
     data = as_dict(demo_yaml)
-    data["stages"]["prod"] = {"approvals": 0}
+    data["stages"]["production"]["aproovals"] = 1
     with pytest.raises(PolicyError):
         RegistryPolicy.from_dict(data)
     data = as_dict(demo_yaml)
@@ -160,3 +160,53 @@ def test_missing_policy_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path / "absent.yaml")
     assert info.value.path == str(tmp_path / "absent.yaml")
+
+
+def test_stages_are_declared_by_name_in_order_with_their_own_rules(demo_yaml: str) -> None:
+    data = as_dict(demo_yaml)
+    data["stages"] = {
+        "dev": {"approvals": 0, "request_ttl_s": 600},
+        "staging": data["stages"]["staging"],
+        "production": data["stages"]["production"],
+    }
+    policy = RegistryPolicy.from_dict(data)
+    assert list(policy.stages) == ["dev", "staging", "production"]
+    assert policy.stages["dev"].approvals == 0
+    assert policy.stages["dev"].request_ttl_s == 600
+    assert policy.may_request("alice", "dev")
+    assert policy.stage("qa") is None
+    assert not policy.may_request("alice", "qa")
+    assert not policy.may_approve("bob", "qa")
+
+
+def test_policy_file_without_stages_keeps_staging_and_production() -> None:
+    policy = RegistryPolicy.from_yaml("roles: [ml-engineer, reviewer]\n")
+    assert list(policy.stages) == ["staging", "production"]
+    assert policy.stages["production"].approvals == 2
+
+
+def test_every_stage_problem_is_listed_at_once(demo_yaml: str) -> None:
+    data = as_dict(demo_yaml)
+    data["stages"]["dev"] = {"approver_roles": ["ops"], "request_roles": ["intern"]}
+    data["stages"]["production"]["approvals"] = 0
+    data["stages"]["staging"]["request_ttl_s"] = -1
+    with pytest.raises(PolicyError) as info:
+        RegistryPolicy.from_dict(data)
+    problems = " | ".join(info.value.problems)
+    assert "request_ttl_s" in problems
+    # The cross-field problems are listed once the fields themselves are valid.
+    data["stages"]["staging"]["request_ttl_s"] = 60
+    with pytest.raises(PolicyError) as info:
+        RegistryPolicy.from_dict(data)
+    problems = " | ".join(info.value.problems)
+    assert "undeclared role 'ops'" in problems
+    assert "undeclared role 'intern'" in problems
+    assert "two-person rule" in problems
+
+
+def test_no_stages_is_refused(demo_yaml: str) -> None:
+    data = as_dict(demo_yaml)
+    data["stages"] = {}
+    with pytest.raises(PolicyError) as info:
+        RegistryPolicy.from_dict(data)
+    assert any("no stages" in p for p in info.value.problems)

@@ -1,0 +1,245 @@
+"""registry-gate's lifecycle on a real bus (issue 11): expiry, demotion, rollback, the current
+version per stage in `mlw.registry.status`, and all of it across a restart (the journal replays)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from mlwarden.bootstrap import actor_key
+from mlwarden.registry_cli import registry_status
+from services.registry_gate.policy import RegistryPolicy
+from shared.events import (
+    ArtifactVerdict,
+    DatasetRef,
+    DatasetVerdict,
+    Decision,
+    DemotionRequested,
+    PromotionVerdict,
+    RegistryStatus,
+    RegistryStatusRequest,
+    RollbackRequested,
+)
+from shared.service import reply_or_error
+from shared.signing import SigningKey
+from shared.topology import Subjects
+from tests._poll import until
+
+DATA_SHA = "cd" * 32
+ROOTS = {"1": "a1" * 32, "2": "a2" * 32}
+
+
+def _with_stage_rules(running_settings: Any, **production: Any) -> None:
+    """Rewrite the bootstrapped policy file's production rules before registry-gate starts."""
+    path = running_settings.registry_policy_path
+    data = RegistryPolicy.from_yaml(path.read_text()).model_dump(mode="json")
+    data["stages"]["production"].update(production)
+    path.write_text(RegistryPolicy.from_dict(data).to_yaml())
+
+
+async def _verdicts(running: Any, versions: tuple[str, ...] = ("1", "2")) -> None:
+    keys = running.settings.keys_dir
+    guard = SigningKey.from_pem("data-guard", (keys / "data-guard.pem").read_bytes())
+    signer = SigningKey.from_pem("artifact-signer", (keys / "artifact-signer.pem").read_bytes())
+    client = running.client
+    dataset = DatasetVerdict(
+        dataset="train", version="1", sha256=DATA_SHA, decision=Decision.PASS, in_reply_to="x", label_checked=True
+    )
+    await client.publish(Subjects.VERDICT_DATASET, dataset, key=guard)
+    for version in versions:
+        artifact = ArtifactVerdict(
+            model="churn",
+            version=version,
+            root_digest=ROOTS[version],
+            decision=Decision.PASS,
+            datasets=[DatasetRef(dataset="train", version="1", sha256=DATA_SHA)],
+            builder="ci-bot",
+            in_reply_to=f"build-{version}",
+            manifest_key=f"churn/{version}/manifest.sig",
+            provenance_key=f"churn/{version}/provenance.sig",
+        )
+        await client.publish(Subjects.VERDICT_ARTIFACT, artifact, key=signer)
+
+
+def _about(request_id: str, decision: str | None = None) -> Any:
+    return lambda e: (
+        e.type == Subjects.VERDICT_PROMOTION
+        and e.data.request_id == request_id
+        and (decision is None or e.data.decision == decision)
+    )
+
+
+async def _status(running: Any, model: str | None = "churn") -> RegistryStatus:
+    raw = await running.client.request(
+        Subjects.REGISTRY_STATUS, orjson.dumps(RegistryStatusRequest(model=model).model_dump(mode="json"))
+    )
+    reply = reply_or_error(raw, RegistryStatus)
+    assert isinstance(reply, RegistryStatus), reply
+    return reply
+
+
+async def _current(running: Any) -> dict[str, str | None]:
+    return {c.stage: c.version for c in (await _status(running)).current}
+
+
+async def _promote(running: Any, watcher: Any, version: str) -> Any:
+    client = running.client
+    alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+    request = await client.request_promotion(
+        alice, model="churn", version=version, stage="production", root_digest=ROOTS[version]
+    )
+    for approver in (bob, carol):
+        await client.approve(approver, request_id=request.id, model="churn", version=version, stage="production")
+    done = await watcher.wait(_about(request.id, "promoted"), 20)
+    assert done is not None
+    return done
+
+
+async def test_pending_request_expires_and_a_late_approval_does_not_count(bus: Any, settings: Any) -> None:
+    _with_stage_rules(settings, request_ttl_s=1.5)
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        request = await client.request_promotion(
+            alice, model="churn", version="1", stage="production", root_digest=ROOTS["1"]
+        )
+        await client.approve(bob, request_id=request.id, model="churn", version="1", stage="production")
+        # No event arrives: the periodic tick publishes the expiry.
+        expired = await watcher.wait(_about(request.id, "expired"), 20)
+        assert expired is not None
+        assert any("request expired at" in r for r in expired.data.reasons)
+        await client.approve(carol, request_id=request.id, model="churn", version="1", stage="production")
+        status: PromotionVerdict = await until(
+            lambda: _late_refused(running, request.id),
+            what="status shows the request expired with carol's approval not counted",
+        )
+        assert status.decision == "expired" and status.approvers == ["bob"]
+    assert await _current(running) == {}
+
+
+async def _late_refused(running: Any, request_id: str) -> PromotionVerdict | None:
+    for verdict in (await _status(running)).promotions:
+        if verdict.request_id == request_id and any("after the request expired" in r for r in verdict.reasons):
+            return verdict
+    return None
+
+
+async def test_promotion_demotion_and_rollback_across_a_restart(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        first = await _promote(running, watcher, "1")
+        # The deploy bot learns exactly which bytes and which bundle.
+        assert first.data.root_digest == ROOTS["1"]
+        assert first.data.manifest_key == "churn/1/manifest.sig"
+        assert first.data.provenance_key == "churn/1/provenance.sig"
+        await _promote(running, watcher, "2")
+        assert await _current(running) == {"production": "2"}
+        # What `mlwarden registry status --model churn` asks and shows.
+        shown = await registry_status(running.settings, "churn")
+        assert [(c.stage, c.version, c.root_digest) for c in shown.current] == [("production", "2", ROOTS["2"])]
+
+        rollback = await client.publish(
+            Subjects.ROLLBACK_REQUESTED,
+            RollbackRequested(
+                model="churn",
+                version="1",
+                stage="production",
+                requester="alice",
+                root_digest=ROOTS["1"],
+                reason="v2 misbehaves",
+            ),
+            about="model:churn:1",
+            key=alice,
+        )
+        await client.approve(bob, request_id=rollback.id, model="churn", version="1", stage="production")
+        assert await watcher.wait(lambda e: _about(rollback.id)(e) and e.data.approvers == ["bob"], 20)
+
+        # Restart in the middle: the request, bob's approval and both promotions replay.
+        await running.stop("registry-gate")
+        await running.start("registry-gate")
+        assert await _current(running) == {"production": "2"}
+        pending = (await _status(running)).pending
+        assert [p.request_id for p in pending] == [rollback.id]
+
+        await client.approve(carol, request_id=rollback.id, model="churn", version="1", stage="production")
+        done = await watcher.wait(_about(rollback.id, "promoted"), 20)
+        assert done is not None and done.data.action == "rollback"
+        assert done.data.manifest_key == "churn/1/manifest.sig"
+        assert await _current(running) == {"production": "1"}
+
+        demotion = await client.publish(
+            Subjects.DEMOTION_REQUESTED,
+            DemotionRequested(model="churn", version="1", stage="production", requester="alice", reason="recall"),
+            about="model:churn:1",
+            key=alice,
+        )
+        for approver in (bob, carol):
+            await client.approve(approver, request_id=demotion.id, model="churn", version="1", stage="production")
+        demoted = await watcher.wait(_about(demotion.id, "demoted"), 20)
+        assert demoted is not None and demoted.signer == "registry-gate"
+    await running.stop("registry-gate")
+    await running.start("registry-gate")
+    assert await _current(running) == {"production": None}
+    assert (await _status(running, model=None)).pending == []
+
+
+async def test_rollback_to_a_version_never_promoted_is_rejected(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice = actor_key(running.settings, "alice")
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "2")
+        rollback = await client.publish(
+            Subjects.ROLLBACK_REQUESTED,
+            RollbackRequested(
+                model="churn", version="1", stage="production", requester="alice", root_digest=ROOTS["1"], reason="r"
+            ),
+            key=alice,
+        )
+        verdict = await watcher.wait(_about(rollback.id), 20)
+        assert verdict is not None and verdict.data.decision == "rejected"
+        assert any("never promoted" in r for r in verdict.data.reasons)
+
+
+async def test_request_for_an_undeclared_stage_is_rejected(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice = actor_key(running.settings, "alice")
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        request = await client.request_promotion(alice, model="churn", version="1", stage="qa", root_digest=ROOTS["1"])
+        verdict = await watcher.wait(_about(request.id), 20)
+        assert verdict is not None and verdict.data.decision == "rejected"
+        assert any("not declared" in r for r in verdict.data.reasons)
+
+
+async def test_dataset_turning_fail_recalls_production_after_a_restart(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    guard = SigningKey.from_pem("data-guard", (running.settings.keys_dir / "data-guard.pem").read_bytes())
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        await running.stop("registry-gate")
+        await running.start("registry-gate")  # the promotion replays from the journal
+        # A re-check with a new reference: the same bytes are now judged fail.
+        bad = DatasetVerdict(
+            dataset="train", version="1", sha256=DATA_SHA, decision=Decision.FAIL, in_reply_to="recheck"
+        )
+        await client.publish(Subjects.VERDICT_DATASET, bad, key=guard)
+        recalled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
+        assert recalled is not None
+        assert (recalled.data.decision, recalled.data.version, recalled.data.stage) == ("demoted", "1", "production")
+        assert recalled.data.root_digest == ROOTS["1"]
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["dataset_sha256"] == DATA_SHA
+    status = await _status(running)
+    assert [(c.version, c.action) for c in status.current] == [(None, "recall")]
+    assert "now judged fail" in status.current[0].reason
