@@ -23,6 +23,7 @@ from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from mlwarden.keys_cli import add_keys_commands
 from mlwarden.registry_cli import add_registry_commands
+from mlwarden.serving_cli import add_serving_commands
 from mlwarden.traffic_cli import add_traffic_commands
 from shared.errors import InputError, MlwardenError
 from shared.topology import SERVICES
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path)
     p.add_argument("--format", choices=["text", "json"], default="text")
     add_traffic_commands(check, add)
+    add_serving_commands(sub, add, common)
 
     add_artifact_commands(sub, add)
     add_registry_commands(sub, add, common)

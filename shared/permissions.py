@@ -62,10 +62,11 @@ def inbox(identity: str) -> str:
     return f"_INBOX.{identity}.>"
 
 
-#: Keys of the state bucket the operator writes: serving-monitor's feature schemas
-#: (`services.serving_monitor.keystore.SCHEMA_PREFIX`). Each service writes only keys prefixed
-#: with its own name (`data-guard.`, `registry-gate.`).
-OPERATOR_STATE_PREFIXES: tuple[str, ...] = ("schema.",)
+#: Keys of the state bucket the operator writes: serving-monitor's feature schemas and reference
+#: profiles (`services.serving_monitor.keystore.SCHEMA_PREFIX`, `PROFILE_PREFIX`), and the flags
+#: it clears (`mlwarden serving clear`, `services.serving_monitor.flags.FLAG_PREFIX`). Each
+#: service writes only keys prefixed with its own name (`data-guard.`, `registry-gate.`).
+OPERATOR_STATE_PREFIXES: tuple[str, ...] = ("schema.", "profile.", "serving-monitor.flagged.")
 
 #: Liveness requests to every service (`mlwarden health`): the services (compose's health
 #: checks run with their own credentials) and the operator.
@@ -215,7 +216,12 @@ _SERVICE_ACCESS: dict[str, list[str]] = {
         *kv_read(STATE_BUCKET, watch=False),
     ],
     "registry-gate": [*kv_read(STATE_BUCKET), *kv_write(STATE_BUCKET, "registry-gate.")],
-    "serving-monitor": [*kv_read(API_KEYS_BUCKET, get=False), *kv_read(STATE_BUCKET, get=False)],
+    # It watches schemas, profiles and flags, and writes the flags its detectors raise (issue 9).
+    "serving-monitor": [
+        *kv_read(API_KEYS_BUCKET, get=False),
+        *kv_read(STATE_BUCKET, get=False),
+        *kv_write(STATE_BUCKET, "serving-monitor."),
+    ],
     "audit-log": [
         *_stream_info(CHECKPOINTS.name),
         _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
@@ -272,6 +278,8 @@ def operator_permissions() -> Permissions:
     publish += [*kv_read(API_KEYS_BUCKET), *kv_write(API_KEYS_BUCKET)]
     for prefix in OPERATOR_STATE_PREFIXES:
         publish += kv_write(STATE_BUCKET, prefix)
+    # serving clear: reads the flag it clears (a get: what was cleared is shown and audited).
+    publish += kv_read(STATE_BUCKET, watch=False)
     return Permissions(OPERATOR, _unique(publish), (inbox(OPERATOR),))
 
 

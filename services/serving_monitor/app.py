@@ -1,9 +1,11 @@
 """serving-monitor's wiring: answer `mlw.serving.admit`, watch prediction logs for abuse.
 
-Key records and feature schemas are followed live from their key-value buckets (a watcher, so a
-flood of made-up key ids costs no bucket look-ups). Denials are published as signed
-`mlw.verdict.admission` events, coalesced per client, model and reason every half second so a
-flood cannot turn into a flood of audit rows.
+Key records, feature schemas, reference profiles and flagged clients are followed live from their
+key-value buckets (a watcher, so a flood of made-up key ids costs no bucket look-ups). A fail-level
+extraction or OOD alert flags its client in `mlw-state` (`flags.py`): every instance, and this
+one after a restart, then denies or slows it at admission until an operator clears the flag.
+Denials are published as signed `mlw.verdict.admission` events, coalesced per client, model and
+reason every half second so a flood cannot turn into a flood of audit rows.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from services.serving_monitor.admission import Admission
 from services.serving_monitor.auth import ApiKeyRecord, ApiKeyStore
 from services.serving_monitor.detectors import Detectors
 from services.serving_monitor.errors import ServingMonitorError
-from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX, load_pepper
+from services.serving_monitor.flags import FLAG_PREFIX, Flag, FlagTable, client_of_key, flag_from_alert, flag_key
+from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX, load_pepper, put_flag_on_bus
 from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.ratelimit import GcraLimiter
-from services.serving_monitor.settings import ServingSettings
+from services.serving_monitor.settings import FlagPolicy, ServingSettings
 from services.serving_monitor.validation import FeatureSchema, SchemaRegistry
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
@@ -44,14 +47,22 @@ log = logging.getLogger("mlwarden.serving-monitor")
 
 
 class Monitor:
-    """The live state: keys, schemas, limiter, abuse counters and pending denial counts."""
+    """The live state: keys, schemas, profiles, flags, limiter, detectors and pending denial counts."""
 
     def __init__(self, runtime: ServiceRuntime, settings: Settings, cfg: ServingSettings) -> None:
         self.runtime = runtime
         self.keys = ApiKeyStore(load_pepper(settings))
         self.schemas = SchemaRegistry()
         self.limiter = GcraLimiter(cfg.rate_per_second, cfg.burst)
-        self.admission = Admission(self.keys, self.limiter, self.schemas)
+        self.flags = FlagTable()
+        slow = GcraLimiter(cfg.flagged_rate_per_second, cfg.flagged_burst)
+        self.admission = Admission(
+            self.keys,
+            self.limiter,
+            self.schemas,
+            self.flags,
+            slow_limiter=slow if cfg.flagged_policy is FlagPolicy.SLOW else None,
+        )
         self.detectors = Detectors.from_settings(cfg)
         self.profiles: dict[str, ReferenceProfile] = {}
         self.flush_s = cfg.denial_flush_s
@@ -66,10 +77,12 @@ class Monitor:
         key_watch = await keys_kv.watchall()
         schema_watch = await state_kv.watch(SCHEMA_PREFIX + ">")
         profile_watch = await state_kv.watch(PROFILE_PREFIX + ">")
+        flag_watch = await state_kv.watch(FLAG_PREFIX + ">")
         self.tasks = [
             asyncio.create_task(self._follow(key_watch, self._on_key, self.keys.remove), name="sm:keys"),
             asyncio.create_task(self._follow(schema_watch, self._on_schema), name="sm:schemas"),
             asyncio.create_task(self._follow(profile_watch, self._on_profile), name="sm:profiles"),
+            asyncio.create_task(self._follow(flag_watch, self._on_flag, self._on_flag_cleared), name="sm:flags"),
             asyncio.create_task(self._flush_loop(), name="sm:denials"),
         ]
         # The watchers deliver the current values first; wait briefly so the first requests
@@ -121,6 +134,30 @@ class Monitor:
         # A new reference changes what "OOD" and the standardised space mean: start clients afresh.
         self.detectors.forget_model(profile.model)
         self.profiles[profile.model] = profile
+
+    def _on_flag(self, key: str, value: bytes) -> None:
+        flag = Flag.model_validate_json(value)
+        if flag_key(flag.client) != key:
+            raise ValueError(f"flag of {flag.client} stored under {key}")
+        self.flags.set(flag)
+
+    def _on_flag_cleared(self, key: str) -> None:
+        client = client_of_key(key)
+        if client is not None:
+            self.flags.remove(client)
+
+    async def raise_flags(self, alerts: list[AlertSpec]) -> None:
+        """Flag the clients of fail-level extraction and OOD alerts, here at once and in the
+        state bucket for the other instances and the next start."""
+        for spec in alerts:
+            flag = flag_from_alert(spec, time.time())
+            if flag is None:
+                continue
+            known = self.flags.get(flag.client)
+            if known is not None and known.reason == flag.reason:
+                continue  # already flagged for this: keep the first alert's record
+            self.flags.set(flag)
+            await put_flag_on_bus(self.runtime.js, flag)
 
     def observe(self, batch: PredictionBatch) -> list[AlertSpec]:
         """Every detector over one logged batch: abuse always, OOD and extraction with a profile."""
@@ -177,7 +214,8 @@ def create_app(settings: Settings | None = None, cfg: ServingSettings | None = N
 
     @svc.reply(Subjects.SERVING_ADMIT, AdmitRequest)
     async def admit(request: AdmitRequest) -> AdmitReply:
-        """May this call proceed? API key, scope, per-client rate limit, input validation."""
+        """May this call proceed? API key, scope, detector flags (extraction, OOD), per-client rate
+        limit, input validation."""
         return monitor().admit(request)
 
     @svc.consume(Subjects.PREDICTION_LOGGED, PredictionBatch)
@@ -191,9 +229,12 @@ def create_app(settings: Settings | None = None, cfg: ServingSettings | None = N
             await m.runtime.verify_actor(event, None, role=MODEL_SERVER_ROLE)
         except SignatureError:
             return
-        for spec in m.observe(event.data):
+        alerts = m.observe(event.data)
+        for spec in alerts:
             await m.runtime.emit(
                 Subjects.alert(SERVICE), spec.to_alert(), in_reply_to=event.id, kind=f"{spec.kind}:{spec.client}"
             )
+        # After the alerts, before the ack: a redelivered batch raises the flag again, idempotently.
+        await m.raise_flags(alerts)
 
     return svc

@@ -87,27 +87,47 @@ class Detectors:
     ) -> list[AlertSpec]:
         """One batch: record i was sent by `clients[i]`, had invalid inputs when `invalid[i]`, and
         raw features `x[i]` in `profile`'s order (None without a profile: abuse only)."""
-        groups = group_by_client(clients)
-        alerts: list[AlertSpec] = []
-        for client, idx in groups.items():
-            alerts += self.abuse.observe(client, model, len(idx), int(np.count_nonzero(invalid[idx])), now)
         if profile is None or x is None:
-            return alerts
+            return self.observe_scored(model, clients, invalid, None, None, None, now)
         z = profile.standardise(x)
         flagged = profile.scores_standardised(z) > profile.threshold
+        return self.observe_scored(model, clients, invalid, z, flagged, profile, now)
+
+    def observe_scored(
+        self,
+        model: str,
+        clients: Sequence[str],
+        invalid: BoolArray,
+        z: FloatArray | None,
+        flagged: BoolArray | None,
+        profile: ReferenceProfile | None,
+        now: float,
+    ) -> list[AlertSpec]:
+        """`observe` with the rows already standardised (`z`) and scored (`flagged`: OOD under
+        `profile`). Both are row-wise, so the replay computes them once for a whole log instead
+        of once per one-second batch (issue 9: per-batch fixed costs bounded its throughput)."""
+        groups = group_by_client(clients)
+        # A batch of one client (most of a replay's one-second batches): whole arrays, no gathers.
+        picks: dict[str, slice | list[int]] = {c: slice(None) for c in groups} if len(groups) == 1 else dict(groups)
+        alerts: list[AlertSpec] = []
+        for client, idx in picks.items():
+            n = len(groups[client])
+            alerts += self.abuse.observe(client, model, n, int(np.count_nonzero(invalid[idx])), now)
+        if profile is None or z is None or flagged is None:
+            return alerts
         owners: dict[str, list[int]] = {}
-        for client, idx in groups.items():
-            n_flagged = int(np.count_nonzero(flagged[idx]))
-            alerts += self.ood.observe(client, profile, len(idx), n_flagged, now)
+        for client, idx in picks.items():
+            n, n_flagged = len(groups[client]), int(np.count_nonzero(flagged[idx]))
+            alerts += self.ood.observe(client, profile, n, n_flagged, now)
             owner = owner_of(client)
             if owner != client:
                 owners.setdefault(owner, [0, 0])
-                owners[owner][0] += len(idx)
+                owners[owner][0] += n
                 owners[owner][1] += n_flagged
         # Sybil: an owner's keys judged together, so an attack split over keys each too quiet
         # to be judged alone is judged as the one client it is (issue 9).
         for owner, (records, n_flagged) in owners.items():
             alerts += self.ood.observe(owner + OWNER_SUFFIX, profile, records, n_flagged, now)
-        for client, idx in groups.items():
+        for client, idx in picks.items():
             alerts += self.extraction.observe(client, profile, z[idx], now)
         return alerts

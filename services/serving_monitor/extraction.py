@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from scipy.stats import shapiro
 
 from services.serving_monitor.abuse import AlertSpec
@@ -225,10 +226,11 @@ class ExtractionMonitor:
     def observe(self, client: str, profile: ReferenceProfile, z: FloatArray, now: float) -> list[AlertSpec]:
         """Fold in one client's standardised queries `z` (rows); test once after them."""
         state = self._state((profile.model, client), len(profile.features))
-        for row in z:
-            # A query with a missing or non-finite feature has no distance; the OOD and
-            # invalid-input detectors judge it.
-            if np.isfinite(row).all():
+        # A query with a missing or non-finite feature has no distance; the OOD and
+        # invalid-input detectors judge it.
+        finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(z).all(axis=1), dtype=bool)
+        for row, ok in zip(z, finite.tolist(), strict=True):
+            if ok:
                 state.add(row, self.chain_step)
         alerts: list[AlertSpec] = []
         walk = self._walk_alert(client, profile, state, now)

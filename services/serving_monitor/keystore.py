@@ -1,8 +1,9 @@
 """Where serving-monitor's API key records, pepper and feature schemas live on the bus.
 
 Records (never plaintext keys) are in the `mlw-apikeys` bucket, feature schemas under
-`schema.<model>` in `mlw-state`; the pepper that keys the record MACs stays in the service's key
-folder, beside its private key.
+`schema.<model>`, reference profiles under `profile.<model>` and flagged clients under
+`serving-monitor.flagged.` in `mlw-state`; the pepper that keys the record MACs stays in the
+service's key folder, beside its private key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from services.serving_monitor.auth import MIN_PEPPER_BYTES, ApiKeyRecord, ApiKeyStore
 from services.serving_monitor.errors import KeyStoreError
+from services.serving_monitor.flags import Flag, flag_key
 from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.validation import FeatureSchema
 from shared.settings import Settings
@@ -119,3 +121,25 @@ async def register_profile_on_bus(js: JetStreamContext, profile: ReferenceProfil
     """Register (or replace) a model's offline OOD/extraction reference profile."""
     kv = await js.key_value(STATE_BUCKET)
     await kv.put(PROFILE_PREFIX + profile.model, orjson.dumps(profile.to_dict()))
+
+
+async def put_flag_on_bus(js: JetStreamContext, flag: Flag) -> None:
+    """Store a flag: every serving-monitor instance follows it, also after a restart."""
+    kv = await js.key_value(STATE_BUCKET)
+    await kv.put(flag_key(flag.client), flag.model_dump_json().encode())
+
+
+async def clear_flag_on_bus(js: JetStreamContext, client: str) -> Flag | None:
+    """Clear `client`'s flag (`OWNER.*` for an owner's); returns the flag that was cleared, None
+    when there was none. A delete marker, so the bucket's history keeps what was cleared."""
+    key = flag_key(client)
+    kv = await js.key_value(STATE_BUCKET)
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None
+    await kv.delete(key)
+    try:
+        return Flag.model_validate_json(entry.value or b"")
+    except ValueError:
+        raise KeyStoreError("cleared an unreadable flag record", key_id=key) from None

@@ -261,6 +261,9 @@ def replay(
     clients = [log.clients[i] for i in order]
     models = [log.models[i] for i in order]
     invalid = invalid_rows(x)
+    # Standardising and scoring are row-wise: once for the whole log, not once per batch.
+    z = profile.standardise(x)
+    flagged = profile.scores_standardised(z) > profile.threshold
     report: dict[str, ClientReport] = {}
     for client in clients:
         entry = report.get(client)
@@ -270,11 +273,14 @@ def replay(
     for a, b in batch_bounds(ts, batch_s):
         # A batch is of one model; a window holding several is split by model.
         for model, idx in _by_model(models, a, b).items():
-            sub = [clients[i] for i in idx] if len(idx) != b - a else clients[a:b]
-            rows = x[idx] if len(idx) != b - a else x[a:b]
-            bad = invalid[idx] if len(idx) != b - a else invalid[a:b]
-            profile_for = profile if model == profile.model else None
-            for alert in dets.observe(model, sub, bad, rows, profile_for, float(ts[b - 1])):
+            whole = len(idx) == b - a
+            sub = clients[a:b] if whole else [clients[i] for i in idx]
+            bad = invalid[a:b] if whole else invalid[idx]
+            ours = model == profile.model
+            zs = None if not ours else z[a:b] if whole else z[idx]
+            fs = None if not ours else flagged[a:b] if whole else flagged[idx]
+            profile_for = profile if ours else None
+            for alert in dets.observe_scored(model, sub, bad, zs, fs, profile_for, float(ts[b - 1])):
                 if alert.client.endswith(OWNER_SUFFIX):
                     # An owner's alert belongs to every key of that owner seen so far.
                     owner = alert.client.removesuffix(OWNER_SUFFIX)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FlagPolicy(StrEnum):
+    """What admission does with a client the detectors flagged (`services.serving_monitor.flags`)."""
+
+    DENY = "deny"
+    SLOW = "slow"
 
 
 class ServingSettings(BaseSettings):
@@ -25,3 +34,8 @@ class ServingSettings(BaseSettings):
     extraction_w_threshold: float = 0.5
     extraction_min_queries: int = 100
     detector_cooldown_s: float = 300.0
+    # Issue 9: a client under a fail-level extraction or OOD alert is denied, or (`slow`) held
+    # to this rate until an operator clears it (`mlwarden serving clear CLIENT`).
+    flagged_policy: FlagPolicy = FlagPolicy.DENY
+    flagged_rate_per_second: float = 0.2
+    flagged_burst: float = 5.0

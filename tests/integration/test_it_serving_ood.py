@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from _poll import until
 
+from mlwarden.cli import main
 from services.serving_monitor.app import Monitor
 from services.serving_monitor.extraction import ExtractionMonitor
 from services.serving_monitor.keystore import register_profile_on_bus
-from services.serving_monitor.ood import fit_reference
+from services.serving_monitor.ood import ReferenceProfile, fit_reference
 from shared.events import PredictionRecord
 from shared.topology import Subjects
 
@@ -69,3 +74,32 @@ async def test_ood_and_extraction_clients_alert_and_a_benign_client_does_not(bus
         await running.client.nc.flush()
     alerted = {(e.data.kind, e.data.client) for e in watcher.events if e.type == Subjects.alert("serving-monitor")}
     assert not any(client == "user" for _, client in alerted), alerted
+
+
+async def test_fit_profile_command_publishes_a_versioned_profile_the_service_follows(bus: Any, tmp_path: Path) -> None:
+    running = await bus("serving-monitor")
+    monitor = running.apps["serving-monitor"].get("monitor", Monitor)
+    train = natural(1000, 0)
+    csv = tmp_path / "ref.csv"
+    csv.write_text(
+        ",".join([*FEATURES, "label"]) + "\n" + "".join(",".join([*map(repr, r.tolist()), "1"]) + "\n" for r in train)
+    )
+    argv = ["serving", "fit-profile", str(csv), "--model", "fraud", "--label", "label"]
+    argv += ["--nats", running.settings.nats_url, "--data-dir", str(running.settings.data_dir)]
+    argv += ["--out", str(tmp_path / "profile.json")]
+    assert await asyncio.to_thread(main, argv) == 0
+    followed = await until(lambda: monitor.profiles.get("fraud"), what="serving-monitor to follow the profile")
+    # The service's own fit of the same rows, versioned by time and the reference's hash.
+    expected = fit_reference(train, FEATURES, "fraud", version=followed.version)
+    assert followed.to_dict() == expected.to_dict() and followed.version.endswith(
+        hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
+    )
+    written = ReferenceProfile.from_dict(orjson.loads((tmp_path / "profile.json").read_bytes()))
+    assert written.to_dict() == followed.to_dict()
+
+    # A second fit, under an explicit version, replaces it in the running service.
+    assert await asyncio.to_thread(main, [*argv, "--version", "v2"]) == 0
+    await until(lambda: monitor.profiles["fraud"].version == "v2", what="serving-monitor to follow the new version")
+    # A reference without the label's column, or a missing file, is an input error (exit 2).
+    assert await asyncio.to_thread(main, [*argv[:6], "--label", "nope", *argv[6:]]) == 2
+    assert await asyncio.to_thread(main, ["serving", "fit-profile", str(tmp_path / "none.csv"), "--model", "m"]) == 2

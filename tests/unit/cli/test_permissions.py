@@ -11,7 +11,8 @@ import pytest
 from mlwarden.cli import main
 from mlwarden.nats_config import NatsConfigError, add_actor_identity, client_url, read_env, write_config
 from services.registry_gate.app import JOURNAL_PREFIX
-from services.serving_monitor.keystore import SCHEMA_PREFIX
+from services.serving_monitor.flags import FLAG_PREFIX, flag_key
+from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX
 from shared.embedded import nats_server_binary
 from shared.permissions import (
     ENDPOINTS,
@@ -74,6 +75,19 @@ def test_state_bucket_writes_are_scoped_to_each_owners_key_prefix() -> None:
     assert not may_publish(guard, "$KV.mlw-state.registry-gate.request.abc")
     assert not may_publish(guard, f"$KV.mlw-state.{SCHEMA_PREFIX}churn")
     assert not may_publish(permissions_for("serving-monitor"), "$KV.mlw-apikeys.k1")
+
+
+def test_serving_monitor_writes_its_flags_and_the_operator_clears_them_and_publishes_profiles() -> None:
+    # Issue 9: flags raised by the detectors live in the state bucket; `mlwarden serving clear`
+    # deletes them and `mlwarden serving fit-profile` publishes a profile.
+    monitor, operator = permissions_for("serving-monitor"), permissions_for("operator")
+    flag = f"$KV.mlw-state.{flag_key('thief')}"
+    assert FLAG_PREFIX.startswith("serving-monitor.") and PROFILE_PREFIX in OPERATOR_STATE_PREFIXES
+    assert may_publish(monitor, flag) and may_publish(operator, flag)
+    assert may_publish(operator, f"$KV.mlw-state.{PROFILE_PREFIX}fraud")
+    assert not may_publish(monitor, f"$KV.mlw-state.{PROFILE_PREFIX}fraud")
+    assert not may_publish(monitor, f"$KV.mlw-state.{SCHEMA_PREFIX}fraud")
+    assert not may_publish(operator, "$KV.mlw-state.registry-gate.request.abc")
 
 
 def test_request_reply_endpoints_use_the_services_queue_group_and_responses() -> None:
