@@ -47,6 +47,21 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "requester": "alice",
         "root_digest": _SHA,
     },
+    Subjects.DEMOTION_REQUESTED: {
+        "model": "iris-clf",
+        "version": "1.0",
+        "stage": "production",
+        "requester": "alice",
+        "reason": "accuracy regression",
+    },
+    Subjects.ROLLBACK_REQUESTED: {
+        "model": "iris-clf",
+        "version": "0.9",
+        "stage": "production",
+        "requester": "alice",
+        "root_digest": _SHA,
+        "reason": "1.0 was recalled",
+    },
     Subjects.APPROVAL_GIVEN: {
         "request_id": "r-2",
         "model": "iris-clf",
