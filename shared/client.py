@@ -42,7 +42,7 @@ from shared.service import reply_or_error
 from shared.settings import Settings
 from shared.signing import SigningKey, TrustStore
 from shared.storage import put_once
-from shared.topology import DATASETS_BUCKET, Subjects, expected_signer, model_for_type
+from shared.topology import DATASETS_BUCKET, SERVICES, Subjects, expected_signer, model_for_type
 
 
 class RequestFailed(InputError):
@@ -315,7 +315,13 @@ class Client:
         against the root-signed trust store: `watcher.unverified` names the events that do not
         come from the one service that may sign them. Act only on verified verdicts.
         """
-        watcher = Watcher(VerdictVerifier(self.js, verify_with) if verify_with is not None else None)
+        verifier = None
+        if verify_with is not None:
+            verifier = VerdictVerifier(self.js, verify_with)
+            # Every service's key up front: the subscription callbacks then never wait on the bus
+            # (a callback waiting on a request would hold up the connection's drain at exit).
+            await verifier.preload()
+        watcher = Watcher(verifier)
         subs = [await self.nc.subscribe(s, cb=watcher.on_msg) for s in subjects]
         await self.nc.flush()
         try:
@@ -333,6 +339,10 @@ class VerdictVerifier:
         self.js = js
         self.root = root
         self.trust = TrustStore()
+
+    async def preload(self) -> None:
+        """Read every service's entry from the trust store (root-checked)."""
+        self.trust = await load_trust(self.js, self.root, SERVICES)
 
     async def problem(self, event: Envelope[Any]) -> str | None:
         """None when `event` verifies, else why not."""
