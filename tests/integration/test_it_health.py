@@ -7,7 +7,9 @@ import os
 import sys
 from typing import Any
 
+import nats.errors
 import orjson
+from _poll import until
 
 from mlwarden.ops import health
 from shared.topology import SERVICES, Subjects
@@ -43,7 +45,15 @@ async def test_health_passes_when_every_service_answers(bus: Any) -> None:
 
 async def test_a_stopped_service_stops_answering(bus: Any) -> None:
     running = await bus("audit-log", "data-guard")
-    assert (await running.client.request(Subjects.health("data-guard"), b"")).startswith(b"{")
+
+    async def answered() -> bytes | None:
+        # The endpoint is subscribed in FastStream's after-startup hook: poll, do not race it.
+        try:
+            return await running.client.request(Subjects.health("data-guard"), b"", timeout=2.0)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return None
+
+    assert (await until(answered, what="data-guard's health answer")).startswith(b"{")
     await running.stop("data-guard")
     report = await health(running.settings)
     assert {row.service for row in report.services if row.alive} == {"audit-log"}
