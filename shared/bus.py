@@ -29,7 +29,7 @@ from shared.errors import FailureClass, InvalidMessage, MlwardenError, Signature
 from shared.events import Alert, DeadLetter, Severity
 from shared.settings import Settings
 from shared.signing import SigningKey, TrustStore, load_or_create_key
-from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, VERDICT_SIGNERS, Subjects
+from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, Subjects, expected_signer
 from shared.trust import (
     Kind,
     Rejected,
@@ -320,7 +320,8 @@ class ServiceRuntime:
         A forged verdict raises SignatureError after an alert is published; nothing else is done
         with it.
         """
-        allowed = VERDICT_SIGNERS.get(event.type)
+        # One rule for who may sign a subject, shared with audit-log and subscribers.
+        allowed = expected_signer(event.type)
         allowed_set = {allowed} if allowed else set()
         try:
             await self._refresh_trust(event.signer)
