@@ -598,6 +598,67 @@ def cmd_audit_trail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _trusted_audit_key(settings: Settings) -> KeyHistory | None:
+    """audit-log's key history from the root-signed trust store on the bus."""
+    from shared.bus import load_trust
+    from shared.trust import load_root_public
+
+    nc = await _connect_quick(settings)
+    try:
+        root = load_root_public(settings.trust_root, settings.keys_dir)
+        store = await load_trust(nc.jetstream(timeout=BUS_TIMEOUT_S), root, ["audit-log"])
+        return store.history("audit-log")
+    finally:
+        await nc.close()
+
+
+def cmd_audit_serve(args: argparse.Namespace) -> int:
+    """Serve a read-only web page for auditors: search, entries with checked proofs, checkpoints,
+    model timelines (the database is opened read-only; bound to localhost unless --host says otherwise)."""
+    import uvicorn
+
+    from mlwarden.audit_web import WebDeps, create_app, mirror_reader
+    from services.audit_log.settings import mirror_path
+    from services.audit_log.store import AuditStore
+
+    settings = _settings(args)
+    if settings.audit_db_url is None and not (settings.data_dir / "audit.db").exists():
+        err.print(f"no audit database at {settings.data_dir / 'audit.db'} (pass --db or set MLW_AUDIT_DB_URL)")
+        return EXIT_ERROR
+    trusted: KeyHistory | None = None
+    if not args.key:
+        try:
+            trusted = asyncio.run(_trusted_audit_key(settings))
+        except Exception as exc:  # noqa: BLE001 - any bus failure: fall back to the data dir's key
+            err.print(f"bus unavailable ({type(exc).__name__}): audit-log's key from the data dir, if there")
+    public, key_source = _audit_key(settings, args.key, trusted)
+    if public is None:
+        err.print("[yellow]warning:[/] no public key of audit-log: every entry will show NOT verified (pass --key)")
+    path = mirror_path(settings.data_dir)
+    with AuditStore(settings.audit_url, read_only=True) as store:
+        deps = WebDeps(store, mirror_reader(path), public, key_source, f"local mirror {path}")
+        app = create_app(deps, allowed_hosts=_allowed_hosts(args.host))
+        err.print(f"audit page on http://{_url_host(args.host)}:{args.port}/ (read-only; Ctrl-C stops)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _allowed_hosts(host: str) -> list[str]:
+    """Host headers the page answers: localhost's names, and the bound address when it is another."""
+    if host in ("0.0.0.0", "::"):
+        # Every interface: the operator chose to publish the page, by whatever name reaches it.
+        err.print("[yellow]warning:[/] the audit page has no login: anyone who reaches this host can read the trail")
+        return ["*"]
+    names = ["127.0.0.1", "localhost", "[::1]", "::1"]
+    if host not in names:
+        names.append(_url_host(host))
+    return names
+
+
 def add_audit_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], common: Callable[..., None]) -> None:
     """Register the `audit` command group."""
     audit = sub.add_parser("audit", help="query, verify, prove and export the audit trail").add_subparsers(
@@ -658,6 +719,13 @@ def add_audit_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], co
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
     p.add_argument("--out", help="file to write (default stdout)")
+
+    p = add("serve", cmd_audit_serve, audit)
+    common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8750, help="TCP port (default: %(default)s)")
+    p.add_argument("--db", help="SQLAlchemy URL of the audit database (default: the data dir's audit.db)")
+    p.add_argument("--key", help="audit-log's public key (PEM or base64); default: trust store or data dir")
 
     p = add("trail", cmd_audit_trail, audit)
     common(p, nats=False)

@@ -75,7 +75,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, NamedTuple, Self
+from urllib.parse import quote
 
 import orjson
 from sqlalchemy import (
@@ -100,7 +102,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateSchema
@@ -481,9 +483,13 @@ class AuditStore:
     `url` is any SQLAlchemy URL: `sqlite:///path/audit.db` (WAL, `synchronous=NORMAL`) or
     `postgresql+psycopg://user@host/db`. `schema` (PostgreSQL only) puts the table in its own
     schema, created by `create()`.
+
+    `read_only=True` is for readers that must not be able to write (the auditors' web page):
+    SQLite opens the file as a `mode=ro` URI (and sets `query_only`), PostgreSQL runs every
+    transaction `READ ONLY`; the database refuses any write, `create()` included.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, read_only: bool = False) -> None:
         parsed = make_url(url)
         self._url = parsed.render_as_string(hide_password=True)
         self._sqlite = parsed.get_backend_name() == "sqlite"
@@ -492,11 +498,19 @@ class AuditStore:
             raise InputError(f"a schema is only supported on PostgreSQL, not {self._url}")
         self._schema = schema
         self._in_memory = self._sqlite and parsed.database in (None, "", ":memory:")
-        if self._sqlite:
+        self._read_only = read_only
+        if read_only and self._in_memory:
+            raise InputError("a read-only store needs a database file or server, not an in-memory SQLite")
+        if self._sqlite and read_only:
+            engine = create_engine(_sqlite_read_only_url(parsed))
+            _configure_sqlite(engine, read_only=True)
+        elif self._sqlite:
             engine = create_engine(parsed, poolclass=StaticPool) if self._in_memory else create_engine(parsed)
             _configure_sqlite(engine)
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
+            if read_only:
+                _configure_read_only_session(engine)
         self._base_engine = engine
         self._engine: Engine = engine.execution_options(schema_translate_map={None: schema}) if schema else engine
 
@@ -519,6 +533,11 @@ class AuditStore:
     def url(self) -> str:
         """The database URL with any password hidden."""
         return self._url
+
+    @property
+    def read_only(self) -> bool:
+        """Opened read-only: the database refuses every write through this store."""
+        return self._read_only
 
     @property
     def tree_table(self) -> Table:
@@ -1000,18 +1019,46 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _sqlite_read_only_url(parsed: URL) -> URL:
+    """The same SQLite file as a `file:...?mode=ro` URI (https://sqlite.org/uri.html).
+
+    The operating system-level open is read-only, so no statement on this handle can write,
+    whatever it is; the path is percent-quoted because `?` and `#` end a URI path.
+    """
+    path = Path(str(parsed.database)).resolve()
+    return parsed.set(database=f"file:{quote(str(path))}", query={"mode": "ro", "uri": "true"})
+
+
+def _configure_read_only_session(engine: Engine) -> None:
+    """PostgreSQL: every transaction of every connection is `READ ONLY` (writes raise)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        dbapi_conn.commit()
+
+
+def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     """WAL and `synchronous=NORMAL` on every connection, and explicit transaction control.
 
     pysqlite's own implicit BEGIN is switched off (the SQLAlchemy-documented recipe) so that a
     write transaction can start with `BEGIN IMMEDIATE`, taking the write lock before the head is
     read; readers start a plain deferred `BEGIN` and never block the writer under WAL.
+    A `read_only` connection changes no database setting (the journal mode is the writer's) and
+    sets `query_only` besides the read-only open.
     """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
+        if read_only:
+            cursor.execute("PRAGMA query_only=1")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA cache_size=-65536")
+            cursor.close()
+            return
         # WAL: readers and the writer do not block each other; NORMAL: fsync at checkpoints
         # only, still durable against a process crash (https://sqlite.org/wal.html).
         cursor.execute("PRAGMA journal_mode=WAL")
