@@ -176,3 +176,33 @@ def test_unreadable_body_is_reported_not_crashed_on(seeded: AuditStore, drop_gua
     # The rest of the trail stays queryable.
     assert ids(seeded, cursor=8)[0] == "ad1"
     assert orjson.loads(seeded.find("ad1").body)["id"] == "ad1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("max_subjects", [64, 1])
+def test_a_subject_prefix_pages_in_time_order_across_its_subjects(
+    store: AuditStore, event_bytes: EventFactory, monkeypatch: pytest.MonkeyPatch, max_subjects: int
+) -> None:
+    # Per-subject pages merged (the default), or one range when the prefix has too many subjects.
+    monkeypatch.setattr("services.audit_log.query.MAX_PREFIX_SUBJECTS", max_subjects)
+    subjects = ["model:churn", "model:churn:1", "model:churn:2", "model:churnx:1", "model:churn0:1", "model:chur"]
+    items = [
+        IncomingEvent.from_bytes(
+            event_bytes(event_id=f"s{i}", subject=subjects[i % len(subjects)], time=T + (i * 7) % 30),
+            recorded_at=T,
+        )
+        for i in range(30)
+    ]
+    store.append_batch(items)
+    wanted = sorted(
+        ((it.time, i + 1) for i, it in enumerate(items) if it.subject in subjects[:3]),
+        reverse=True,
+    )
+    seen: list[tuple[float, int]] = []
+    cursor: int | None = None
+    while True:
+        page = run_query(store, AuditQuery(subject="model:churn:*", limit=4, cursor=cursor))
+        seen += [(e.time, e.seq) for e in page.entries]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == wanted

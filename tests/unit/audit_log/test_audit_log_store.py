@@ -243,6 +243,17 @@ def test_query_indexes_exist(store: AuditStore, db_target: DbTarget) -> None:
     assert names <= in_db
 
 
+def test_create_adds_an_index_missing_from_an_older_trail(store: AuditStore, db_target: DbTarget) -> None:
+    name = "ix_audit_entries_service_decision_time"
+    prefix = f'"{db_target.schema}".' if db_target.schema else ""
+    with store.engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {prefix}{name}"))
+    store.create()
+    with store.engine.connect() as conn:
+        found = {ix["name"] for ix in inspect(conn).get_indexes("audit_entries", schema=db_target.schema)}
+    assert name in found
+
+
 def test_password_is_hidden_in_the_store_url() -> None:
     store = AuditStore("postgresql+psycopg://u:secret@127.0.0.1:1/db")
     assert "secret" not in store.url
