@@ -3,10 +3,15 @@ proofs that fail closed, timelines, and a database handle that cannot write."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -15,9 +20,11 @@ from starlette.testclient import TestClient
 from mlwarden.audit_web import WebDeps, create_app, parse_query
 from services.audit_log.checkpoint import sign_checkpoint
 from services.audit_log.store import AuditStore, IncomingEvent
+from shared.embedded import free_port
 from shared.errors import InputError
 from shared.events import AuditCheckpoint
 from shared.signing import SigningKey
+from tests._poll import until_sync
 
 if TYPE_CHECKING:
     from conftest import DbTarget
@@ -251,3 +258,38 @@ def test_the_page_refuses_a_writable_store(store: AuditStore) -> None:
 def test_a_foreign_host_header_is_refused(web: Page) -> None:
     # DNS rebinding: a page elsewhere that resolves its own name to 127.0.0.1.
     assert web.client.get("/", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_audit_serve_serves_the_trail_read_only_on_localhost(
+    tmp_path: Path, event_bytes: EventFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command itself: `mlwarden audit serve` answers on the port it was given, from --db."""
+    db = tmp_path / "audit.db"
+    with AuditStore(f"sqlite:///{db}") as writer:
+        writer.create()
+        writer.append_batch(_trail(event_bytes))
+    key = SigningKey.generate("audit-log")
+    (tmp_path / "audit-log.pub.pem").write_bytes(key.public_pem())
+    port = free_port()
+    monkeypatch.delenv("MLW_AUDIT_DB_URL", raising=False)
+    args = [sys.executable, "-m", "mlwarden", "audit", "serve", "--data-dir", str(tmp_path / "data")]
+    args += ["--db", f"sqlite:///{db}", "--port", str(port), "--key", str(tmp_path / "audit-log.pub.pem")]
+    args += ["--nats", f"nats://127.0.0.1:{free_port()}"]  # nothing listens: no bus, fast
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+
+        def answer() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/entries?limit=5", timeout=5) as response:
+                    return orjson.loads(response.read())
+            except OSError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else b""
+                return None
+
+        body = until_sync(answer, what="mlwarden audit serve answering")
+        assert [e["seq"] for e in body["entries"]] == [30, 29, 28, 27, 26]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
