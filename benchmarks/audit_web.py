@@ -246,6 +246,8 @@ def measure(client: TestClient, store: AuditStore, n: int, samples: int, rng: ra
     deep: list[float] = []
     keyset_sql: list[float] = []
     anchor: list[float] = []
+    deep_all: list[float] = []
+    anchor_all: list[float] = []
     detail: list[float] = []
     timeline: list[float] = []
     for _ in range(samples):
@@ -271,6 +273,9 @@ def measure(client: TestClient, store: AuditStore, n: int, samples: int, rng: ra
         # a tenth "deny").
         where = [t.decision == cursor["decision"]]
         anchor.append(timed(lambda w=where, d=depth // 10: offset_page(store, w, d)))
+        # The same without a filter: page `depth` of the whole trail, by cursor and by OFFSET.
+        deep_all.append(timed(lambda c=str(n - depth): get(client, "/api/entries", {"cursor": c, "limit": "50"})))
+        anchor_all.append(timed(lambda d=depth: offset_page(store, [], d)))
         seq = rng.randrange(1, n + 1)
         detail.append(timed(lambda s=seq: get(client, f"/api/entries/{s}", {})))
         model = {"model": f"m{rng.randrange(1000)}", "version": str(rng.randrange(5))}
@@ -292,6 +297,7 @@ def measure(client: TestClient, store: AuditStore, n: int, samples: int, rng: ra
         row("/api/entries service + decision never met", never, budget, BUDGET_MS),
         row("/api/entries?cursor= deep page + decision", deep),
         row("  the same page, run_query alone (no HTTP)", keyset_sql),
+        row("/api/entries?cursor= deep page, no filter", deep_all, "OFFSET paging, same depth", pct(anchor_all, 95)),
         row("/api/entries/{seq} with proof checked", detail, budget, BUDGET_MS),
         row("/api/timeline model version", timeline, budget, BUDGET_MS),
     ]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -34,10 +35,11 @@ from starlette.routing import Route
 
 from services.audit_log import browse
 from services.audit_log.checkpoint import AuditKey, CheckpointMirror
+from services.audit_log.errors import StoreUnavailableError
 from services.audit_log.query import run_query
 from services.audit_log.store import AuditStore, StoredEntry
 from services.audit_log.verify import TrailReport, verify_trail
-from shared.errors import InputError
+from shared.errors import InputError, MlwardenError
 from shared.events import AuditCheckpoint, AuditPage, AuditQuery
 
 _TEMPLATES: Final = Path(__file__).parent / "templates" / "audit"
@@ -53,7 +55,7 @@ _CSP: Final = (
 _HEADERS: Final = {
     "Content-Security-Policy": _CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -145,6 +147,18 @@ def parse_query(params: Mapping[str, str]) -> AuditQuery:
         return AuditQuery(**fields)
     except ValidationError as exc:
         raise InputError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+
+
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether a request comes from this page, or from no page at all (curl, scripts).
+
+    Browsers say where a request comes from in `Sec-Fetch-Site`; older ones in `Origin` only.
+    """
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == headers.get("host")
 
 
 def stamp(seconds: float | None) -> str:
@@ -241,6 +255,9 @@ def create_app(deps: WebDeps, *, allowed_hosts: list[str] | None = None) -> Star
 
     def verify(request: Request) -> Response:
         """Run a verification of the whole trail now (one at a time), then show its result."""
+        if not same_origin(request.headers):
+            # A page on another site posting here (the auditor's browser can reach localhost).
+            return fail(request, 403, "a verification is started from this page only")
         with deps._verify_lock:
             started = time.time()
             begin = time.perf_counter()
@@ -269,6 +286,12 @@ def create_app(deps: WebDeps, *, allowed_hosts: list[str] | None = None) -> Star
     def style(_request: Request) -> Response:
         return Response((_TEMPLATES / "style.css").read_bytes(), media_type="text/css", headers=_HEADERS)
 
+    def trouble(request: Request, exc: Exception) -> Response:
+        # The store's errors (database unavailable, an unreadable entry) reach the auditor as
+        # a page that says so, never as a traceback.
+        status = 503 if isinstance(exc, StoreUnavailableError) else 500
+        return fail(request, status, str(exc))
+
     routes = [
         Route("/", search),
         Route("/api/entries", search),
@@ -283,7 +306,11 @@ def create_app(deps: WebDeps, *, allowed_hosts: list[str] | None = None) -> Star
         Route("/style.css", style),
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"]
-    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={MlwardenError: trouble},
+    )
 
 
 def _conclusion(report: TrailReport, checkpoints: list[AuditCheckpoint], source: str) -> tuple[bool, str]:

@@ -185,9 +185,14 @@ def page_url(trail: Trail) -> Iterator[str]:
 
 
 @pytest.fixture
-async def browser_page(page_url: str) -> AsyncIterator[Any]:
+def chromium() -> str:
+    """The system Chromium's path; asked first, so a missing browser skips before the pipeline runs."""
+    return _chromium()
+
+
+@pytest.fixture
+async def browser_page(chromium: str, page_url: str) -> AsyncIterator[Any]:
     """A Chromium page (1280 px wide) that records any dialog a script would open."""
-    chromium = _chromium()
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -285,12 +290,12 @@ async def _timeline(page: Any, trail: Trail) -> None:
     await _shot(page, "timeline")
 
 
-async def test_an_auditor_walks_every_view(browser_page: Any, trail: Trail) -> None:
+async def test_an_auditor_walks_every_view(chromium: str, browser_page: Any, trail: Trail) -> None:
     """One auditor's session over the pipeline's trail, each view checked and photographed."""
     for view in (_search, _entry, _hostile, _checkpoints, _timeline):
         await view(browser_page, trail)
 
 
-def test_chromium_is_reachable_or_the_reason_is_stated() -> None:
-    """Run alone, this tells whether the browser tests above can run here."""
-    assert Path(_chromium()).exists()
+def test_chromium_is_reachable_or_the_reason_is_stated(chromium: str) -> None:
+    """Run alone, this tells whether the browser test above can run here."""
+    assert Path(chromium).exists()

@@ -204,6 +204,17 @@ def test_checkpoints_and_a_verification_run(web: Page) -> None:
     assert run["ok"] is True and run["verified_size"] == 30
 
 
+def test_a_verification_is_not_started_by_another_site(web: Page) -> None:
+    refused = web.client.post("/verify", headers={"origin": "https://evil.example"}, follow_redirects=False)
+    assert refused.status_code == 403
+    assert web.json("/api/checkpoints")["last_run"] is None
+    fetched = web.client.post("/verify", headers={"sec-fetch-site": "cross-site"}, follow_redirects=False)
+    assert fetched.status_code == 403
+    assert web.json("/api/checkpoints")["last_run"] is None
+    same = web.client.post("/verify", headers={"origin": "http://127.0.0.1"}, follow_redirects=False)
+    assert same.status_code == 303
+
+
 def test_a_verification_run_fails_closed_without_a_key(web: Page) -> None:
     web.deps.key = None
     run = web.client.post("/api/verify").json()
@@ -248,6 +259,22 @@ def test_the_page_handle_cannot_write(web: Page, db_target: DbTarget) -> None:
     with pytest.raises(DBAPIError), web.reader.engine.begin() as conn:
         conn.execute(text("CREATE TABLE mlw_probe (a INTEGER)"))
     assert web.reader.count() == 30
+
+
+def test_an_unreadable_entry_is_reported_not_a_traceback(web: Page, db_target: DbTarget) -> None:
+    with web.writer.engine.begin() as conn:
+        # What an attacker with DDL rights could leave behind: the guards dropped, a body broken.
+        if db_target.backend == "sqlite":
+            conn.execute(text("DROP TRIGGER audit_entries_no_update"))
+        else:
+            conn.execute(text(f'DROP TRIGGER audit_entries_append_only ON "{db_target.schema}".audit_entries'))
+        table = web.writer.table
+        conn.execute(table.update().where(table.c.seq == 30).values(body="not json"))
+    response = web.client.get("/")
+    assert response.status_code == 500
+    assert "audit entry seq 30: body is not JSON" in response.text
+    assert web.client.get("/api/entries").json()["error"].startswith("audit entry seq 30")
+    assert "NOT verified" in web.client.get("/entries/30").text
 
 
 def test_the_page_refuses_a_writable_store(store: AuditStore) -> None:
