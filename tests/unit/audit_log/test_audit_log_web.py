@@ -231,6 +231,19 @@ def test_the_timeline_of_a_model_version(web: Page, event_bytes: EventFactory) -
         ("mlw.registry.approval", "model:churn:3", {"stage": "production", "approver": "bob"}),
         ("mlw.verdict.promotion", "model:churn:3", {"stage": "production", "decision": "promoted"}),
         ("mlw.verdict.promotion", "model:churn:4", {"stage": "production", "decision": "promoted"}),
+        ("mlw.registry.demotion", "model:churn:3", {"stage": "production", "requester": "alice"}),
+        (
+            "mlw.verdict.promotion",
+            "model:churn:3",
+            {"stage": "production", "decision": "demoted", "action": "demotion"},
+        ),
+        ("mlw.registry.rollback", "model:churn:3", {"stage": "production", "requester": "alice"}),
+        (
+            "mlw.verdict.promotion",
+            "model:churn:3",
+            {"stage": "production", "decision": "promoted", "action": "rollback"},
+        ),
+        ("mlw.prediction.logged", "model:churn:3", {"records": []}),
     ]
     items = [
         IncomingEvent.from_bytes(
@@ -247,9 +260,13 @@ def test_the_timeline_of_a_model_version(web: Page, event_bytes: EventFactory) -
         ("promotion requested", "to production"),
         ("approval", "for production"),
         ("promotion verdict", "promoted (production)"),
+        ("demotion requested", "stage production"),
+        ("demotion verdict", "demoted (production)"),
+        ("rollback requested", "stage production"),
+        ("rollback verdict", "promoted (production)"),
     ]
     html = web.client.get("/timeline", params={"model": "churn", "version": "3"}).text
-    assert html.count('class="step"') == 6
+    assert html.count('class="step"') == 10
     assert web.client.get("/api/timeline", params={"model": "a:b", "version": "1"}).status_code == 400
 
 
