@@ -87,9 +87,7 @@ class Checkpoints:
 
 async def _connect_quick(settings: Settings) -> Any:
     """A connection that fails fast when nothing listens (then the caller falls back to files)."""
-    import nats
-
-    from shared.bus import connect_options
+    from shared.bus import connect_options, open_nats
 
     options = connect_options(settings)
     # max_reconnect_attempts=0 would mean "forever" to nats-py: one attempt, no waiting.
@@ -99,7 +97,7 @@ async def _connect_quick(settings: Settings) -> Any:
         # The caller reports the fallback in one line; no traceback from nats-py's default logger.
         return None
 
-    return await nats.connect(name="mlwarden-audit", connect_timeout=BUS_TIMEOUT_S, error_cb=quiet, **options)
+    return await open_nats(name="mlwarden-audit", connect_timeout=BUS_TIMEOUT_S, error_cb=quiet, **options)
 
 
 def _ranges(numbers: list[int]) -> list[str]:

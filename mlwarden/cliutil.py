@@ -22,7 +22,7 @@ from nats.aio.client import Client as Nats
 from rich.console import Console
 from rich.markup import escape
 
-from shared.bus import connect_options
+from shared.bus import connect_options, open_nats
 from shared.client import Client, actor_keys
 from shared.errors import MlwardenError
 from shared.permissions import ENDPOINTS
@@ -190,7 +190,7 @@ async def _open(settings: Settings, source: str, refusals: _Refusals) -> Nats:
     options.update(max_reconnect_attempts=3, reconnect_time_wait=0.25)
     try:
         return await asyncio.wait_for(
-            nats.connect(
+            open_nats(
                 name=source,
                 connect_timeout=CONNECT_ATTEMPT_S,
                 allow_reconnect=True,

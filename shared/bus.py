@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, assert_never
 
-import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -80,11 +79,28 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def open_nats(**options: Any) -> Client:
+    """`nats.connect(**options)` that closes its socket when the connection is refused half-way.
+
+    nats-py leaves the transport of a refused attempt open (an authorization violation with
+    `allow_reconnect=False`, a cancelled or timed-out connect): in a long-running process that
+    is a leaked socket per failed attempt.
+    """
+    nc = Client()
+    try:
+        await nc.connect(**options)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return nc
+
+
 async def connect(settings: Settings, *, name: str = "mlwarden") -> Client:
     """A nats-py connection; gives up after a few tries so a CLI does not hang forever."""
     options = connect_options(settings)
     options["max_reconnect_attempts"] = 5
-    return await nats.connect(name=name, connect_timeout=5, allow_reconnect=True, **options)
+    return await open_nats(name=name, connect_timeout=5, allow_reconnect=True, **options)
 
 
 async def publish_event(js: JetStreamContext, subject: str, event: Envelope[Any]) -> None:
