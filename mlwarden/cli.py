@@ -129,20 +129,27 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish a dataset, model, promotion or approval event."""
-    from mlwarden.ops import publish
+    from mlwarden.ops import publish, published_facts
 
     settings = _settings(args)
     event = asyncio.run(publish(settings, args))
-    out.print(f"published {event.type} id={event.id}")
+    facts = published_facts(event, args)
+    if args.format == "json":
+        _print_json(facts)
+    else:
+        extra = "".join(f" {k}={v}" for k, v in facts.items() if k not in ("id", "type", "subject"))
+        out.print(f"published {event.type} id={event.id}{extra}", markup=False)
     return EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Print verdicts, alerts and dead letters as they happen."""
-    from mlwarden.ops import watch
+    """Print verdicts, alerts and dead letters as they happen (`--format json`: one JSON object
+    per line, with `verified` and, when not verified, `problem`)."""
+    from mlwarden.ops import WatchFilter, watch
 
+    wanted = WatchFilter(types=tuple(args.type), subjects=tuple(args.subject))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch(_settings(args), out, args.seconds))
+        asyncio.run(watch(_settings(args), out, args.seconds, wanted=wanted, as_json=args.format == "json"))
     return EXIT_OK
 
 
@@ -196,6 +203,16 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PUBLISH_HELP = {
+    "dataset": "Upload a dataset version to the object store and announce it for data-guard to check.",
+    "model": "Upload a model folder (and its lock file) and announce the build for artifact-signer to hash, "
+    "scan and sign.",
+    "promotion": "Request that a model version (by its root digest) enter a stage; registry-gate decides once "
+    "the verdicts and approvals are in.",
+    "approval": "Approve a promotion request (by its id), signed by a reviewer.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(prog="mlwarden", description="Secure an ML pipeline from data to deployment.")
@@ -210,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = parent.add_parser(name, help=fn.__doc__, description=fn.__doc__, **kw)
+        kw.setdefault("help", fn.__doc__)
+        kw.setdefault("description", fn.__doc__)
+        p: argparse.ArgumentParser = parent.add_parser(name, **kw)
         p.set_defaults(func=fn)
         return p
 
@@ -255,11 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     def signed(p: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument(
+            "--format",
+            choices=["text", "json"],
+            default="text",
+            help="json: one object with the event id and what a next step needs (sha256, root_digest, request_id)",
+        )
+        p.add_argument(
             "--key", type=Path, help="your actor's Ed25519 private key, PEM (default $MLW_ACTOR_KEY; dev: demo actors)"
         )
         p.add_argument("--actor", help="your actor id in the trust store (default: the key file's name)")
 
-    p = add("dataset", cmd_publish, pub)
+    p = add("dataset", cmd_publish, pub, description=PUBLISH_HELP["dataset"], help=PUBLISH_HELP["dataset"])
     signed(p)
     p.add_argument("path", type=Path)
     p.add_argument("--name", required=True)
@@ -268,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uploader", help="actor id that uploads (default: the signing key's actor)")
     p.add_argument("--sensitivity", default="internal", choices=["public", "internal", "confidential", "restricted"])
     p.add_argument("--readers", default="", help="comma-separated allow-list of principals")
-    p = add("model", cmd_publish, pub)
+    p = add("model", cmd_publish, pub, description=PUBLISH_HELP["model"], help=PUBLISH_HELP["model"])
     signed(p)
     p.add_argument("path", type=Path)
     p.add_argument("--name", required=True)
@@ -282,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the folder's local path, not an upload to mlw-artifacts (artifact-signer must see this disk)",
     )
     for kind in ("promotion", "approval"):
-        p = add(kind, cmd_publish, pub)
+        p = add(kind, cmd_publish, pub, description=PUBLISH_HELP[kind], help=PUBLISH_HELP[kind])
         signed(p)
         p.add_argument("--model", required=True)
         p.add_argument("--version", required=True)
@@ -294,7 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("watch", cmd_watch)
     common(p)
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    p.add_argument(
+        "--type", action="append", default=[], help="only events of this type, e.g. mlw.verdict.* (repeatable)"
+    )
+    p.add_argument(
+        "--subject", action="append", default=[], help="only events about this subject, e.g. model:iris:* (repeatable)"
+    )
 
     add_audit_commands(sub, add, common)
 

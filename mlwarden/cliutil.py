@@ -30,8 +30,11 @@ from shared.settings import Settings
 from shared.signing import SigningKey
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-out = Console()
-err = Console(stderr=True)
+#: Width of output that goes to a pipe or a file: rich would cut tables to 80 columns there
+#: ("mlw.verdi…"), which scripts then read. Tables only take the width they need.
+PIPE_WIDTH = 10_000
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
