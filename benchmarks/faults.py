@@ -170,6 +170,8 @@ class Load:
     answers: str | None
     #: The field of a verdict naming the input it answers.
     reply_field: str = "in_reply_to"
+    #: Which of the service's durables (`CONSUMERS[service]`) reads the inputs.
+    durable: int = 0
 
 
 async def _upload(client: Client, settings: Settings, i: int) -> str:
@@ -217,13 +219,13 @@ LOADS: dict[str, Load] = {
     "artifact-signer": Load("artifact-signer", 4, _build, Subjects.VERDICT_ARTIFACT),
     "registry-gate": Load("registry-gate", 30, _request, Subjects.VERDICT_PROMOTION, reply_field="request_id"),
     "serving-monitor": Load("serving-monitor", 60, _predictions, None),
-    "audit-log": Load("audit-log", 300, _alert, None),
+    "audit-log": Load("audit-log", 400, _alert, None, durable=2),
 }
 
 
-async def _acked_through(js: JetStreamContext, service: str) -> int:
-    """The stream sequence up to which the service's first durable has acked everything."""
-    spec = CONSUMERS[service][0]
+async def _acked_through(js: JetStreamContext, load: Load) -> int:
+    """The stream sequence up to which the load's durable has acked everything."""
+    spec = CONSUMERS[load.service][load.durable]
     info = await js.consumer_info(spec.stream, spec.durable)
     return int(info.ack_floor.stream_seq or 0) if not (info.num_pending or info.num_ack_pending) else 0
 
@@ -240,7 +242,7 @@ async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: f
     logs.mkdir(exist_ok=True)
     procs = {name: _spawn(settings, name, logs / f"{name}.log") for name in {"audit-log", load.service}}
     reader = AuditStore(settings.audit_url)
-    spec = CONSUMERS[load.service][0]
+    spec = CONSUMERS[load.service][load.durable]
     try:
         async with (
             Client.connect(settings, source="benchmarks/faults") as client,
@@ -258,7 +260,7 @@ async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: f
                 if load.service == "audit-log":
                     return max(counts(reader, ids)[1], 0)
                 if load.answers is None:
-                    return len(ids) if await _acked_through(js, load.service) >= last_seq else 0
+                    return len(ids) if await _acked_through(js, load) >= last_seq else 0
                 return len(set(answered(ids)))
 
             warm = [await load.publish(client, settings, 10_000)]
@@ -268,14 +270,20 @@ async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: f
                 return await handled(warm, warm_seq)
 
             await until(up, what=f"{load.service} up", timeout=180)
-            ids = [await load.publish(client, settings, i) for i in range(load.inputs)]
-            last_seq = (await js.stream_info(spec.stream)).state.last_seq
+            ids: list[str] = []
 
-            # Break it while it holds fetched, unacked input (polled, with a deadline).
+            async def feed() -> None:
+                for i in range(load.inputs):
+                    ids.append(await load.publish(client, settings, i))
+
+            feeder = asyncio.create_task(feed())
+
+            # Break it while it holds fetched, unacked input (polled, with a deadline), with the
+            # load still arriving.
             async def in_flight() -> bool:
                 return bool((await js.consumer_info(spec.stream, spec.durable)).num_ack_pending)
 
-            await until(in_flight, what="input in flight", timeout=60, interval=0.005)
+            await until(in_flight, what="input in flight", timeout=60, interval=0.002)
             victim = procs[load.service]
             if how == "SIGKILL":
                 victim.send_signal(signal.SIGKILL)
@@ -287,6 +295,8 @@ async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: f
                 await asyncio.sleep(hold_s)
                 victim.send_signal(signal.SIGCONT)
             broken = time.monotonic()
+            await feeder
+            last_seq = (await js.stream_info(spec.stream)).state.last_seq
 
             async def done() -> bool:
                 return await handled(ids, last_seq) >= len(ids)
@@ -309,6 +319,10 @@ async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: f
                 "ok" if report.ok else "BROKEN",
                 f"{recovery:.1f} s",
             )
+    except BaseException:
+        for log in sorted(logs.glob("*.log")):
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
+        raise
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGCONT)

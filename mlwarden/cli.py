@@ -20,7 +20,18 @@ from rich.markup import escape
 from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
-from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
+from mlwarden.cliutil import (
+    EXIT_ERROR,
+    EXIT_FAIL,
+    EXIT_OK,
+    HelpFormatter,
+    _print_json,
+    _settings,
+    err,
+    out,
+    printable,
+    redact_urls,
+)
 from mlwarden.keys_cli import add_keys_commands
 from mlwarden.registry_cli import add_registry_commands
 from mlwarden.serving_cli import add_serving_commands
@@ -215,7 +226,9 @@ PUBLISH_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
-    parser = argparse.ArgumentParser(prog="mlwarden", description="Secure an ML pipeline from data to deployment.")
+    parser = argparse.ArgumentParser(
+        prog="mlwarden", description="Secure an ML pipeline from data to deployment.", formatter_class=HelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -228,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any
     ) -> argparse.ArgumentParser:
         kw.setdefault("help", fn.__doc__)
+        kw.setdefault("formatter_class", HelpFormatter)
         kw.setdefault("description", fn.__doc__)
         p: argparse.ArgumentParser = parent.add_parser(name, **kw)
         p.set_defaults(func=fn)
@@ -245,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("run", cmd_run)
-    p.add_argument("service", choices=SERVICES)
+    p.add_argument("service", choices=SERVICES, help="which service to run")
     common(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
@@ -286,19 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dataset", cmd_publish, pub, description=PUBLISH_HELP["dataset"], help=PUBLISH_HELP["dataset"])
     signed(p)
-    p.add_argument("path", type=Path)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--label")
+    p.add_argument("path", type=Path, help="the dataset file (csv, parquet or npz)")
+    p.add_argument("--name", required=True, help="dataset name")
+    p.add_argument("--version", default="1", help="dataset version")
+    p.add_argument("--label", help="the label column, for the label checks")
     p.add_argument("--uploader", help="actor id that uploads (default: the signing key's actor)")
-    p.add_argument("--sensitivity", default="internal", choices=["public", "internal", "confidential", "restricted"])
+    p.add_argument(
+        "--sensitivity",
+        default="internal",
+        choices=["public", "internal", "confidential", "restricted"],
+        help="classification (confidential and restricted are encrypted before they leave this machine)",
+    )
     p.add_argument("--readers", default="", help="comma-separated allow-list of principals")
     p = add("model", cmd_publish, pub, description=PUBLISH_HELP["model"], help=PUBLISH_HELP["model"])
     signed(p)
-    p.add_argument("path", type=Path)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--lockfile", type=Path)
+    p.add_argument("path", type=Path, help="the model file or folder")
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--version", default="1", help="model version")
+    p.add_argument("--lockfile", type=Path, help="the build's lock file, with hashed pins (requirements.txt, uv.lock)")
     p.add_argument("--dataset", action="append", default=[], help="NAME:VERSION:SHA256 of a training dataset")
     p.add_argument("--builder", help="actor id that built it (default: the signing key's actor)")
     p.add_argument(
@@ -309,13 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("promotion", "approval"):
         p = add(kind, cmd_publish, pub, description=PUBLISH_HELP[kind], help=PUBLISH_HELP[kind])
         signed(p)
-        p.add_argument("--model", required=True)
-        p.add_argument("--version", required=True)
+        p.add_argument("--model", required=True, help="model name")
+        p.add_argument("--version", required=True, help="model version")
         p.add_argument("--stage", default="production", help="a stage the registry policy declares")
         if kind == "promotion":
-            p.add_argument("--root-digest", required=True)
+            p.add_argument(
+                "--root-digest", required=True, help="the artifact's root digest (`publish model --format json`)"
+            )
         else:
-            p.add_argument("--request-id", required=True)
+            p.add_argument(
+                "--request-id", required=True, help="the promotion request's id (`publish promotion --format json`)"
+            )
 
     p = add("watch", cmd_watch)
     common(p)
@@ -332,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="offline checks").add_subparsers(dest="check_cmd", required=True)
     p = add("dataset", cmd_check_dataset, check)
-    p.add_argument("data", type=Path)
-    p.add_argument("--label")
-    p.add_argument("--reference", type=Path)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("data", type=Path, help="the dataset file (csv, parquet or npz)")
+    p.add_argument("--label", help="the label column, for the label checks")
+    p.add_argument("--reference", type=Path, help="trusted reference data, for drift and poisoning checks")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     add_traffic_commands(check, add)
     add_serving_commands(sub, add, common)
 
@@ -344,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("health", cmd_health)
     common(p)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
 
     add("schemas", cmd_schemas)
     add("asyncapi", cmd_asyncapi)

@@ -37,6 +37,22 @@ out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = "default" in text.lower() or "%(default)" in text
+        empty = action.default in (None, False, [], "", argparse.SUPPRESS)
+        if shown or empty or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """`HelpFormatter` that keeps the description's and epilog's line breaks."""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None):
