@@ -185,6 +185,7 @@ class Ingestor:
         then split to store what it can: the message that makes the writer fail on its own is
         dead-lettered with an alert.
         """
+        started = time.perf_counter()
         async with keep_in_progress(*msgs):
             try:
                 outcome = await self._write_until_stored(msgs)
@@ -199,6 +200,10 @@ class Ingestor:
                 return
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.audit_batch(
+                inserted=outcome.inserted, duplicates=outcome.duplicates, seconds=time.perf_counter() - started
+            )
         for position, reason in outcome.refused:
             # The dead letter lands on MLW_VERDICTS and comes back through this very ingestor.
             await self.runtime.dead_letter(msgs[position], reason)
