@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The scripted pipeline: every attack tried, every verdict shown."""
     from mlwarden.demo import run_demo
 
-    return run_demo(_settings(args), nats_url=args.nats, console=out)
+    return run_demo(_settings(args), nats_url=args.nats, console=out, metrics_port=args.metrics_port)
 
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
@@ -257,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo)
     common(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="serve each service's metrics on BASE+i (0: free ports) and print what they counted (default: off)",
+    )
 
     keys = add_keys_commands(sub, add, common)
     add_api_key_commands(keys, add, common)
