@@ -6,7 +6,6 @@ verdict and their audit rows share one trace id."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlwarden.bootstrap import bootstrap
 from mlwarden.services import factory
+from mlwarden.supervisor import System
 from shared.bus import connect
 from shared.embedded import EmbeddedNats, free_port
 from shared.events import AuditQuery
 from shared.probes import http_get
 from shared.settings import Settings
-from shared.topology import Subjects
+from shared.topology import SERVICES, Subjects
 
 
 @pytest.fixture
@@ -208,8 +208,16 @@ async def test_readyz_is_503_without_nats_and_200_once_connected(tmp_path: Path,
         await http_get(f"{url}/healthz")
 
 
-def test_mlwarden_version() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "mlwarden", "--version"], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.startswith("mlwarden ")
+def test_mlwarden_up_gives_each_service_its_own_metrics_port(tmp_path: Path) -> None:
+    system = System(tmp_path / "state", metrics_port=0).start()
+    try:
+        urls = system.metrics_urls()
+        assert set(urls) == set(SERVICES)
+        assert len(set(urls.values())) == len(SERVICES)
+
+        async def all_ready() -> list[tuple[int, bytes]]:
+            return [await http_get(f"{url}/readyz") for url in urls.values()]
+
+        assert asyncio.run(all_ready()) == [(200, b"ready\n")] * len(SERVICES)
+    finally:
+        system.stop()
