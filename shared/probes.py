@@ -45,6 +45,8 @@ class ReadinessState:
     stopped_consumers: Sequence[str] = ()
     #: Durable consumers JetStream does not know (or could not be asked about), with why.
     missing_consumers: Sequence[str] = ()
+    #: What the service's own checks report (`ServiceApp.ready_when`).
+    service_problems: Sequence[str] = ()
 
 
 def readiness_problems(state: ReadinessState) -> list[str]:
@@ -60,6 +62,7 @@ def readiness_problems(state: ReadinessState) -> list[str]:
         problems.append("starting")
     problems += [f"consumer {name} not running" for name in state.stopped_consumers]
     problems += [f"consumer {name}" for name in state.missing_consumers]
+    problems += state.service_problems
     return problems
 
 

@@ -102,6 +102,7 @@ class ServiceApp:
         self._consumers: dict[str, Any] = {}
         self._serving = False
         self._stopping = False
+        self._readiness_checks: list[Callable[[], list[str]]] = []
         self._connected = False
         self._attempts = 0
         self._last_wait_log = -math.inf
@@ -141,6 +142,11 @@ class ServiceApp:
         """Run `hook` once the runtime exists, before consumers start (load models, state)."""
         self._startup_hooks.append(hook)
         return hook
+
+    def ready_when(self, check: Callable[[], list[str]]) -> Callable[[], list[str]]:
+        """Add a readiness check of the service's own: `check()` returns why it is not ready."""
+        self._readiness_checks.append(check)
+        return check
 
     def on_stop(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run `hook` when the app stops (close databases, flush)."""
@@ -403,6 +409,7 @@ class ServiceApp:
                 trust_loaded=runtime is not None and self.service in runtime.trust,
                 stopped_consumers=[name for name, sub in self._consumers.items() if not sub.running],
                 missing_consumers=missing,
+                service_problems=[problem for check in self._readiness_checks for problem in check()],
             )
         )
         self.metrics.ready.labels(self.service).set(0 if problems else 1)

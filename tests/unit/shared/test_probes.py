@@ -35,6 +35,17 @@ def test_each_missing_condition_is_named() -> None:
     ]
 
 
+def test_the_service_s_own_checks_are_added() -> None:
+    state = ReadinessState(
+        started=True,
+        stopping=False,
+        connected=True,
+        trust_loaded=True,
+        service_problems=["holds the writer lease but is not ingesting"],
+    )
+    assert readiness_problems(state) == ["holds the writer lease but is not ingesting"]
+
+
 def test_a_stopping_service_is_not_ready_whatever_else_holds() -> None:
     state = ReadinessState(started=True, stopping=True, connected=True, trust_loaded=True)
     assert readiness_problems(state) == ["stopping"]
