@@ -49,7 +49,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.cluster and args.nats:
         raise InputError("--cluster runs its own NATS nodes: drop --nats")
-    system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port, cluster_size=args.cluster)
+    system = System(
+        settings.data_dir.resolve(),
+        nats_url=args.nats,
+        port=args.port,
+        cluster_size=args.cluster,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+    )
 
     def stop_requested(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -62,8 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Inside the try: a signal while the services start stops them too (issue 13).
         system.start()
         out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
+        metrics = system.metrics_urls()
         for name, proc in system.processes.items():
-            out.print(f"  {name:16} pid {proc.pid}")
+            where = f"  metrics {metrics[name]}/metrics" if name in metrics else ""
+            out.print(f"  {name:16} pid {proc.pid}{where}")
         out.print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in system.processes.values()):
             time.sleep(0.5)
@@ -84,14 +92,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one service against a NATS URL, as compose does."""
     from mlwarden.services import serve
+    from shared.service import ServiceApp
 
     settings = _settings(args)
     ready_file: Path | None = Path(args.ready_file) if args.ready_file else None
 
-    def ready() -> None:
+    def ready(svc: ServiceApp) -> None:
         if ready_file is not None:
+            # The pid, then the metrics URL (when served): `mlwarden up` prints it. Written
+            # whole, then renamed, so a reader never sees half of it.
             ready_file.parent.mkdir(parents=True, exist_ok=True)
-            ready_file.write_text(str(os.getpid()))
+            partial = ready_file.with_suffix(".partial")
+            partial.write_text(f"{os.getpid()}\n{svc.probes.url if svc.probes else ''}\n")
+            partial.replace(ready_file)
 
     asyncio.run(serve(args.service, settings, ready=ready))
     return EXIT_OK
@@ -101,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The scripted pipeline: every attack tried, every verdict shown."""
     from mlwarden.demo import run_demo
 
-    return run_demo(_settings(args), nats_url=args.nats, console=out)
+    return run_demo(_settings(args), nats_url=args.nats, console=out, metrics_port=args.metrics_port)
 
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
@@ -230,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlwarden", description="Secure an ML pipeline from data to deployment.", formatter_class=HelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, *, nats: bool = True) -> None:
@@ -257,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run an N-node JetStream cluster on loopback (free ports, streams replicated min(N, 3) times)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_default_metrics_base(),
+        metavar="BASE",
+        help=(
+            "serve each service's /metrics, /healthz, /readyz on 127.0.0.1:BASE+i, i its place in"
+            f" {', '.join(SERVICES)} (0: free ports, printed; default $MLW_METRICS_PORT or %(default)s)"
+        ),
+    )
+    p.add_argument("--no-metrics", action="store_true", help="serve no metrics or probes")
 
     p = add("run", cmd_run)
     p.add_argument("service", choices=SERVICES, help="which service to run")
@@ -265,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo)
     common(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="serve each service's metrics on BASE+i (0: free ports) and print what they counted (default: off)",
+    )
 
     keys = add_keys_commands(sub, add, common)
     add_api_key_commands(keys, add, common)
@@ -372,6 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     add("schemas", cmd_schemas)
     add("asyncapi", cmd_asyncapi)
     return parser
+
+
+#: `mlwarden up`'s first metrics port when $MLW_METRICS_PORT is unset: audit-log 9460 ... serving-monitor 9464.
+DEFAULT_METRICS_BASE = 9460
+
+
+def _default_metrics_base() -> int:
+    value = os.environ.get("MLW_METRICS_PORT", "")
+    return int(value) if value.isdigit() else DEFAULT_METRICS_BASE
+
+
+def _version() -> str:
+    """The installed mlwarden's version (its package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlwarden")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
