@@ -42,7 +42,7 @@ async def serve(name: str, settings: Settings, *, ready: Callable[[ServiceApp], 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     svc = factory(name)(settings)
-    starting = asyncio.create_task(svc.app.start(), name=f"{name}:start")
+    starting = asyncio.create_task(svc.start(), name=f"{name}:start")
     stop_requested = asyncio.create_task(stop.wait(), name=f"{name}:stop")
     try:
         await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)

@@ -122,6 +122,19 @@ class ServiceApp:
         self.app.after_startup(self._answer_health)
         self.app.on_shutdown(self._shutdown)
 
+    async def start(self) -> None:
+        """Start the app. A start-up that fails or is cancelled at any step closes what it had
+        opened: FastStream runs no shutdown hook when starting its consumers or an after-startup
+        hook fails, which left the NATS connection (and the probe socket) open."""
+        try:
+            await self.app.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._shutdown()
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            raise
+
     def get(self, key: str, kind: type[T]) -> T:
         """The object a start-up hook put in `state[key]`, checked to be a `kind`."""
         value = self.state.get(key)

@@ -224,7 +224,7 @@ async def audit_outage(
     await bootstrap(nc.jetstream(), settings)
     await nc.drain()
     svc = factory("audit-log")(settings)
-    await svc.app.start()
+    await svc.start()
     reader = AuditStore(reader_url)
     source = "tests/faults"
     try:

@@ -31,7 +31,7 @@ class Running:
     async def start(self, name: str) -> ServiceApp:
         """Start (or restart) one service in this event loop."""
         svc = factory(name)(self.settings)
-        await svc.app.start()
+        await svc.start()
         self.apps[name] = svc
         return svc
 

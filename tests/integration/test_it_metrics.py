@@ -166,7 +166,7 @@ def later_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 async def test_readyz_is_503_without_nats_and_200_once_connected(tmp_path: Path, later_nats: EmbeddedNats) -> None:
     settings = Settings(data_dir=tmp_path / "data", nats_url=later_nats.url, metrics_port=0)
     svc = factory("data-guard")(settings)
-    starting = asyncio.create_task(svc.app.start(), name="data-guard:start")
+    starting = asyncio.create_task(svc.start(), name="data-guard:start")
     try:
         probes = await until(lambda: svc.probes, what="the probe server (it starts before NATS is reached)")
         url = probes.url

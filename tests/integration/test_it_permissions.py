@@ -101,11 +101,7 @@ class Secured:
         """Start services in-process, each with its own credentials."""
         for name in names:
             svc = factory(name)(self.settings(name))
-            try:
-                await svc.app.start()
-            except BaseException:
-                await svc.broker.stop()  # a start-up that failed half-way keeps no connection
-                raise
+            await svc.start()  # a start-up that fails half-way keeps no connection
             self.apps[name] = svc
 
 
