@@ -321,7 +321,7 @@ async def _bus_latency(uploads: int = 3) -> list[float]:
             await bootstrap(nc.jetstream(), settings)
             await nc.drain()
             svc = factory("data-guard")(settings)
-            await svc.app.start()
+            await svc.start()
             try:
                 async with Client.connect(settings, source="benchmark") as client, client.watch() as watcher:
                     for i in range(uploads):

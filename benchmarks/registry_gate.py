@@ -135,7 +135,7 @@ async def bus_rows(n: int) -> list[Row]:
                 event = new_event(Subjects.PROMOTION_REQUESTED, request, source="bench").signed(alice)
                 await publish_event(js, Subjects.PROMOTION_REQUESTED, event)
             start = time.perf_counter()
-            await svc.app.start()
+            await svc.start()
             while len(watcher.events) < n:
                 await asyncio.sleep(0.01)
             gate_rate = n / (time.perf_counter() - start)

@@ -138,7 +138,7 @@ async def bus_rows(n: int) -> list[Row]:
         await register_schema_on_bus(nc.jetstream(), FeatureSchema(model="churn", features=features))
         key = await issue_key_on_bus(nc.jetstream(), settings, "webapp", ["churn"])
         svc = create_app(settings, ServingSettings(rate_per_second=1e9, burst=1e9))
-        await svc.app.start()
+        await svc.start()
         await asyncio.sleep(0.5)
         body = orjson.dumps(
             AdmitRequest(api_key=key, model="churn", inputs=[{f"f{i}": 0.5 for i in range(30)}]).model_dump()

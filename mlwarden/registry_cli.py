@@ -89,4 +89,4 @@ def add_registry_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p = add("status", cmd_registry_status, registry)
     common(p)
     p.add_argument("--model", help="one model (default: every model)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")

@@ -6,13 +6,16 @@ when it ends; a bug is dead-lettered after `BUG_ATTEMPTS` with an alert."""
 from __future__ import annotations
 
 import base64
+import gc
 import sqlite3
+import warnings
 from typing import Any
 
 import pytest
 
 import shared.bus
 from mlwarden.bootstrap import bootstrap
+from mlwarden.services import factory
 from shared.bus import BUG_ATTEMPTS, connect
 from shared.client import Client
 from shared.envelope import Envelope
@@ -75,7 +78,7 @@ async def test_each_failure_class_is_settled_by_its_rule(settings: Settings) -> 
 
     svc = ServiceApp("data-guard", settings)
     svc.consume_routes("mlw.dataset.>", {Subjects.DATASET_UPLOADED: (DatasetUploaded, handler)}, batch=4)
-    await svc.app.start()
+    await svc.start()
     try:
         async with Client.connect(settings) as client, client.watch(("mlw.deadletter.>", "mlw.alert.>")) as watcher:
             for version in ("input", "bug", "outage"):
@@ -123,3 +126,27 @@ def _payload(event: Envelope[Any]) -> str:
 
 def _alerts(events: list[Envelope[Any]], kind: str) -> list[Envelope[Any]]:
     return [e for e in events if e.type.startswith("mlw.alert.") and e.data.kind == kind]
+
+
+async def test_a_start_up_that_fails_after_connecting_closes_its_connection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastStream runs no shutdown hook when an after-startup hook (or starting the consumers)
+    # fails: the service's NATS connection stayed open in the caller's process.
+    nc = await connect(settings)
+    await bootstrap(nc.jetstream(), settings)
+    await nc.drain()
+
+    async def refuse(self: ServiceApp) -> None:
+        raise RuntimeError("health endpoint refused")
+
+    monkeypatch.setattr(ServiceApp, "_answer_health", refuse)
+    svc = factory("registry-gate")(settings)
+    with pytest.raises(RuntimeError, match="health endpoint refused"):
+        await svc.start()
+    connection = svc.broker._connection
+    assert connection is None or connection.is_closed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

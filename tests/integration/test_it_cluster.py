@@ -209,7 +209,7 @@ async def test_cluster_survives_a_node_kill_a_leader_kill_and_an_audit_writer_ki
             audit_logs[name] = await asyncio.to_thread(_spawn_audit_log, settings, name)
         for _ in range(2):
             guard = factory("data-guard")(settings)
-            await guard.app.start()
+            await guard.start()
             guards.append(guard)
         load_task = asyncio.create_task(load.run())
         figures: dict[str, float] = {}
