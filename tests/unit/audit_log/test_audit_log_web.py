@@ -192,6 +192,16 @@ def test_an_unsigned_entry_shows_no_verified_signer(web: Page) -> None:
     assert web.client.get("/api/entries/999").status_code == 404
 
 
+def test_a_signer_that_did_not_verify_is_named_as_a_claim_only(web: Page, event_bytes: EventFactory) -> None:
+    forged = event_bytes(event_id="forged", signer="registry-gate", data={"uploader": "alice"})
+    web.writer.append_batch([IncomingEvent.from_bytes(forged, recorded_at=T0)])
+    signer = web.json(f"/api/entries/{web.writer.head().seq}")["signer"]
+    assert signer["verified"] is None and signer["claimed"] == "registry-gate"
+    assert signer["note"].startswith("NOT verified")
+    html = web.client.get(f"/entries/{web.writer.head().seq}").text
+    assert "none verified</span> (claims registry-gate)" in html
+
+
 def test_checkpoints_and_a_verification_run(web: Page) -> None:
     before = web.json("/api/checkpoints")
     assert before["last_run"] is None
