@@ -633,6 +633,8 @@ def cmd_audit_serve(args: argparse.Namespace) -> int:
     if public is None:
         err.print("[yellow]warning:[/] no public key of audit-log: every entry will show NOT verified (pass --key)")
     path = mirror_path(settings.data_dir)
+    if not path.exists():
+        err.print(f"[yellow]warning:[/] no checkpoint mirror at {path}: entries show NOT verified until one appears")
     with AuditStore(settings.audit_url, read_only=True) as store:
         deps = WebDeps(store, mirror_reader(path), public, key_source, f"local mirror {path}")
         app = create_app(deps, allowed_hosts=_allowed_hosts(args.host))
