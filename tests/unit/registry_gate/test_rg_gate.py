@@ -15,13 +15,16 @@ from pydantic import BaseModel
 from services.registry_gate.gate import (
     ConflictingEvent,
     GateDecision,
+    RecordedRecall,
     RegistryState,
     RequestExpired,
     StageChange,
     StateError,
     UnknownRequest,
     closing_fact,
+    dataset_recall,
     evaluate,
+    recall_prefix,
     recalls,
 )
 from services.registry_gate.policy import (
@@ -38,6 +41,7 @@ from shared.errors import SignatureError
 from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -907,3 +911,54 @@ def test_a_recalled_version_cannot_be_rolled_back_to(desk: Desk) -> None:
     desk.approve(rid, "bob")
     desk.approve(rid, "carol")
     assert desk.decide(rid).decision == "rejected"
+
+
+def _operator_recall(desk: Desk, *, sha256: str | None = None, event_id: str = "recall-event-1") -> RecordedRecall:
+    body = DatasetRecallRequested(dataset="iris", version="1", sha256=sha256, requester="olga", reason="licence")
+    recorded = RecordedRecall(request_id=event_id, signer="olga", recall=body, at=desk.now)
+    desk.state.record_recall(recorded)
+    return recorded
+
+
+def test_operator_recall_pulls_the_production_version_once_and_blocks_promotion(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk)
+    changes = dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now)
+    assert [(c.stage, c.replaced, c.action) for c in changes] == [("production", "3", "recall")]
+    assert changes[0].reason == "training dataset iris 1 recalled by olga: licence"
+    for change in changes:
+        desk.state.record_change(change)
+    assert desk.state.changes_by(recall_prefix(recorded.request_id) + "-") == changes
+    # The same recall again (a redelivery) pulls nothing more.
+    assert dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now) == []
+    # Nothing trained on a recalled dataset is promoted again, whatever the approvals.
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert any("recalled by olga: licence" in r for r in decision.reasons)
+
+
+def test_operator_recall_with_a_digest_only_covers_those_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk, sha256=POISONED)
+    assert dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now) == []
+
+
+def test_operator_recall_survives_the_persisted_state(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk)
+    restored = RegistryState.from_dict(json.loads(json.dumps(desk.state.to_dict())))
+    assert restored.recall(recorded.request_id) == recorded
+    assert restored == desk.state
+
+
+def test_operator_recall_replayed_with_other_content_is_refused(desk: Desk) -> None:
+    _operator_recall(desk)
+    body = DatasetRecallRequested(dataset="other", version="1", requester="olga", reason="rewritten")
+    with pytest.raises(ConflictingEvent):
+        desk.state.record_recall(RecordedRecall(request_id="recall-event-1", signer="olga", recall=body, at=desk.now))
