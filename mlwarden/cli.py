@@ -22,7 +22,7 @@ from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
 from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
 from mlwarden.keys_cli import add_keys_commands
-from mlwarden.registry_cli import add_registry_commands
+from mlwarden.registry_cli import add_recall_commands, add_registry_commands
 from mlwarden.serving_cli import add_serving_commands
 from mlwarden.traffic_cli import add_traffic_commands
 from shared.errors import InputError, MlwardenError
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_artifact_commands(sub, add)
     add_registry_commands(sub, add, common)
+    add_recall_commands(sub, add, common)
 
     p = add("health", cmd_health)
     common(p)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from services.registry_gate.bom import BomFacts
     from shared.client import Client
+    from shared.envelope import Envelope
     from shared.events import AuditEntry, RegistryStatus
     from shared.settings import Settings
 
@@ -128,11 +129,11 @@ async def registry_bom(settings: Settings, model: str, version: str) -> str:
     return bom_json(facts)
 
 
-def _model_version(value: str) -> tuple[str, str]:
-    model, sep, version = value.partition(":")
-    if not sep or not model or not version:
-        raise argparse.ArgumentTypeError(f"expected MODEL:VERSION, got {value!r}")
-    return model, version
+def _name_version(value: str) -> tuple[str, str]:
+    name, sep, version = value.partition(":")
+    if not sep or not name or not version:
+        raise argparse.ArgumentTypeError(f"expected NAME:VERSION, got {value!r}")
+    return name, version
 
 
 def cmd_registry_bom(args: argparse.Namespace) -> int:
@@ -144,6 +145,27 @@ def cmd_registry_bom(args: argparse.Namespace) -> int:
     else:
         args.out.write_text(document + "\n")
         out.print(f"wrote the CycloneDX 1.6 ML-BOM of {printable(model)}:{printable(version)} to {printable(args.out)}")
+    return EXIT_OK
+
+
+async def recall_dataset(
+    settings: Settings, args: argparse.Namespace, dataset: str, version: str, reason: str, sha256: str | None
+) -> Envelope[Any]:
+    """Publish a dataset recall signed by the actor's key (`--key`, or the settings' actor key)."""
+    from mlwarden.cliutil import bus_client
+    from mlwarden.ops import publishing_keys
+
+    async with bus_client(settings, source="mlwarden/cli", keys=publishing_keys(settings, args)) as client:
+        key = client.actor(args.actor)
+        return await client.recall_dataset(key, dataset=dataset, version=version, reason=reason, sha256=sha256)
+
+
+def cmd_recall_dataset(args: argparse.Namespace) -> int:
+    """Recall a dataset version: registry-gate pulls every model version trained on it (signed; needs the
+    recall-officer role)."""
+    dataset, version = args.target
+    event = asyncio.run(recall_dataset(_settings(args), args, dataset, version, args.reason, args.sha256))
+    out.print(f"published {event.type} id={event.id} (registry-gate answers on mlw.verdict.recall)")
     return EXIT_OK
 
 
@@ -200,7 +222,7 @@ def add_registry_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--format", choices=["text", "json"], default="text")
     p = add("bom", cmd_registry_bom, registry)
     common(p)
-    p.add_argument("target", type=_model_version, metavar="MODEL:VERSION", help="a promoted model version")
+    p.add_argument("target", type=_name_version, metavar="MODEL:VERSION", help="a promoted model version")
     p.add_argument(
         "--format",
         choices=["cyclonedx-json"],
@@ -208,3 +230,19 @@ def add_registry_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
         help="CycloneDX 1.6 JSON (the only format so far)",
     )
     p.add_argument("--out", type=Path, help="write it to this file (default: stdout)")
+
+
+def add_recall_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], common: Callable[..., None]) -> None:
+    """Register the `recall` command group."""
+    recall = sub.add_parser("recall", help="recall what models were built on (registry-gate)").add_subparsers(
+        dest="recall_cmd", required=True
+    )
+    p = add("dataset", cmd_recall_dataset, recall)
+    common(p)
+    p.add_argument("target", type=_name_version, metavar="NAME:VERSION", help="the dataset version to recall")
+    p.add_argument("--reason", required=True, help="why (audited; `registry status` shows it)")
+    p.add_argument("--sha256", help="only the bytes with this digest (default: every digest of that version)")
+    p.add_argument(
+        "--key", type=Path, help="your actor's Ed25519 private key, PEM (default $MLW_ACTOR_KEY; dev: demo actors)"
+    )
+    p.add_argument("--actor", help="your actor id in the trust store (default: the key file's name)")

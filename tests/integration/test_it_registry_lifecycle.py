@@ -12,6 +12,8 @@ from mlwarden.registry_cli import registry_status
 from services.registry_gate.policy import RegistryPolicy
 from shared.events import (
     ArtifactVerdict,
+    AuditQuery,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -243,3 +245,90 @@ async def test_dataset_turning_fail_recalls_production_after_a_restart(bus: Any)
     status = await _status(running)
     assert [(c.version, c.action) for c in status.current] == [(None, "recall")]
     assert "now judged fail" in status.current[0].reason
+
+
+def _recall_verdict(request_id: str) -> Any:
+    return lambda e: e.type == Subjects.VERDICT_RECALL and e.data.request_id == request_id
+
+
+async def test_operator_recall_pulls_production_not_staging_across_restarts(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob, olga = (actor_key(running.settings, n) for n in ("alice", "bob", "olga"))
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        staged = await client.request_promotion(
+            alice, model="churn", version="2", stage="staging", root_digest=ROOTS["2"]
+        )
+        await client.approve(bob, request_id=staged.id, model="churn", version="2", stage="staging")
+        assert await watcher.wait(_about(staged.id, "promoted"), 20)
+        await running.stop("registry-gate")
+        await running.start("registry-gate")
+
+        recall = await client.recall_dataset(olga, dataset="train", version="1", reason="licence withdrawn")
+        answer = await watcher.wait(_recall_verdict(recall.id), 20)
+        assert answer is not None and answer.signer == "registry-gate"
+        assert answer.data.decision == "recalled" and answer.data.requester == "olga"
+        # The policy says recall for production only (staging's default is recall: false).
+        assert [(r.model, r.version, r.stage) for r in answer.data.recalled] == [("churn", "1", "production")]
+        pulled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
+        assert pulled is not None and (pulled.data.version, pulled.data.decision) == ("1", "demoted")
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["dataset"] == "train"
+
+    # After another restart the recall replays: status shows why, and v2 cannot enter production.
+    await running.stop("registry-gate")
+    await running.start("registry-gate")
+    current = {c.stage: c for c in (await _status(running)).current}
+    assert (current["production"].version, current["production"].action) == (None, "recall")
+    assert "recalled by olga: licence withdrawn" in current["production"].reason
+    assert current["staging"].version == "2"
+    async with client.watch() as watcher:
+        again = await client.request_promotion(
+            alice, model="churn", version="2", stage="production", root_digest=ROOTS["2"]
+        )
+        refused = await watcher.wait(_about(again.id, "rejected"), 20)
+        assert refused is not None
+        assert any("was recalled by olga" in r for r in refused.data.reasons)
+
+
+async def test_recall_unsigned_forged_or_without_the_role_is_refused(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, mallory = (actor_key(running.settings, n) for n in ("alice", "mallory"))
+    recall = DatasetRecallRequested(dataset="train", version="1", requester="olga", reason="trust me")
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        attempts = {
+            "unsigned": await client.publish(Subjects.RECALL_REQUESTED, recall, about="dataset:train:1"),
+            # mallory signs a request naming olga: the identity is the key, not the field.
+            "forged": await client.publish(Subjects.RECALL_REQUESTED, recall, about="dataset:train:1", key=mallory),
+            # alice signs as herself but holds no recall-officer role.
+            "role": await client.recall_dataset(alice, dataset="train", version="1", reason="mine"),
+        }
+        reasons: dict[str, list[str]] = {}
+        for how, event in attempts.items():
+            refused = await watcher.wait(_recall_verdict(event.id), 20)
+            assert refused is not None and refused.signer == "registry-gate", how
+            assert refused.data.decision == "rejected" and refused.data.recalled == [], how
+            reasons[how] = refused.data.reasons
+            alert = await watcher.wait(
+                lambda e, i=event.id: (
+                    e.type == "mlw.alert.registry-gate" and e.data.kind == "forged_identity" and i in e.data.message
+                ),
+                20,
+            )
+            assert alert is not None, how
+        assert any("not signed" in r for r in reasons["unsigned"])
+        assert any("signed by 'mallory'" in r for r in reasons["forged"])
+        assert any("recall-officer" in r for r in reasons["role"])
+    await until(running.settled, what="registry-gate consumed every recall attempt")
+    assert await _current(running) == {"production": "1"}
+
+    async def audited() -> bool:
+        page = await client.audit_query(AuditQuery(type=Subjects.VERDICT_RECALL, service="registry-gate"))
+        return {e.event["data"]["request_id"] for e in page.entries} == {e.id for e in attempts.values()}
+
+    await until(audited, what="audit-log holds the three signed rejections")
