@@ -332,3 +332,45 @@ async def test_recall_unsigned_forged_or_without_the_role_is_refused(bus: Any) -
         return {e.event["data"]["request_id"] for e in page.entries} == {e.id for e in attempts.values()}
 
     await until(audited, what="audit-log holds the three signed rejections")
+
+
+async def test_one_recall_pulling_two_versions_alerts_for_each(bus: Any, settings: Any) -> None:
+    # staging recalls too here: one dataset fail pulls churn 1 from production and churn 2 from
+    # staging, and each pull gets its own alert (one derived id per pull, not per cause).
+    path = settings.registry_policy_path
+    data = RegistryPolicy.from_yaml(path.read_text()).model_dump(mode="json")
+    data["stages"]["staging"]["recall"] = True
+    path.write_text(RegistryPolicy.from_dict(data).to_yaml())
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob = (actor_key(running.settings, n) for n in ("alice", "bob"))
+    guard = SigningKey.from_pem("data-guard", (running.settings.keys_dir / "data-guard.pem").read_bytes())
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        staged = await client.request_promotion(
+            alice, model="churn", version="2", stage="staging", root_digest=ROOTS["2"]
+        )
+        await client.approve(bob, request_id=staged.id, model="churn", version="2", stage="staging")
+        assert await watcher.wait(_about(staged.id, "promoted"), 20)
+        bad = DatasetVerdict(
+            dataset="train", version="1", sha256=DATA_SHA, decision=Decision.FAIL, in_reply_to="recheck"
+        )
+        await client.publish(Subjects.VERDICT_DATASET, bad, key=guard)
+
+        assert await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+
+    async def stored() -> set[tuple[str, str]]:
+        # The stored record, not the live feed: a core subscriber also sees a publish that
+        # JetStream then drops as a duplicate id.
+        page = await client.audit_query(AuditQuery(type="mlw.alert.registry-gate", service="registry-gate"))
+        evidence = [e.event["data"]["evidence"] for e in page.entries if e.event["data"]["kind"] == "recall"]
+        return {(str(v["version"]), str(v["stage"])) for v in evidence}
+
+    await until(running.settled, what="registry-gate consumed the fail verdict")
+    await until(lambda: _is(stored(), {("1", "production"), ("2", "staging")}), what="one stored recall alert per pull")
+    assert await _current(running) == {"production": None, "staging": None}
+
+
+async def _is(value: Any, expected: object) -> bool:
+    return bool(await value == expected)
