@@ -28,7 +28,7 @@ from shared.envelope import Envelope, decode, derived_id, new_event, preview_b64
 from shared.errors import FailureClass, InvalidMessage, MlwardenError, SignatureError, classify_failure
 from shared.events import Alert, DeadLetter, Severity
 from shared.settings import Settings
-from shared.signing import SigningKey, TrustStore, load_or_create_key
+from shared.signing import Identity, SigningKey, TrustStore, load_or_create_key
 from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, Subjects, expected_signer
 from shared.trust import (
     Kind,
@@ -245,6 +245,10 @@ class ServiceRuntime:
     #: Infrastructure failures seen per message (subject:stream seq): not counted as bug attempts.
     _infra_failures: dict[str, int] = field(default_factory=dict)
     _recovery: asyncio.Task[None] | None = None
+    #: Called with each identity the trust store changes while following it (after it is applied):
+    #: registry-gate recalls what a revoked key vouched for (issue 11). A failing listener is
+    #: logged and does not stop the following.
+    trust_listeners: list[Callable[[Identity], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -413,6 +417,11 @@ class ServiceRuntime:
                     continue
                 if identity is not None:
                     log.info("%s: trust store: %s now serial %d", self.service, identity.id, identity.serial)
+                    for listener in self.trust_listeners:
+                        try:
+                            await listener(identity)
+                        except Exception:  # a listener's failure must not stop trust updates
+                            log.exception("%s: trust listener failed on %s", self.service, identity.id)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()

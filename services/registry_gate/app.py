@@ -30,6 +30,7 @@ from services.registry_gate.gate import (
     closing_fact,
     dataset_recall,
     evaluate,
+    key_recalls,
     recall_prefix,
     recalls,
 )
@@ -55,6 +56,7 @@ from shared.events import (
 )
 from shared.service import ServiceApp
 from shared.settings import Settings
+from shared.signing import Identity
 from shared.topology import STATE_BUCKET, Subjects
 
 SERVICE = "registry-gate"
@@ -157,6 +159,25 @@ class Gate:
         (issue 11); see `pull`."""
         changes = recalls(self.state, self.policy_now(), sha256, now=self.clock())
         await self.pull(changes, cause, dataset_sha256=sha256)
+
+    async def recall_revoked(self) -> None:
+        """Take out of their stages the model versions whose placement relied on a signature of an
+        identity the trust store now holds revoked (issue 11); see `pull`. Run at start (a key
+        revoked while registry-gate was down) and on every trust-store change."""
+        revoked = {
+            key_id: identity.revoked_at
+            for key_id in self.runtime.trust.ids()
+            if (identity := self.runtime.trust.identity(key_id)) is not None and identity.revoked_at is not None
+        }
+        changes = key_recalls(self.state, self.policy_now(), revoked, now=self.clock())
+        await self.pull(changes, "trust-store", revoked=",".join(sorted(revoked)))
+
+    async def on_trust_change(self, identity: Identity) -> None:
+        """A trust-store update (root-verified by the runtime): a revocation recalls."""
+        if identity.revoked_at is None:
+            return
+        async with self.lock:
+            await self.recall_revoked()
 
     async def recall_dataset(self, recorded: RecordedRecall) -> None:
         """An operator's verified dataset recall: record and journal it, pull every model version
@@ -349,6 +370,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         policy = load_policy(settings.registry_policy_path)
         g = Gate(runtime, policy, await _load_state(runtime), clock)
         svc.state["gate"] = g
+        # Keys revoked while registry-gate was down recall now; later revocations as they come.
+        async with g.lock:
+            await g.recall_revoked()
+        runtime.trust_listeners.append(g.on_trust_change)
         ticker.append(asyncio.create_task(tick(g, tick_interval(policy))))
 
     @svc.on_stop

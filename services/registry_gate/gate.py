@@ -159,6 +159,11 @@ class StageChange(Frozen):
     seq: int = Field(ge=0, description="order of the changes (the journal's keys are unordered)")
     reason: str = Field(default="", description="why, for a recall")
     replaced: str | None = Field(default=None, description="the version current before (demotions, recalls)")
+    relied_on: list[str] = Field(
+        default_factory=list,
+        description="the verified actors the decision relied on: requester, then the approvers that counted"
+        " (empty in changes recorded before issue 11's key recall)",
+    )
 
     def current(self) -> StageCurrent:
         """The status form."""
@@ -556,6 +561,7 @@ def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> St
             at=now,
             seq=state.next_seq(),
             replaced=decision.version if decision.action == "demotion" else None,
+            relied_on=[decision.requester, *decision.approvers],
         )
     if decision.decision == "expired":
         return RequestExpired(request_id=decision.request_id, at=now)
@@ -565,15 +571,15 @@ def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> St
 def _pull(
     state: RegistryState,
     policy: RegistryPolicy,
-    relied_on: Callable[[ArtifactVerdict], bool],
+    why: Callable[[StageChange, ArtifactVerdict], str | None],
     *,
     prefix: str,
-    reason: str,
     now: float,
 ) -> list[StageChange]:
     """The recall changes for every model version currently in a stage whose policy says
-    `recall` and whose artifact verdict `relied_on` the fact that turned bad. One id per
-    (cause, model version, stage): a redelivered cause recalls nothing twice."""
+    `recall` and for which `why` (given the change that put it there and its artifact verdict)
+    names a fact that turned bad. One id per (cause, placement): a redelivered cause recalls
+    nothing twice, and a version put back later can be pulled again."""
     changes: list[StageChange] = []
     seq = state.next_seq()
     for current in state.currents():
@@ -583,9 +589,10 @@ def _pull(
         if stage is None or not stage.recall:
             continue
         artifact = state.artifact_verdict(current.model, current.version)
-        if artifact is None or not relied_on(artifact):
+        reason = why(current, artifact) if artifact is not None else None
+        if reason is None:
             continue
-        recall_id = f"{prefix}-{current.model}-{current.version}-{current.stage}"
+        recall_id = f"{prefix}-{current.model}-{current.version}-{current.stage}@{current.seq}"
         if state.change_for(recall_id) is not None:
             continue
         changes.append(
@@ -614,12 +621,12 @@ def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: f
     if not judged or max(_rank(v.decision) for v in judged) < _rank(Decision.FAIL):
         return []
     bad = next(v for v in judged if v.decision is Decision.FAIL)
+    reason = f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail"
     return _pull(
         state,
         policy,
-        lambda artifact: any(ref.sha256 == sha256 for ref in artifact.datasets),
+        lambda _, artifact: reason if any(ref.sha256 == sha256 for ref in artifact.datasets) else None,
         prefix=f"recall-{sha256[:16]}",
-        reason=f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail",
         now=now,
     )
 
@@ -639,14 +646,52 @@ def dataset_recall(state: RegistryState, policy: RegistryPolicy, request_id: str
     wanted = recorded.recall
     judged = state.dataset_digests(wanted.dataset, wanted.version)
     which = f"{wanted.dataset} {wanted.version}" + (f" (sha256 {wanted.sha256[:12]}…)" if wanted.sha256 else "")
+    reason = f"training dataset {which} recalled by {recorded.signer}: {wanted.reason}"
     return _pull(
         state,
         policy,
-        lambda artifact: any(recorded.covers(ref, judged) for ref in artifact.datasets),
+        lambda _, artifact: reason if any(recorded.covers(ref, judged) for ref in artifact.datasets) else None,
         prefix=recall_prefix(request_id),
-        reason=f"training dataset {which} recalled by {recorded.signer}: {wanted.reason}",
         now=now,
     )
+
+
+def relied_on_keys(change: StageChange, artifact: ArtifactVerdict, state: RegistryState) -> dict[str, str]:
+    """Whose signatures a placement relied on, and for what: artifact-signer (the artifact
+    verdict and its bundle), data-guard (the training data's verdicts), the requester and the
+    approvers that counted (`relied_on`; for changes recorded before it, every signer of the
+    request and its approvals)."""
+    keys = {"artifact-signer": "signed the artifact verdict"}
+    if artifact.datasets:
+        keys["data-guard"] = "judged the training data"
+    actors = change.relied_on
+    if not actors:
+        recorded = state.request(change.request_id)
+        actors = [recorded.signer] if recorded is not None else []
+        actors += [a.signer for a in state.approvals(change.request_id)]
+    for i, actor in enumerate(actors):
+        keys.setdefault(actor, "requested it" if i == 0 else "approved it")
+    return keys
+
+
+def key_recalls(
+    state: RegistryState, policy: RegistryPolicy, revoked: Mapping[str, float], *, now: float
+) -> list[StageChange]:
+    """The stage changes revoked signing keys call for (issue 11): every model version currently
+    in a `recall` stage whose placement relied on a signature of an identity in `revoked`
+    (identity -> unix seconds of its revocation) is taken out. A revoked key is taken as
+    compromised: what it vouched for before its revocation is not trusted either. Pure."""
+    if not revoked:
+        return []
+
+    def why(current: StageChange, artifact: ArtifactVerdict) -> str | None:
+        for identity, role in relied_on_keys(current, artifact, state).items():
+            at = revoked.get(identity)
+            if at is not None:
+                return f"the signing key of {identity} (who {role}) was revoked at {_when(at)}"
+        return None
+
+    return _pull(state, policy, why, prefix="recall-key", now=now)
 
 
 def _when(t: float) -> str:

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from mlwarden.bootstrap import actor_key
+from mlwarden.bootstrap import actor_key, load_root_key
 from mlwarden.registry_cli import registry_status
 from services.registry_gate.policy import RegistryPolicy
+from shared.bus import current_entry, revoke_key
 from shared.events import (
     ArtifactVerdict,
     AuditQuery,
@@ -25,7 +26,8 @@ from shared.events import (
 )
 from shared.service import reply_or_error
 from shared.signing import SigningKey
-from shared.topology import Subjects
+from shared.topology import TRUST_BUCKET, Subjects
+from shared.trust import load_root_public, revoked_entry, sign_entry
 from tests._poll import until
 
 DATA_SHA = "cd" * 32
@@ -374,3 +376,64 @@ async def test_one_recall_pulling_two_versions_alerts_for_each(bus: Any, setting
 
 async def _is(value: Any, expected: object) -> bool:
     return bool(await value == expected)
+
+
+def _pulled(version: str) -> Any:
+    return lambda e: (
+        e.type == Subjects.VERDICT_PROMOTION
+        and e.data.action == "recall"
+        and e.data.version == version
+        and e.data.decision == "demoted"
+    )
+
+
+async def test_key_revoked_while_registry_gate_was_down_pulls_what_it_approved(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")  # approved by bob and carol
+        await running.stop("registry-gate")
+        await revoke_key(client.js, load_root_key(running.settings), "carol", "laptop stolen")
+        await running.start("registry-gate")  # the journal replays; the trust store says revoked
+        pulled = await watcher.wait(_pulled("1"), 20)
+        assert pulled is not None and pulled.signer == "registry-gate"
+        assert any("signing key of carol (who approved it) was revoked" in r for r in pulled.data.reasons)
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["revoked"] == "carol"
+    (current,) = (await _status(running)).current
+    assert (current.version, current.action) == (None, "recall") and "carol" in current.reason
+
+
+async def test_revoking_the_artifact_signers_key_pulls_in_a_running_gate(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        await revoke_key(client.js, load_root_key(running.settings), "artifact-signer", "key leaked")
+        pulled = await watcher.wait(_pulled("1"), 20)
+        assert pulled is not None
+        assert any("signing key of artifact-signer (who signed the artifact verdict)" in r for r in pulled.data.reasons)
+    assert await _current(running) == {"production": None}
+
+
+async def test_a_revocation_not_signed_by_the_root_pulls_nothing(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    root = load_root_public(None, running.settings.keys_dir)
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        # An attacker with write access to the bucket "revokes" carol with their own root key.
+        entry = await current_entry(client.js, root, "carol")
+        assert entry is not None
+        kv = await client.js.key_value(TRUST_BUCKET)
+        await kv.put("carol", sign_entry(SigningKey.generate("root"), revoked_entry(entry, "forged")))
+        untrusted = await watcher.wait(
+            lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "untrusted_key", 20
+        )
+        assert untrusted is not None
+    await until(running.settled, what="registry-gate settled")
+    assert await _current(running) == {"production": "1"}
+    assert not any(_pulled("1")(e) for e in watcher.events)

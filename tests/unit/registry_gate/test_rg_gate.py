@@ -24,6 +24,7 @@ from services.registry_gate.gate import (
     closing_fact,
     dataset_recall,
     evaluate,
+    key_recalls,
     recall_prefix,
     recalls,
 )
@@ -962,3 +963,43 @@ def test_operator_recall_replayed_with_other_content_is_refused(desk: Desk) -> N
     body = DatasetRecallRequested(dataset="other", version="1", requester="olga", reason="rewritten")
     with pytest.raises(ConflictingEvent):
         desk.state.record_recall(RecordedRecall(request_id="recall-event-1", signer="olga", recall=body, at=desk.now))
+
+
+@pytest.mark.parametrize(
+    ("identity", "role"),
+    [("carol", "approved it"), ("alice", "requested it"), ("artifact-signer", "signed the artifact verdict")],
+)
+def test_a_revoked_key_the_promotion_relied_on_pulls_it(desk: Desk, identity: str, role: str) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    changes = key_recalls(desk.state, desk.policy, {identity: T0 + 60}, now=desk.now)
+    assert [(c.stage, c.replaced, c.action) for c in changes] == [("production", "3", "recall")]
+    assert changes[0].reason.startswith(f"the signing key of {identity} (who {role}) was revoked at")
+    for change in changes:
+        desk.state.record_change(change)
+    assert key_recalls(desk.state, desk.policy, {identity: T0 + 60}, now=desk.now) == []  # once
+
+
+def test_a_revoked_key_nobody_relied_on_pulls_nothing(desk: Desk) -> None:
+    desk.dataset()
+    rid = promote(desk, "3", ROOT)
+    desk.approve(rid, "mallory")  # came after, and never counted
+    assert key_recalls(desk.state, desk.policy, {"mallory": T0 + 60, "data-guard-old": T0}, now=desk.now) == []
+    assert key_recalls(desk.state, desk.policy, {}, now=desk.now) == []
+
+
+def test_a_version_put_back_after_a_key_recall_can_be_pulled_again() -> None:
+    desk = Desk({**DEMO, "dave": (REVIEWER,)})
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    for change in key_recalls(desk.state, desk.policy, {"carol": T0 + 60}, now=desk.now):
+        desk.state.record_change(change)
+    # Put back (by a request carol's key had no part in), then bob's key is revoked too.
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "dave")
+    assert desk.settle(rid).decision == "promoted"
+    assert key_recalls(desk.state, desk.policy, {"carol": T0 + 60}, now=desk.now) == []
+    again = key_recalls(desk.state, desk.policy, {"carol": T0 + 60, "bob": T0 + 90}, now=desk.now)
+    assert [(c.replaced, c.stage) for c in again] == [("3", "production")]
+    assert "of bob (who approved it)" in again[0].reason
