@@ -743,6 +743,9 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy, *, n
                 _check_rollback_target(recorded, request, state, out)
             # (3) The artifact: artifact-signer passed exactly the bytes being promoted.
             artifact = _check_artifact(request, state, out)
+            # (3b) ... with a key that is still trusted: a revoked key is taken as compromised,
+            # so what it signed before its revocation does not count either (issue 11).
+            _check_revoked_signers(artifact, policy, out)
             # (4) Its training data: data-guard passed every dataset, by content digest.
             if artifact is not None:
                 _check_datasets(artifact, stage, request.stage, state, out)
@@ -847,6 +850,19 @@ def _check_rollback_target(
     current = history[-1]
     if current.version == request.version:
         out.reject(CHECK_TARGET, f"{name} is already the current version in {request.stage}", version=request.version)
+
+
+def _check_revoked_signers(artifact: ArtifactVerdict | None, policy: RegistryPolicy, out: _Findings) -> None:
+    if artifact is None:
+        return
+    signers = ["artifact-signer"] + (["data-guard"] if artifact.datasets else [])
+    for service in signers:
+        if service in policy.revoked:
+            out.reject(
+                CHECK_ARTIFACT if service == "artifact-signer" else CHECK_DATASET,
+                f"{service}'s signing key was revoked: the verdicts it signed no longer count",
+                revoked=service,
+            )
 
 
 def _check_demotion_target(recorded: RecordedRequest, state: RegistryState, out: _Findings) -> None:

@@ -415,6 +415,17 @@ async def test_revoking_the_artifact_signers_key_pulls_in_a_running_gate(bus: An
         pulled = await watcher.wait(_pulled("1"), 20)
         assert pulled is not None
         assert any("signing key of artifact-signer (who signed the artifact verdict)" in r for r in pulled.data.reasons)
+        # The attack a recall alone leaves open: promote another version on a verdict the
+        # compromised key signed before its revocation. It is refused.
+        alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+        request = await client.request_promotion(
+            alice, model="churn", version="2", stage="production", root_digest=ROOTS["2"]
+        )
+        for approver in (bob, carol):
+            await client.approve(approver, request_id=request.id, model="churn", version="2", stage="production")
+        refused = await watcher.wait(lambda e: _about(request.id, "rejected")(e) and len(e.data.approvers) == 2, 20)
+        assert refused is not None
+        assert any("artifact-signer's signing key was revoked" in r for r in refused.data.reasons)
     assert await _current(running) == {"production": None}
 
 

@@ -1003,3 +1003,15 @@ def test_a_version_put_back_after_a_key_recall_can_be_pulled_again() -> None:
     again = key_recalls(desk.state, desk.policy, {"carol": T0 + 60, "bob": T0 + 90}, now=desk.now)
     assert [(c.replaced, c.stage) for c in again] == [("3", "production")]
     assert "of bob (who approved it)" in again[0].reason
+
+
+@pytest.mark.parametrize("service", ["artifact-signer", "data-guard"])
+def test_verdicts_signed_by_a_revoked_service_key_do_not_promote(desk: Desk, service: str) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    desk.policy = desk.policy.model_copy(update={"revoked": frozenset({service})})
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert any(f"{service}'s signing key was revoked" in r for r in decision.reasons)
+    assert "revoked" not in desk.policy.to_yaml()  # runtime knowledge, never written to the file
