@@ -27,6 +27,7 @@ from services.registry_gate.gate import (
     RegistryState,
     RequestExpired,
     StageChange,
+    artifact_recalls,
     closing_fact,
     dataset_recall,
     evaluate,
@@ -436,6 +437,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         async with g.lock:
             record = partial(g.state.record_artifact_verdict, event.data)
             await g.apply(event.id, "artifact", record, event.data, always=False)
+            if event.data.decision is Decision.FAIL:
+                # e.g. artifact-signer's re-check after an OSV update (issue 11): pull it.
+                changes = artifact_recalls(g.state, g.policy_now(), event.data.model, event.data.version, now=g.clock())
+                await g.pull(changes, event.id, artifact_verdict=event.id)
 
     async def on_dataset_verdict(event: Envelope[DatasetVerdict]) -> None:
         """data-guard's verdict: acted upon only when its signature verifies."""

@@ -631,6 +631,28 @@ def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: f
     )
 
 
+def artifact_recalls(
+    state: RegistryState, policy: RegistryPolicy, model: str, version: str, *, now: float
+) -> list[StageChange]:
+    """The stage changes an artifact verdict that turned `fail` calls for (issue 11: e.g. a
+    dependency it locks is now known vulnerable): (model, version) leaves every `recall` stage
+    it holds with exactly the judged bytes. Pure, as `recalls`."""
+    verdict = state.artifact_verdict(model, version)
+    if verdict is None or verdict.decision is not Decision.FAIL:
+        return []
+    failed = [f.message for f in verdict.findings if f.severity is Severity.FAIL]
+    reason = f"artifact verdict for {model} {version} is now fail: " + (
+        "; ".join(failed[:3]) + (f" (+{len(failed) - 3} more)" if len(failed) > 3 else "") or "no reason given"
+    )
+
+    def why(current: StageChange, artifact: ArtifactVerdict) -> str | None:
+        # Only the bytes judged: a failed rebuild under the same version pulls nothing.
+        same = (current.model, current.version, current.root_digest) == (model, version, artifact.root_digest)
+        return reason if same else None
+
+    return _pull(state, policy, why, prefix="recall-artifact", now=now)
+
+
 def recall_prefix(request_id: str) -> str:
     """The id prefix of the stage changes an operator's recall event `request_id` makes."""
     return f"recall-op-{request_id}"

@@ -21,6 +21,7 @@ from services.registry_gate.gate import (
     StageChange,
     StateError,
     UnknownRequest,
+    artifact_recalls,
     closing_fact,
     dataset_recall,
     evaluate,
@@ -1015,3 +1016,15 @@ def test_verdicts_signed_by_a_revoked_service_key_do_not_promote(desk: Desk, ser
     assert decision.decision == "rejected"
     assert any(f"{service}'s signing key was revoked" in r for r in decision.reasons)
     assert "revoked" not in desk.policy.to_yaml()  # runtime knowledge, never written to the file
+
+
+def test_artifact_verdict_turning_fail_pulls_exactly_those_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.artifact(Decision.FAIL, root=OTHER_ROOT)  # a failed rebuild of other bytes: nothing
+    assert artifact_recalls(desk.state, desk.policy, "churn", "3", now=desk.now) == []
+    desk.artifact(Decision.FAIL)  # e.g. a locked dependency is now known vulnerable
+    changes = artifact_recalls(desk.state, desk.policy, "churn", "3", now=desk.now)
+    assert [(c.stage, c.replaced) for c in changes] == [("production", "3")]
+    assert changes[0].reason.startswith("artifact verdict for churn 3 is now fail")
+    assert artifact_recalls(desk.state, desk.policy, "churn", "4", now=desk.now) == []
