@@ -16,8 +16,12 @@ Two halves, both pure (no NATS):
    - each locked dependency is a `library` component with a `pkg:pypi` purl and its sha256 digests,
      from artifact-signer's signed checks statement (the lock file as it was built, not a file on
      disk today);
-   - each promotion and each counted approval (who, when, request id) is a `mlwarden:*` property
-     of the model (the library has no annotations yet).
+   - each promotion and each counted approval (who, when, request id), and each later demotion or
+     recall (with its reason), is a `mlwarden:*` property of the model (the library has no
+     annotations yet);
+   - each vulnerability a signed artifact verdict on these bytes names (e.g. after artifact-signer
+     re-checked the lock against an updated OSV database) is a `vulnerabilities` entry that
+     affects its `pkg:pypi` component.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgori
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.tool import ToolRepository
+from cyclonedx.model.vulnerability import BomTarget, Vulnerability, VulnerabilitySource
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 from pydantic import Field, ValidationError
@@ -90,6 +95,27 @@ class BomPromotion(Frozen):
     approvals: list[BomApproval] = Field(default_factory=list)
 
 
+class BomStageChange(Frozen):
+    """A later `demoted` verdict signed by registry-gate: a demotion or a recall of this version."""
+
+    stage: str
+    action: str = Field(description="demotion or recall")
+    at: datetime = Field(description="when registry-gate signed the verdict")
+    reason: str
+    verdict_id: str
+
+
+class BomVulnerability(Frozen):
+    """A vulnerability artifact-signer's signed verdict on these bytes names in a locked package."""
+
+    id: str = Field(description="OSV id")
+    aliases: list[str] = Field(default_factory=list)
+    package: str
+    version: str
+    fixed: list[str] = Field(default_factory=list)
+    verdict_id: str = Field(description="id of the artifact verdict that names it")
+
+
 class BomDataset(Frozen):
     """A training dataset, by content digest, with data-guard's verified decisions on those bytes."""
 
@@ -111,6 +137,8 @@ class BomFacts(Frozen):
     datasets: list[BomDataset]
     lockfile_sha256: str | None = None
     packages: list[LockedPackage] = Field(default_factory=list)
+    changes: list[BomStageChange] = Field(default_factory=list, description="demotions and recalls since")
+    vulnerabilities: list[BomVulnerability] = Field(default_factory=list)
 
 
 def _verified(entry: AuditEntry, trust: TrustStore) -> str | None:
@@ -213,7 +241,13 @@ def facts_from_trail(
     datasets = [_dataset(ref, dataset_entries, trust) for ref in artifact.datasets]
     # (4) The locked dependencies: the checks statement, signed by artifact-signer, about these bytes.
     lock_sha, packages = _dependencies(bundles, trust, artifact, signed_at, name)
+    # (5) What happened since, from the same signers: demotions and recalls (registry-gate),
+    # vulnerabilities found in its locked packages (artifact-signer, e.g. after an OSV update).
+    changes = _stage_changes(model_entries, trust, model, version, root_digest)
+    vulnerabilities = _vulnerabilities(model_entries, trust, model, version, root_digest)
     return BomFacts(
+        changes=changes,
+        vulnerabilities=vulnerabilities,
         model=model,
         version=version,
         root_digest=root_digest,
@@ -243,6 +277,57 @@ def _artifact_verdict(
         ):
             return verdict, entry.recorded_at
     return None
+
+
+def _stage_changes(
+    entries: Sequence[AuditEntry], trust: TrustStore, model: str, version: str, root_digest: str
+) -> list[BomStageChange]:
+    found: dict[str, BomStageChange] = {}
+    for entry in entries:
+        if entry.type != Subjects.VERDICT_PROMOTION or _verified(entry, trust) is None:
+            continue
+        verdict = _data(entry, PromotionVerdict)
+        if verdict is None or verdict.decision != "demoted" or verdict.request_id in found:
+            continue
+        if (verdict.model, verdict.version, verdict.root_digest) != (model, version, root_digest):
+            continue
+        found[verdict.request_id] = BomStageChange(
+            stage=verdict.stage,
+            action=verdict.action,
+            at=_time(entry),
+            reason="; ".join(verdict.reasons),
+            verdict_id=entry.event_id,
+        )
+    return sorted(found.values(), key=lambda c: c.at)
+
+
+def _vulnerabilities(
+    entries: Sequence[AuditEntry], trust: TrustStore, model: str, version: str, root_digest: str
+) -> list[BomVulnerability]:
+    found: dict[tuple[str, str, str], BomVulnerability] = {}
+    for entry in entries:
+        if entry.type != Subjects.VERDICT_ARTIFACT or _verified(entry, trust) is None:
+            continue
+        verdict = _data(entry, ArtifactVerdict)
+        if verdict is None or (verdict.model, verdict.version, verdict.root_digest) != (model, version, root_digest):
+            continue
+        for finding in verdict.findings:
+            ev = finding.evidence
+            if finding.check != "dependencies.vulnerable" or not all(k in ev for k in ("id", "package", "version")):
+                continue
+            key = (str(ev["id"]), str(ev["package"]), str(ev["version"]))
+            found.setdefault(
+                key,
+                BomVulnerability(
+                    id=key[0],
+                    package=key[1],
+                    version=key[2],
+                    aliases=[a for a in str(ev.get("aliases", "")).split(",") if a],
+                    fixed=[f for f in str(ev.get("fixed", "")).split(",") if f],
+                    verdict_id=entry.event_id,
+                ),
+            )
+    return sorted(found.values(), key=lambda v: (v.package, v.id))
 
 
 def _dataset(ref: DatasetRef, entries: Sequence[AuditEntry], trust: TrustStore) -> BomDataset:
@@ -344,6 +429,13 @@ def build_bom(facts: BomFacts, *, now: datetime | None = None) -> Bom:
             )
             for a in p.approvals
         ]
+    properties += [
+        Property(
+            name="mlwarden:stage-change",
+            value=f"stage={c.stage}; action={c.action}; at={_iso(c.at)}; verdict={c.verdict_id}; reason={c.reason}",
+        )
+        for c in facts.changes
+    ]
     if facts.lockfile_sha256:
         properties.append(Property(name="mlwarden:lockfile-sha256", value=facts.lockfile_sha256))
     model = Component(
@@ -380,7 +472,23 @@ def build_bom(facts: BomFacts, *, now: datetime | None = None) -> Bom:
         )
         for p in facts.packages
     ]
+    refs = {(p.name, p.version): f"pkg:pypi/{p.name}@{p.version}" for p in facts.packages if p.version}
+    vulnerabilities = [
+        Vulnerability(
+            bom_ref=f"vuln:{v.id}:{v.package}@{v.version}",
+            id=v.id,
+            source=VulnerabilitySource(name="OSV", url=XsUri(f"https://osv.dev/vulnerability/{v.id}")),
+            recommendation=f"upgrade {v.package} to {' or '.join(v.fixed)}" if v.fixed else "no fixed version known",
+            affects=[BomTarget(ref=refs[(v.package, v.version)])] if (v.package, v.version) in refs else None,
+            properties=[
+                Property(name="mlwarden:artifact-verdict", value=v.verdict_id),
+                *(Property(name="mlwarden:alias", value=a) for a in v.aliases),
+            ],
+        )
+        for v in facts.vulnerabilities
+    ]
     bom = Bom(
+        vulnerabilities=vulnerabilities,
         metadata=BomMetaData(
             timestamp=now or datetime.now(UTC),
             component=model,

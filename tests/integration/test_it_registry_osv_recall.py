@@ -11,8 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
 from mlwarden.bootstrap import actor_key
+from mlwarden.registry_cli import registry_bom
 from shared.events import ArtifactVerdict, DatasetRef, DatasetVerdict, Decision
 from shared.signing import SigningKey
 from shared.topology import Subjects
@@ -109,3 +112,15 @@ async def test_osv_update_recalls_the_build_that_locks_a_now_vulnerable_version(
     (current,) = (await _status(running)).current
     assert (current.version, current.action) == (None, "recall")
     assert "GHSA-new" in current.reason
+
+    # The BOM of the version tells the whole story from the signed record: promoted, then recalled,
+    # and the advisory that did it, on the locked numpy component.
+    async def bom_with_recall() -> dict[str, Any] | None:
+        bom: dict[str, Any] = orjson.loads(await registry_bom(settings, "churn", "1"))
+        props = [p["name"] for p in bom["metadata"]["component"]["properties"]]
+        return bom if "mlwarden:stage-change" in props and bom.get("vulnerabilities") else None
+
+    bom = await until(bom_with_recall, what="the audit trail holds the recall and the fail verdict")
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(orjson.dumps(bom).decode()) is None
+    (vuln,) = bom["vulnerabilities"]
+    assert vuln["id"] == "GHSA-new" and vuln["affects"] == [{"ref": "pkg:pypi/numpy@2.4.6"}]

@@ -27,7 +27,9 @@ from shared.events import (
     DatasetRef,
     DatasetVerdict,
     Decision,
+    Finding,
     PromotionVerdict,
+    Severity,
 )
 from shared.signing import SigningKey, TrustStore
 from shared.topology import Subjects
@@ -238,3 +240,33 @@ def test_checks_statement_signed_by_another_key_or_about_other_bytes_is_refused(
         trail.facts(trail.checks_bundle(root="f" * 64))
     with pytest.raises(BomError, match="is missing"):
         trail.facts({})
+
+
+def _vulnerable(root: str = ROOT) -> ArtifactVerdict:
+    finding = Finding(
+        check="dependencies.vulnerable",
+        severity=Severity.FAIL,
+        message="numpy==2.4.6: GHSA-new, fixed in 2.4.7",
+        evidence={"package": "numpy", "version": "2.4.6", "id": "GHSA-new", "aliases": "CVE-1", "fixed": "2.4.7"},
+    )
+    return _artifact(decision=Decision.FAIL, findings=[finding], root_digest=root, in_reply_to="osv-recheck")
+
+
+def test_recall_and_vulnerabilities_since_are_in_the_bom_from_their_signers_only(trail: Trail) -> None:
+    recall = _promoted(
+        "recall-x", decision="demoted", action="recall", approvers=[], reasons=["recalled from production: GHSA-new"]
+    )
+    trail.add(Subjects.VERDICT_PROMOTION, recall, "registry-gate")
+    trail.add(Subjects.VERDICT_ARTIFACT, _vulnerable(), "artifact-signer")
+    forged = _vulnerable().model_copy(update={"in_reply_to": "forged"})
+    trail.add(Subjects.VERDICT_ARTIFACT, forged, "data-guard")  # not artifact-signer's word
+    trail.add(Subjects.VERDICT_PROMOTION, recall.model_copy(update={"request_id": "forged"}), "alice")
+    bom = _bom(trail.facts())
+    model = bom["metadata"]["component"]
+    (change,) = _props(model, "mlwarden:stage-change")
+    assert change.startswith("stage=production; action=recall;") and "GHSA-new" in change
+    (vuln,) = bom["vulnerabilities"]
+    assert vuln["id"] == "GHSA-new" and vuln["affects"] == [{"ref": "pkg:pypi/numpy@2.4.6"}]
+    assert vuln["recommendation"] == "upgrade numpy to 2.4.7"
+    # The promotion still counts: the BOM describes the version as it was promoted, and since.
+    assert len(_props(model, "mlwarden:promotion")) == 1
