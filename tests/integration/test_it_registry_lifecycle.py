@@ -3,11 +3,13 @@ version per stage in `mlw.registry.status`, and all of it across a restart (the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 
 from mlwarden.bootstrap import actor_key, load_root_key
+from mlwarden.cli import main
 from mlwarden.registry_cli import registry_status
 from services.registry_gate.policy import RegistryPolicy
 from shared.bus import current_entry, revoke_key
@@ -256,7 +258,8 @@ def _recall_verdict(request_id: str) -> Any:
 async def test_operator_recall_pulls_production_not_staging_across_restarts(bus: Any) -> None:
     running = await bus("audit-log", "registry-gate")
     client = running.client
-    alice, bob, olga = (actor_key(running.settings, n) for n in ("alice", "bob", "olga"))
+    alice, bob = (actor_key(running.settings, n) for n in ("alice", "bob"))
+    olga_pem = running.settings.actors_dir / "olga.pem"
     async with client.watch() as watcher:
         await _verdicts(running)
         await _promote(running, watcher, "1")
@@ -268,8 +271,11 @@ async def test_operator_recall_pulls_production_not_staging_across_restarts(bus:
         await running.stop("registry-gate")
         await running.start("registry-gate")
 
-        recall = await client.recall_dataset(olga, dataset="train", version="1", reason="licence withdrawn")
-        answer = await watcher.wait(_recall_verdict(recall.id), 20)
+        # What `mlwarden recall dataset train:1 --reason ... --key olga.pem` publishes.
+        argv = ["recall", "dataset", "train:1", "--reason", "licence withdrawn", "--key", str(olga_pem)]
+        argv += ["--nats", running.settings.nats_url, "--data-dir", str(running.settings.data_dir)]
+        assert await asyncio.to_thread(main, argv) == 0
+        answer = await watcher.wait(lambda e: e.type == Subjects.VERDICT_RECALL, 20)
         assert answer is not None and answer.signer == "registry-gate"
         assert answer.data.decision == "recalled" and answer.data.requester == "olga"
         # The policy says recall for production only (staging's default is recall: false).
