@@ -68,7 +68,7 @@ class SignerSettings(BaseSettings):
         default=300.0,
         ge=0,
         description="seconds between checks whether `osv_db` was replaced; when it was, it is reloaded and every"
-        " signed build's locked dependencies are looked up again (issue 11). 0: never",
+        " signed build's locked dependencies are looked up again (issue 11; also once at start). 0: only at start",
     )
 
 
@@ -330,7 +330,16 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
     watchers: list[asyncio.Task[None]] = []
 
     async def follow_osv(s: Signer, path: Path, seen: tuple[int, int, int]) -> None:
-        # Polls the file's fingerprint (not its bytes): replacing the database is the signal.
+        # First the database as loaded at start: it may have been replaced while this service
+        # was down. Then poll the file's fingerprint (not its bytes): replacing it is the signal.
+        if s.osv is not None:
+            try:
+                count = await s.recheck(s.osv)
+                log.info("artifact-signer: start-up OSV re-check: %d build(s) newly vulnerable", count)
+            except Exception:  # the bus may still be settling; the next replacement re-checks
+                log.exception("artifact-signer: start-up OSV re-check failed")
+        if cfg.osv_reload_s <= 0:
+            return
         while True:
             await asyncio.sleep(cfg.osv_reload_s)
             try:
@@ -352,7 +361,7 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
         osv = await asyncio.to_thread(OsvDatabase.load, cfg.osv_db) if cfg.osv_db else None
         s = Signer(runtime, settings, osv)
         svc.state["signer"] = s
-        if cfg.osv_db is not None and cfg.osv_reload_s > 0:
+        if cfg.osv_db is not None:
             seen = await asyncio.to_thread(database_fingerprint, cfg.osv_db)
             watchers.append(asyncio.create_task(follow_osv(s, cfg.osv_db, seen)))
 

@@ -124,3 +124,45 @@ async def test_osv_update_recalls_the_build_that_locks_a_now_vulnerable_version(
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(orjson.dumps(bom).decode()) is None
     (vuln,) = bom["vulnerabilities"]
     assert vuln["id"] == "GHSA-new" and vuln["affects"] == [{"ref": "pkg:pypi/numpy@2.4.6"}]
+
+
+async def test_osv_database_replaced_while_artifact_signer_was_down_recalls_at_its_start(
+    bus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    osv = tmp_path / "osv"
+    osv.mkdir()
+    monkeypatch.setenv("MLW_ARTIFACT_OSV_DB", str(osv))
+    monkeypatch.setenv("MLW_ARTIFACT_OSV_RELOAD_S", "0")  # no polling: only the start-up re-check
+    running = await bus("audit-log", "artifact-signer", "registry-gate")
+    client, settings = running.client, running.settings
+    guard = SigningKey.from_pem("data-guard", (settings.keys_dir / "data-guard.pem").read_bytes())
+    alice, bob, carol = (actor_key(settings, n) for n in ("alice", "bob", "carol"))
+    folder = _model_dir(settings.files_dir / "artifacts" / "churn-1")
+    async with client.watch() as watcher:
+        dataset = DatasetVerdict(
+            dataset="train",
+            version="1",
+            sha256=TRAIN.sha256,
+            decision=Decision.PASS,
+            in_reply_to="u",
+            label_checked=True,
+        )
+        await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
+        build = await client.model_built(
+            folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
+        )
+        built = await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
+        assert built is not None and built.data.decision == "pass"
+        request = await client.request_promotion(
+            alice, model="churn", version="1", stage="production", root_digest=built.data.root_digest
+        )
+        for approver in (bob, carol):
+            await client.approve(approver, request_id=request.id, model="churn", version="1", stage="production")
+        assert await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.decision == "promoted", 20)
+        await running.stop("artifact-signer")
+        (osv / "GHSA-new.json").write_bytes(orjson.dumps(advisory("GHSA-new", "numpy", "2.4.7")))
+        await running.start("artifact-signer")
+        pulled = await watcher.wait(
+            lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall" and e.data.version == "1", 30
+        )
+        assert pulled is not None and any("GHSA-new" in r for r in pulled.data.reasons)
