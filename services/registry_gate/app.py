@@ -502,6 +502,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
                     continue
                 found.append(evaluate(request_id, g.state, policy, now=now).to_verdict(in_reply_to=request_id))
             current = [c.current() for c in g.state.currents() if request.model is None or c.model == request.model]
-        return RegistryStatus(promotions=found, current=current, pending=[v for v in found if v.decision == "pending"])
+            # A decided request re-evaluated after its facts changed (an approver's key revoked)
+            # may read `pending` again; it is closed all the same (issue 11).
+            pending = [v for v in found if v.decision == "pending" and not g.state.closed(v.request_id)]
+        return RegistryStatus(promotions=found, current=current, pending=pending)
 
     return svc

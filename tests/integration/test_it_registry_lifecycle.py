@@ -407,8 +407,11 @@ async def test_key_revoked_while_registry_gate_was_down_pulls_what_it_approved(b
         assert any("signing key of carol (who approved it) was revoked" in r for r in pulled.data.reasons)
         alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
         assert alert is not None and alert.data.evidence["revoked"] == "carol"
-    (current,) = (await _status(running)).current
+    status = await _status(running)
+    (current,) = status.current
     assert (current.version, current.action) == (None, "recall") and "carol" in current.reason
+    # The promotion carol approved now lacks an approval, but it was decided: it is not pending.
+    assert status.pending == []
 
 
 async def test_revoking_the_artifact_signers_key_pulls_in_a_running_gate(bus: Any) -> None:
