@@ -17,32 +17,58 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import shared.bus
-from mlwarden.bootstrap import bootstrap
-from shared.bus import connect
+from mlwarden.bootstrap import actor_key, bootstrap
+from services.audit_log.store import AuditStore
+from services.audit_log.verify import verify_chain
+from shared.bus import connect, publish_event
 from shared.client import Client
-from shared.embedded import EmbeddedNats
+from shared.embedded import EmbeddedNats, free_port
+from shared.envelope import new_event
+from shared.events import Alert, PredictionRecord, Severity
 from shared.settings import Settings
 from shared.topology import CONSUMERS, Subjects
-from tests._faults import DiskFull, Figures, Immutable, TcpProxy, audit_outage, chattr_works, mount_tmpfs, unmount
+from tests._faults import (
+    DiskFull,
+    Figures,
+    Immutable,
+    TcpProxy,
+    audit_outage,
+    chattr_works,
+    counts,
+    mount_tmpfs,
+    unmount,
+)
 from tests._poll import until
 
+# Real digests: registry-gate and artifact-signer refuse placeholder pins.
+LOCK = (
+    f"scikit-learn==1.9.1 --hash=sha256:{hashlib.sha256(b'a').hexdigest()}\n"
+    f"numpy==2.4.6 --hash=sha256:{hashlib.sha256(b'b').hexdigest()}\n"
+)
 PG_URL = os.environ.get("MLW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 Row = tuple[str, str, str, str, str, str, str]
 
@@ -109,82 +135,266 @@ def _csv(path: Path, seed: int, rows: int = 4000) -> Path:
     return path
 
 
-def _spawn_data_guard(settings: Settings) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, service: str = "data-guard", log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`mlwarden run SERVICE` as a child process (its stderr to `log` when given)."""
     env = {**os.environ, "MLW_DATA_DIR": str(settings.data_dir), "MLW_NATS_URL": settings.nats_url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlwarden", "run", "data-guard"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    err = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlwarden", "run", service], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    finally:
+        if log is not None:
+            err.close()  # type: ignore[union-attr]
+
+
+def _model_dir(root: Path, seed: int) -> Path:
+    """A small genuine scikit-learn model folder with a hashed lock file."""
+    root.mkdir(parents=True, exist_ok=True)
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=200, random_state=seed).fit(x, y)
+    (root / "model.pkl").write_bytes(pickle.dumps(model))
+    (root / "requirements.txt").write_text(LOCK)
+    return root
+
+
+@dataclass
+class Load:
+    """What one service is fed in a crash scenario, and how to tell an input was handled."""
+
+    service: str
+    inputs: int
+    #: Publish input i; returns its event id.
+    publish: Callable[[Client, Settings, int], Awaitable[str]]
+    #: Verdict subject whose events answer inputs (None: the durable's ack floor tells).
+    answers: str | None
+    #: The field of a verdict naming the input it answers.
+    reply_field: str = "in_reply_to"
+    #: Which of the service's durables (`CONSUMERS[service]`) reads the inputs.
+    durable: int = 0
+
+
+async def _upload(client: Client, settings: Settings, i: int) -> str:
+    path = _csv(settings.files_dir / f"d{i}.csv", i + 1)
+    event = await client.upload_dataset(path, dataset="crash", version=str(i), label="label", uploader="pipeline")
+    return event.id
+
+
+async def _build(client: Client, settings: Settings, i: int) -> str:
+    folder = _model_dir(settings.files_dir / "artifacts" / f"m{i}", i)
+    event = await client.model_built(
+        folder, model="crash", version=str(i), builder="ci-bot", lockfile=folder / "requirements.txt"
     )
+    return event.id
 
 
-async def _sigkill_data_guard(root: Path, nats: EmbeddedNats, uploads: int) -> Row:
-    settings = Settings(data_dir=root / "sigkill", nats_url=nats.url)
+async def _request(client: Client, settings: Settings, i: int) -> str:
+    # No artifact verdict exists for these: registry-gate answers each with its reasons.
+    digest = hashlib.sha256(f"model {i}".encode()).hexdigest()
+    event = await client.request_promotion(
+        actor_key(settings, "alice"), model=f"crash{i}", version="1", stage="production", root_digest=digest
+    )
+    return event.id
+
+
+async def _predictions(client: Client, settings: Settings, i: int) -> str:
+    rng = np.random.default_rng(i)
+    records = [
+        PredictionRecord(
+            client=f"client-{i % 7}", features={f"f{j}": float(v) for j, v in enumerate(row)}, prediction=0
+        )
+        for row in rng.normal(size=(100, 4))
+    ]
+    return (await client.log_predictions("iris", records)).id
+
+
+async def _alert(client: Client, settings: Settings, i: int) -> str:
+    event = new_event("mlw.alert.tests", Alert(kind="test", severity=Severity.INFO, message=f"event {i}"), source="x")
+    await publish_event(client.js, "mlw.alert.tests", event)
+    return event.id
+
+
+LOADS: dict[str, Load] = {
+    "data-guard": Load("data-guard", 6, _upload, Subjects.VERDICT_DATASET),
+    "artifact-signer": Load("artifact-signer", 4, _build, Subjects.VERDICT_ARTIFACT),
+    "registry-gate": Load("registry-gate", 30, _request, Subjects.VERDICT_PROMOTION, reply_field="request_id"),
+    "serving-monitor": Load("serving-monitor", 60, _predictions, None),
+    "audit-log": Load("audit-log", 400, _alert, None, durable=2),
+}
+
+
+async def _acked_through(js: JetStreamContext, load: Load) -> int:
+    """The stream sequence up to which the load's durable has acked everything."""
+    spec = CONSUMERS[load.service][load.durable]
+    info = await js.consumer_info(spec.stream, spec.durable)
+    return int(info.ack_floor.stream_seq or 0) if not (info.num_pending or info.num_ack_pending) else 0
+
+
+async def _crash(root: Path, nats: EmbeddedNats, load: Load, how: str, hold_s: float) -> Row:
+    """Run audit-log and `load.service` as processes, feed it, SIGKILL (then restart) or SIGSTOP
+    (for `hold_s`, then SIGCONT) it while it holds fetched, unacked input, and measure."""
+    settings = Settings(data_dir=root / f"{how}-{load.service}", nats_url=nats.url)
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
     nc = await connect(settings)
     js = nc.jetstream()
     await bootstrap(js, settings)
-    spec = CONSUMERS["data-guard"][0]
-    proc = _spawn_data_guard(settings)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    procs = {name: _spawn(settings, name, logs / f"{name}.log") for name in {"audit-log", load.service}}
+    reader = AuditStore(settings.audit_url)
+    spec = CONSUMERS[load.service][load.durable]
     try:
         async with (
             Client.connect(settings, source="benchmarks/faults") as client,
-            client.watch((Subjects.VERDICT_DATASET,)) as watcher,
+            client.watch((load.answers,) if load.answers else ("mlw.alert.none",)) as watcher,
         ):
-            files = settings.files_dir
-            files.mkdir(parents=True, exist_ok=True)
-            warm = await client.upload_dataset(
-                _csv(files / "warm.csv", 0), dataset="warm", version="1", label="label", uploader="pipeline"
-            )
-            await until(
-                lambda: any(e.data.in_reply_to == warm.id for e in watcher.events), what="data-guard up", timeout=120
-            )
-            ids = []
-            for i in range(uploads):
-                path = _csv(files / f"d{i}.csv", i + 1)
-                event = await client.upload_dataset(
-                    path, dataset="kill", version=str(i), label="label", uploader="pipeline"
-                )
-                ids.append(event.id)
 
-            # Kill it while it holds fetched, unacked uploads (polled, with a deadline).
-            deadline = time.monotonic() + 60
-            while not (await js.consumer_info(spec.stream, spec.durable)).num_ack_pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("data-guard never fetched the uploads")
-                await asyncio.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed = time.monotonic()
-            proc = _spawn_data_guard(settings)
+            def answered(ids: list[str]) -> list[str]:
+                return [
+                    getattr(e.data, load.reply_field)
+                    for e in watcher.events
+                    if getattr(e.data, load.reply_field, None) in ids
+                ]
 
-            def answered() -> set[str]:
-                return {e.data.in_reply_to for e in watcher.events if e.data.in_reply_to in ids}
+            async def handled(ids: list[str], last_seq: int) -> int:
+                if load.service == "audit-log":
+                    return max(counts(reader, ids)[1], 0)
+                if load.answers is None:
+                    return len(ids) if await _acked_through(js, load) >= last_seq else 0
+                return len(set(answered(ids)))
 
-            await until(lambda: len(answered()) == uploads, what="every verdict after the kill", timeout=180)
-            recovery = time.monotonic() - killed
-            verdict_ids = [e.id for e in watcher.events if e.data.in_reply_to in ids]
-            dupes = len(verdict_ids) - len(set(verdict_ids))
+            warm = [await load.publish(client, settings, 10_000)]
+            warm_seq = (await js.stream_info(spec.stream)).state.last_seq
+
+            async def up() -> int:
+                return await handled(warm, warm_seq)
+
+            await until(up, what=f"{load.service} up", timeout=180)
+            ids: list[str] = []
+
+            async def feed() -> None:
+                for i in range(load.inputs):
+                    ids.append(await load.publish(client, settings, i))
+
+            feeder = asyncio.create_task(feed())
+
+            # Break it while it holds fetched, unacked input (polled, with a deadline), with the
+            # load still arriving.
+            async def in_flight() -> bool:
+                return bool((await js.consumer_info(spec.stream, spec.durable)).num_ack_pending)
+
+            await until(in_flight, what="input in flight", timeout=60, interval=0.002)
+            victim = procs[load.service]
+            if how == "SIGKILL":
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                procs[load.service] = _spawn(settings, load.service, logs / f"{load.service}.log")
+            else:
+                victim.send_signal(signal.SIGSTOP)
+                # The fault's duration, not a wait for something: stopped past the ack wait.
+                await asyncio.sleep(hold_s)
+                victim.send_signal(signal.SIGCONT)
+            broken = time.monotonic()
+            await feeder
+            last_seq = (await js.stream_info(spec.stream)).state.last_seq
+
+            async def done() -> bool:
+                return await handled(ids, last_seq) >= len(ids)
+
+            await until(done, what="every input handled", timeout=300)
+            recovery = time.monotonic() - broken
+            await until(lambda: counts(reader, ids)[1] == len(ids), what="every input in the trail", timeout=120)
+            rows, distinct = counts(reader, ids)
+            replies = answered(ids)
+            dupes = (rows - distinct) + (len(replies) - len(set(replies)))
+            recorded = await handled(ids, last_seq)
+            report = await asyncio.to_thread(verify_chain, reader)
+            held = f", stopped {hold_s:.0f} s" if how == "SIGSTOP" else ""
             return (
-                f"SIGKILL data-guard (ack wait {spec.ack_wait_s:.0f} s)",
-                str(uploads),
-                str(len(answered())),
+                f"{how} {load.service} (ack wait {spec.ack_wait_s:.0f} s{held})",
+                str(len(ids)),
+                str(min(recorded, distinct)),
                 str(dupes),
-                str(uploads - len(answered())),
-                "n/a (verdicts)",
+                str(len(ids) - min(recorded, distinct)),
+                "ok" if report.ok else "BROKEN",
                 f"{recovery:.1f} s",
             )
+    except BaseException:
+        for log in sorted(logs.glob("*.log")):
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
+        raise
     finally:
-        proc.terminate()
-        proc.wait(15)
+        for proc in procs.values():
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(15)
+        reader.close()
         await nc.drain()
+
+
+async def _nats_late(root: Path, uploads: int) -> Row:
+    """data-guard (and audit-log) started while nothing listens at their NATS URL; the server
+    comes up after they have said they are waiting; then the uploads."""
+    settings = Settings(data_dir=root / "late", nats_url=f"nats://127.0.0.1:{free_port()}")
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True)
+    procs = {name: _spawn(settings, name, logs / f"{name}.log") for name in ("audit-log", "data-guard")}
+    nats = EmbeddedNats(root / "late-nats", port=int(settings.nats_url.rsplit(":", 1)[1]))
+    try:
+        await until(
+            lambda: all("waiting for NATS" in (logs / f"{n}.log").read_text() for n in procs),
+            what="both services waiting for NATS",
+            timeout=60,
+        )
+        nats.start()
+        started = time.monotonic()
+        nc = await connect(settings)
+        try:
+            await bootstrap(nc.jetstream(), settings)
+            reader = AuditStore(settings.audit_url)
+            try:
+                async with (
+                    Client.connect(settings, source="benchmarks/faults") as client,
+                    client.watch((Subjects.VERDICT_DATASET,)) as watcher,
+                ):
+                    ids = [await _upload(client, settings, i) for i in range(uploads)]
+
+                    def answered() -> set[str]:
+                        return {e.data.in_reply_to for e in watcher.events if e.data.in_reply_to in ids}
+
+                    await until(lambda: len(answered()) == uploads, what="every verdict", timeout=300)
+                    recovery = time.monotonic() - started
+                    await until(lambda: counts(reader, ids)[1] == uploads, what="uploads in the trail", timeout=120)
+                    rows, distinct = counts(reader, ids)
+                    report = await asyncio.to_thread(verify_chain, reader)
+                    return (
+                        "NATS down at service start (data-guard, audit-log)",
+                        str(uploads),
+                        str(min(len(answered()), distinct)),
+                        str(rows - distinct),
+                        str(uploads - min(len(answered()), distinct)),
+                        "ok" if report.ok else "BROKEN",
+                        f"{recovery:.1f} s",
+                    )
+            finally:
+                reader.close()
+        finally:
+            await nc.drain()
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(15)
+        nats.stop()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ack-wait", type=float, default=1.0, help="audit-log's ack wait in the database scenarios")
     parser.add_argument("--uploads", type=int, default=6)
-    parser.add_argument("--only", choices=["unwritable", "diskfull", "postgres", "sigkill"], default=None)
+    parser.add_argument("--hold", type=float, default=35.0, help="how long SIGSTOP lasts (past the 30 s ack wait)")
+    crashes = [f"sigkill-{name}" for name in LOADS] + ["sigstop-audit-log", "sigstop-data-guard", "nats-late"]
+    parser.add_argument("--only", choices=["unwritable", "diskfull", "postgres", *crashes], default=None)
     args = parser.parse_args()
     outage_s = 3 * 5 * args.ack_wait
     rows: list[Row] = []
@@ -193,8 +403,14 @@ async def main() -> None:
         nats = EmbeddedNats(root / "nats")
         nats.start()
         try:
-            if args.only in (None, "sigkill"):
-                rows.append(await _sigkill_data_guard(root, nats, args.uploads))
+            for name, load in LOADS.items():
+                if args.only in (None, f"sigkill-{name}"):
+                    rows.append(await _crash(root, nats, load, "SIGKILL", 0.0))
+            for name in ("audit-log", "data-guard"):
+                if args.only in (None, f"sigstop-{name}"):
+                    rows.append(await _crash(root, nats, LOADS[name], "SIGSTOP", args.hold))
+            if args.only in (None, "nats-late"):
+                rows.append(await _nats_late(root, args.uploads))
             # Database scenarios: short ack wait and nak delays (the behaviour is the same).
             CONSUMERS["audit-log"] = tuple(
                 dataclasses.replace(s, ack_wait_s=args.ack_wait) for s in CONSUMERS["audit-log"]

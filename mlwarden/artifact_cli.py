@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlwarden.cliutil import EXIT_FAIL, EXIT_OK, _print_json, err, out
+from mlwarden.cliutil import EXIT_FAIL, EXIT_OK, RawDescriptionHelpFormatter, _print_json, err, out
 from shared.errors import InputError
 
 # Kept here, not imported from `services.artifact_signer.osv` (which holds the same URL as
@@ -175,7 +175,7 @@ def cmd_scan_deps(args: argparse.Namespace) -> int:
 def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register `sign`, `verify`, `scan model` and `scan deps`."""
     p = add("sign", cmd_sign)
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="the model file or folder to sign")
     p.add_argument("--key", type=Path, required=True, help="private key (PEM): ECDSA P-256/384/521 or Ed25519")
     p.add_argument("--signature", type=Path, required=True, help="where to write the OMS bundle")
     p.add_argument(
@@ -190,17 +190,17 @@ def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser])
     p.add_argument("--allow-symlinks", action="store_true", help="follow symlinks to files inside the model")
 
     p = add("verify", cmd_verify)
-    p.add_argument("path", type=Path)
-    p.add_argument("--signature", type=Path, required=True)
+    p.add_argument("path", type=Path, help="the model file or folder to check")
+    p.add_argument("--signature", type=Path, required=True, help="the signature bundle `mlwarden sign` wrote")
     p.add_argument("--key", type=Path, required=True, help="public key (PEM)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
 
     scan = sub.add_parser("scan", help="scan artifacts").add_subparsers(dest="scan_cmd", required=True)
     p = add("model", cmd_scan_model, scan)
-    p.add_argument("path", type=Path)
-    p.add_argument("--format", choices=["text", "json", "sarif"], default="text")
+    p.add_argument("path", type=Path, help="the model file or folder to scan")
+    p.add_argument("--format", choices=["text", "json", "sarif"], default="text", help="output format")
 
-    p = add("deps", cmd_scan_deps, scan, epilog=OSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add("deps", cmd_scan_deps, scan, epilog=OSV_HELP, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("lockfile", type=Path, help="requirements.txt (with --hash), uv.lock or pylock.toml")
     p.add_argument(
         "--osv",
@@ -208,4 +208,4 @@ def add_artifact_commands(sub: Any, add: Callable[..., argparse.ArgumentParser])
         default=None,
         help="offline OSV database: PyPI/all.zip of the OSV project's export (see below), as a zip or a folder",
     )
-    p.add_argument("--format", choices=["text", "json", "sarif"], default="text")
+    p.add_argument("--format", choices=["text", "json", "sarif"], default="text", help="output format")

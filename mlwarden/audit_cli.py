@@ -87,9 +87,7 @@ class Checkpoints:
 
 async def _connect_quick(settings: Settings) -> Any:
     """A connection that fails fast when nothing listens (then the caller falls back to files)."""
-    import nats
-
-    from shared.bus import connect_options
+    from shared.bus import connect_options, open_nats
 
     options = connect_options(settings)
     # max_reconnect_attempts=0 would mean "forever" to nats-py: one attempt, no waiting.
@@ -99,7 +97,7 @@ async def _connect_quick(settings: Settings) -> Any:
         # The caller reports the fallback in one line; no traceback from nats-py's default logger.
         return None
 
-    return await nats.connect(name="mlwarden-audit", connect_timeout=BUS_TIMEOUT_S, error_cb=quiet, **options)
+    return await open_nats(name="mlwarden-audit", connect_timeout=BUS_TIMEOUT_S, error_cb=quiet, **options)
 
 
 def _ranges(numbers: list[int]) -> list[str]:
@@ -607,22 +605,22 @@ def add_audit_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], co
     common(p)
     p.add_argument("--since", type=parse_time, help="7d, 12h, unix seconds or ISO 8601 (inclusive)")
     p.add_argument("--until", type=parse_time, help="same forms (exclusive)")
-    p.add_argument("--service")
-    p.add_argument("--type")
+    p.add_argument("--service", help="only entries recorded from this service (e.g. data-guard)")
+    p.add_argument("--type", help="only entries of this event type (e.g. mlw.verdict.dataset)")
     p.add_argument("--subject", help="e.g. model:churn:3 or dataset:iris:1 (model:churn:* for every version)")
     p.add_argument("--model", dest="subject_model", help="shorthand for --subject model:NAME:* (every version)")
-    p.add_argument("--actor")
+    p.add_argument("--actor", help="only entries whose verified signer is this actor")
     p.add_argument("--client", help="serving client id")
-    p.add_argument("--decision")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--cursor", type=int)
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--decision", help="only verdicts with this decision (pass, warn, fail, ...)")
+    p.add_argument("--limit", type=int, default=50, help="entries per page")
+    p.add_argument("--cursor", type=int, help="continue after this sequence number (the previous page's next_cursor)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
 
     p = add("verify", cmd_audit_verify, audit)
     common(p)
     p.add_argument("--db", help="SQLAlchemy URL of the audit database")
     p.add_argument("--key", help="audit-log's public key (PEM or base64); default: trust store or data dir")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     p.add_argument(
         "--trusted-checkpoint",
         metavar="FILE",
@@ -642,7 +640,7 @@ def add_audit_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], co
 
     p = add("prove", cmd_audit_prove, audit)
     common(p)
-    p.add_argument("event_id")
+    p.add_argument("event_id", help="the id of the event whose inclusion to prove")
     p.add_argument("--db", help="SQLAlchemy URL of the audit database (local fallback)")
     p.add_argument("--out", help="write the proof JSON here instead of stdout")
 
@@ -654,14 +652,14 @@ def add_audit_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], co
     p = add("export", cmd_audit_export, audit)
     common(p, nats=False)
     p.add_argument("--db", help="SQLAlchemy URL of the audit database")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--since", type=parse_time)
-    p.add_argument("--until", type=parse_time)
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format")
+    p.add_argument("--since", type=parse_time, help="from this time: 7d, 12h, unix seconds or ISO 8601")
+    p.add_argument("--until", type=parse_time, help="up to this time: 7d, 12h, unix seconds or ISO 8601")
     p.add_argument("--out", help="file to write (default stdout)")
 
     p = add("trail", cmd_audit_trail, audit)
     common(p, nats=False)
-    p.add_argument("kind", choices=["model", "dataset"])
+    p.add_argument("kind", choices=["model", "dataset"], help="what the story is about")
     p.add_argument("name", help="NAME:VERSION (churn:3) or NAME for every version")
     p.add_argument("--db", help="SQLAlchemy URL of the audit database")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")

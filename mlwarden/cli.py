@@ -20,7 +20,18 @@ from rich.markup import escape
 from mlwarden.apikey_cli import add_api_key_commands
 from mlwarden.artifact_cli import add_artifact_commands
 from mlwarden.audit_cli import add_audit_commands
-from mlwarden.cliutil import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _print_json, _settings, err, out, printable, redact_urls
+from mlwarden.cliutil import (
+    EXIT_ERROR,
+    EXIT_FAIL,
+    EXIT_OK,
+    HelpFormatter,
+    _print_json,
+    _settings,
+    err,
+    out,
+    printable,
+    redact_urls,
+)
 from mlwarden.keys_cli import add_keys_commands
 from mlwarden.registry_cli import add_recall_commands, add_registry_commands
 from mlwarden.serving_cli import add_serving_commands
@@ -38,7 +49,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.cluster and args.nats:
         raise InputError("--cluster runs its own NATS nodes: drop --nats")
-    system = System(settings.data_dir.resolve(), nats_url=args.nats, port=args.port, cluster_size=args.cluster)
+    system = System(
+        settings.data_dir.resolve(),
+        nats_url=args.nats,
+        port=args.port,
+        cluster_size=args.cluster,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+    )
 
     def stop_requested(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -51,8 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Inside the try: a signal while the services start stops them too (issue 13).
         system.start()
         out.print(f"[bold green]mlwarden is up[/] on {system.url}; state in {system.data_dir}")
+        metrics = system.metrics_urls()
         for name, proc in system.processes.items():
-            out.print(f"  {name:16} pid {proc.pid}")
+            where = f"  metrics {metrics[name]}/metrics" if name in metrics else ""
+            out.print(f"  {name:16} pid {proc.pid}{where}")
         out.print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in system.processes.values()):
             time.sleep(0.5)
@@ -73,14 +92,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one service against a NATS URL, as compose does."""
     from mlwarden.services import serve
+    from shared.service import ServiceApp
 
     settings = _settings(args)
     ready_file: Path | None = Path(args.ready_file) if args.ready_file else None
 
-    def ready() -> None:
+    def ready(svc: ServiceApp) -> None:
         if ready_file is not None:
+            # The pid, then the metrics URL (when served): `mlwarden up` prints it. Written
+            # whole, then renamed, so a reader never sees half of it.
             ready_file.parent.mkdir(parents=True, exist_ok=True)
-            ready_file.write_text(str(os.getpid()))
+            partial = ready_file.with_suffix(".partial")
+            partial.write_text(f"{os.getpid()}\n{svc.probes.url if svc.probes else ''}\n")
+            partial.replace(ready_file)
 
     asyncio.run(serve(args.service, settings, ready=ready))
     return EXIT_OK
@@ -90,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The scripted pipeline: every attack tried, every verdict shown."""
     from mlwarden.demo import run_demo
 
-    return run_demo(_settings(args), nats_url=args.nats, console=out)
+    return run_demo(_settings(args), nats_url=args.nats, console=out, metrics_port=args.metrics_port)
 
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
@@ -129,20 +153,27 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish a dataset, model, promotion or approval event."""
-    from mlwarden.ops import publish
+    from mlwarden.ops import publish, published_facts
 
     settings = _settings(args)
     event = asyncio.run(publish(settings, args))
-    out.print(f"published {event.type} id={event.id}")
+    facts = published_facts(event, args)
+    if args.format == "json":
+        _print_json(facts)
+    else:
+        extra = "".join(f" {k}={v}" for k, v in facts.items() if k not in ("id", "type", "subject"))
+        out.print(f"published {event.type} id={event.id}{extra}", markup=False)
     return EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Print verdicts, alerts and dead letters as they happen."""
-    from mlwarden.ops import watch
+    """Print verdicts, alerts and dead letters as they happen (`--format json`: one JSON object
+    per line, with `verified` and, when not verified, `problem`)."""
+    from mlwarden.ops import WatchFilter, watch
 
+    wanted = WatchFilter(types=tuple(args.type), subjects=tuple(args.subject))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch(_settings(args), out, args.seconds))
+        asyncio.run(watch(_settings(args), out, args.seconds, wanted=wanted, as_json=args.format == "json"))
     return EXIT_OK
 
 
@@ -196,10 +227,23 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PUBLISH_HELP = {
+    "dataset": "Upload a dataset version to the object store and announce it for data-guard to check.",
+    "model": "Upload a model folder (and its lock file) and announce the build for artifact-signer to hash, "
+    "scan and sign.",
+    "promotion": "Request that a model version (by its root digest) enter a stage; registry-gate decides once "
+    "the verdicts and approvals are in.",
+    "approval": "Approve a promotion request (by its id), signed by a reviewer.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
-    parser = argparse.ArgumentParser(prog="mlwarden", description="Secure an ML pipeline from data to deployment.")
+    parser = argparse.ArgumentParser(
+        prog="mlwarden", description="Secure an ML pipeline from data to deployment.", formatter_class=HelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, *, nats: bool = True) -> None:
@@ -210,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, fn: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = parent.add_parser(name, help=fn.__doc__, description=fn.__doc__, **kw)
+        kw.setdefault("help", fn.__doc__)
+        kw.setdefault("formatter_class", HelpFormatter)
+        kw.setdefault("description", fn.__doc__)
+        p: argparse.ArgumentParser = parent.add_parser(name, **kw)
         p.set_defaults(func=fn)
         return p
 
@@ -224,14 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run an N-node JetStream cluster on loopback (free ports, streams replicated min(N, 3) times)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_default_metrics_base(),
+        metavar="BASE",
+        help=(
+            "serve each service's /metrics, /healthz, /readyz on 127.0.0.1:BASE+i, i its place in"
+            f" {', '.join(SERVICES)} (0: free ports, printed; default $MLW_METRICS_PORT or %(default)s)"
+        ),
+    )
+    p.add_argument("--no-metrics", action="store_true", help="serve no metrics or probes")
 
     p = add("run", cmd_run)
-    p.add_argument("service", choices=SERVICES)
+    p.add_argument("service", choices=SERVICES, help="which service to run")
     common(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
     p = add("demo", cmd_demo)
     common(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="serve each service's metrics on BASE+i (0: free ports) and print what they counted (default: off)",
+    )
 
     keys = add_keys_commands(sub, add, common)
     add_api_key_commands(keys, add, common)
@@ -255,25 +320,36 @@ def build_parser() -> argparse.ArgumentParser:
     def signed(p: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument(
+            "--format",
+            choices=["text", "json"],
+            default="text",
+            help="json: one object with the event id and what a next step needs (sha256, root_digest, request_id)",
+        )
+        p.add_argument(
             "--key", type=Path, help="your actor's Ed25519 private key, PEM (default $MLW_ACTOR_KEY; dev: demo actors)"
         )
         p.add_argument("--actor", help="your actor id in the trust store (default: the key file's name)")
 
-    p = add("dataset", cmd_publish, pub)
+    p = add("dataset", cmd_publish, pub, description=PUBLISH_HELP["dataset"], help=PUBLISH_HELP["dataset"])
     signed(p)
-    p.add_argument("path", type=Path)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--label")
+    p.add_argument("path", type=Path, help="the dataset file (csv, parquet or npz)")
+    p.add_argument("--name", required=True, help="dataset name")
+    p.add_argument("--version", default="1", help="dataset version")
+    p.add_argument("--label", help="the label column, for the label checks")
     p.add_argument("--uploader", help="actor id that uploads (default: the signing key's actor)")
-    p.add_argument("--sensitivity", default="internal", choices=["public", "internal", "confidential", "restricted"])
+    p.add_argument(
+        "--sensitivity",
+        default="internal",
+        choices=["public", "internal", "confidential", "restricted"],
+        help="classification (confidential and restricted are encrypted before they leave this machine)",
+    )
     p.add_argument("--readers", default="", help="comma-separated allow-list of principals")
-    p = add("model", cmd_publish, pub)
+    p = add("model", cmd_publish, pub, description=PUBLISH_HELP["model"], help=PUBLISH_HELP["model"])
     signed(p)
-    p.add_argument("path", type=Path)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--lockfile", type=Path)
+    p.add_argument("path", type=Path, help="the model file or folder")
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--version", default="1", help="model version")
+    p.add_argument("--lockfile", type=Path, help="the build's lock file, with hashed pins (requirements.txt, uv.lock)")
     p.add_argument("--dataset", action="append", default=[], help="NAME:VERSION:SHA256 of a training dataset")
     p.add_argument("--builder", help="actor id that built it (default: the signing key's actor)")
     p.add_argument(
@@ -282,28 +358,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the folder's local path, not an upload to mlw-artifacts (artifact-signer must see this disk)",
     )
     for kind in ("promotion", "approval"):
-        p = add(kind, cmd_publish, pub)
+        p = add(kind, cmd_publish, pub, description=PUBLISH_HELP[kind], help=PUBLISH_HELP[kind])
         signed(p)
-        p.add_argument("--model", required=True)
-        p.add_argument("--version", required=True)
+        p.add_argument("--model", required=True, help="model name")
+        p.add_argument("--version", required=True, help="model version")
         p.add_argument("--stage", default="production", help="a stage the registry policy declares")
         if kind == "promotion":
-            p.add_argument("--root-digest", required=True)
+            p.add_argument(
+                "--root-digest", required=True, help="the artifact's root digest (`publish model --format json`)"
+            )
         else:
-            p.add_argument("--request-id", required=True)
+            p.add_argument(
+                "--request-id", required=True, help="the promotion request's id (`publish promotion --format json`)"
+            )
 
     p = add("watch", cmd_watch)
     common(p)
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    p.add_argument(
+        "--type", action="append", default=[], help="only events of this type, e.g. mlw.verdict.* (repeatable)"
+    )
+    p.add_argument(
+        "--subject", action="append", default=[], help="only events about this subject, e.g. model:iris:* (repeatable)"
+    )
 
     add_audit_commands(sub, add, common)
 
     check = sub.add_parser("check", help="offline checks").add_subparsers(dest="check_cmd", required=True)
     p = add("dataset", cmd_check_dataset, check)
-    p.add_argument("data", type=Path)
-    p.add_argument("--label")
-    p.add_argument("--reference", type=Path)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("data", type=Path, help="the dataset file (csv, parquet or npz)")
+    p.add_argument("--label", help="the label column, for the label checks")
+    p.add_argument("--reference", type=Path, help="trusted reference data, for drift and poisoning checks")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     add_traffic_commands(check, add)
     add_serving_commands(sub, add, common)
 
@@ -313,11 +400,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("health", cmd_health)
     common(p)
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
 
     add("schemas", cmd_schemas)
     add("asyncapi", cmd_asyncapi)
     return parser
+
+
+#: `mlwarden up`'s first metrics port when $MLW_METRICS_PORT is unset: audit-log 9460 ... serving-monitor 9464.
+DEFAULT_METRICS_BASE = 9460
+
+
+def _default_metrics_base() -> int:
+    value = os.environ.get("MLW_METRICS_PORT", "")
+    return int(value) if value.isdigit() else DEFAULT_METRICS_BASE
+
+
+def _version() -> str:
+    """The installed mlwarden's version (its package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlwarden")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

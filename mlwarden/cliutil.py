@@ -22,7 +22,7 @@ from nats.aio.client import Client as Nats
 from rich.console import Console
 from rich.markup import escape
 
-from shared.bus import connect_options
+from shared.bus import connect_options, open_nats
 from shared.client import Client, actor_keys
 from shared.errors import MlwardenError
 from shared.permissions import ENDPOINTS
@@ -30,8 +30,27 @@ from shared.settings import Settings
 from shared.signing import SigningKey
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-out = Console()
-err = Console(stderr=True)
+#: Width of output that goes to a pipe or a file: rich would cut tables to 80 columns there
+#: ("mlw.verdi…"), which scripts then read. Tables only take the width they need.
+PIPE_WIDTH = 10_000
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = "default" in text.lower() or "%(default)" in text
+        empty = action.default in (None, False, [], "", argparse.SUPPRESS)
+        if shown or empty or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """`HelpFormatter` that keeps the description's and epilog's line breaks."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -190,7 +209,7 @@ async def _open(settings: Settings, source: str, refusals: _Refusals) -> Nats:
     options.update(max_reconnect_attempts=3, reconnect_time_wait=0.25)
     try:
         return await asyncio.wait_for(
-            nats.connect(
+            open_nats(
                 name=source,
                 connect_timeout=CONNECT_ATTEMPT_S,
                 allow_reconnect=True,

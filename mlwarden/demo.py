@@ -482,19 +482,43 @@ class Demo:
         return 0 if passed == len(self.steps) else 1
 
 
-def run_demo(settings: Settings, *, nats_url: str | None, console: Console) -> int:
-    """Run the demo against `nats_url`, or start the embedded system when it is None."""
+def run_demo(settings: Settings, *, nats_url: str | None, console: Console, metrics_port: int | None = None) -> int:
+    """Run the demo against `nats_url`, or start the embedded system when it is None (serving
+    each service's metrics from `metrics_port` on, when given, and printing what they counted)."""
     data_dir = settings.data_dir.resolve()
     system: System | None = None
     if nats_url is None:
         console.print(f"starting embedded NATS and the five services (state in {data_dir})…")
-        system = System(data_dir).start()
+        system = System(data_dir, metrics_port=metrics_port).start()
         settings = settings.model_copy(update={"nats_url": system.url, "data_dir": data_dir})
     try:
-        return asyncio.run(Demo(settings, console).main())
+        code = asyncio.run(Demo(settings, console).main())
+        if system is not None and system.metrics_urls():
+            asyncio.run(_print_metrics(system.metrics_urls(), console))
+        return code
     finally:
         if system is not None:
             system.stop()
+
+
+async def _print_metrics(urls: dict[str, str], console: Console) -> None:
+    """Scrape each service's /metrics and show the verdicts and alerts it counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shared.probes import http_get
+
+    table = Table("service", "metric", "labels", "value", title="scraped from each service's /metrics")
+    for service, url in urls.items():
+        status, body = await http_get(f"{url}/metrics")
+        if status != 200:
+            table.add_row(service, "(scrape failed)", str(status), "")
+            continue
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name in ("mlwarden_verdicts_total", "mlwarden_alerts_total", "mlwarden_dead_letters_total"):
+                    labels = ", ".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "service")
+                    table.add_row(service, sample.name, labels, f"{sample.value:g}")
+    console.print(table)
 
 
 # --- small helpers -------------------------------------------------------------------------

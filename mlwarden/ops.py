@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import nats.errors
+import orjson
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from rich.console import Console
@@ -72,6 +75,39 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
         )
 
 
+def published_facts(event: Envelope[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What `publish --format json` prints: the event and the digests a next step needs."""
+    facts: dict[str, Any] = {"id": event.id, "type": event.type, "subject": event.subject}
+    if args.kind == "dataset":
+        facts["sha256"] = event.data.sha256
+    elif args.kind == "model":
+        from services.artifact_signer.oms import hash_model
+
+        # The OMS subject digest artifact-signer signs when the bytes it stored are these bytes
+        # (same walk, same order): the promotion request names it.
+        facts["root_digest"] = hash_model(args.path).root_digest
+    elif args.kind == "promotion":
+        facts["request_id"] = event.id
+    else:
+        facts["request_id"] = args.request_id
+    return facts
+
+
+@dataclass(frozen=True)
+class WatchFilter:
+    """Which events `watch` prints: any type / subject pattern matching (fnmatch), or all."""
+
+    types: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+
+    def __call__(self, event: Envelope[Any]) -> bool:
+        """Whether `event` passes."""
+        if self.types and not any(fnmatch.fnmatchcase(event.type, t) for t in self.types):
+            return False
+        subject = event.subject or ""
+        return not self.subjects or any(fnmatch.fnmatchcase(subject, s) for s in self.subjects)
+
+
 def describe(event: Envelope[Any]) -> str:
     """One line for a verdict, alert or dead letter."""
     data = event.data.model_dump() if hasattr(event.data, "model_dump") else dict(event.data)
@@ -81,20 +117,39 @@ def describe(event: Envelope[Any]) -> str:
     return f"{event.type:24} {what:28} {decision:9} {extra}"
 
 
-async def watch(settings: Settings, console: Console, seconds: float | None) -> None:
+async def watch(
+    settings: Settings,
+    console: Console,
+    seconds: float | None,
+    *,
+    wanted: WatchFilter | None = None,
+    as_json: bool = False,
+) -> None:
     """Print verdicts, alerts and dead letters live, each checked against the trust store."""
+    wanted = wanted or WatchFilter()
     from shared.trust import load_root_public
 
     async with bus_client(settings, source="mlwarden/watch") as client:
         root = load_root_public(settings.trust_root, settings.keys_dir)
         async with client.watch(verify_with=root) as watcher:
-            console.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
+            # The status line goes to stderr under --format json: stdout is JSON lines only.
+            status = Console(stderr=True) if as_json else console
+            status.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
             seen = 0
             deadline = None if seconds is None else time.monotonic() + seconds
             while deadline is None or time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 for event in watcher.events[seen:]:
+                    if not wanted(event):
+                        continue
                     problem = watcher.unverified.get(event.id)
+                    if as_json:
+                        line = {**orjson.loads(event.to_bytes()), "verified": problem is None}
+                        if problem is not None:
+                            line["problem"] = problem
+                        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+                        sys.stdout.flush()
+                        continue
                     # A forged verdict is shown for what it is, never as the service's word.
                     prefix = f"UNVERIFIED ({problem}) " if problem is not None else ""
                     console.print(prefix + describe(event), markup=False)

@@ -219,7 +219,7 @@ def add_registry_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p = add("status", cmd_registry_status, registry)
     common(p)
     p.add_argument("--model", help="one model (default: every model)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     p = add("bom", cmd_registry_bom, registry)
     common(p)
     p.add_argument("target", type=_name_version, metavar="MODEL:VERSION", help="a promoted model version")

@@ -28,7 +28,7 @@ def factory(name: str) -> Callable[[Settings], ServiceApp]:
 STOP_GRACE_S = 8.0
 
 
-async def serve(name: str, settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
+async def serve(name: str, settings: Settings, *, ready: Callable[[ServiceApp], None] | None = None) -> None:
     """Run one service until SIGINT/SIGTERM.
 
     The signal handlers come first: a stop request is honoured at any moment, also while the
@@ -55,7 +55,7 @@ async def serve(name: str, settings: Settings, *, ready: Callable[[], None] | No
         starting.result()  # a start-up that failed raises here
         log.info("%s serving on %s", name, settings.nats_url_redacted)
         if ready is not None:
-            ready()
+            ready(svc)
         await stop_requested
         log.info("%s: stopping", name)
         try:

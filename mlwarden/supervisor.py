@@ -51,6 +51,9 @@ class System:
     cluster_size: int = 0
     cluster: EmbeddedCluster | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Serve each service's metrics and probes on `metrics_port + i` (i: its place in SERVICES;
+    #: 0: a free port each); None: no metrics.
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -104,8 +107,12 @@ class System:
             "MLW_NATS_URL": self.url,
             "MLW_JS_REPLICAS": str(self.replicas),
         }
+        env.pop("MLW_METRICS_PORT", None)  # set per service below, or not at all
         # audit-log first: it creates the topology and must see everything from the start.
-        for name in SERVICES:
+        for index, name in enumerate(SERVICES):
+            if self.metrics_port is not None:
+                # Several services on one host: one port each (`mlwarden up --metrics-port`).
+                env["MLW_METRICS_PORT"] = str(self.metrics_port + index if self.metrics_port else 0)
             ready = self.data_dir / "run" / f"{name}.ready"
             ready.unlink(missing_ok=True)
             with (logs / f"{name}.log").open("ab") as log_file:
@@ -128,6 +135,16 @@ class System:
                     raise SupervisorError(f"{name} not ready after {READY_TIMEOUT_S:g} s; see {logs / (name + '.log')}")
                 time.sleep(0.05)
         return self
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Each started service's metrics base URL (from its ready file), when it serves one."""
+        urls: dict[str, str] = {}
+        for name in self.processes:
+            ready = self.data_dir / "run" / f"{name}.ready"
+            lines = ready.read_text().splitlines() if ready.exists() else []
+            if len(lines) > 1 and lines[1]:
+                urls[name] = lines[1]
+        return urls
 
     def stop(self) -> None:
         """SIGTERM every service, wait, then stop NATS."""

@@ -63,4 +63,4 @@ def add_traffic_commands(check: Any, add: Callable[..., argparse.ArgumentParser]
     p.add_argument("--reference", type=Path, required=True, help="the model's training data (CSV)")
     p.add_argument("--label", help="a column of the reference to drop")
     p.add_argument("--model", help="the model the reference is of (default: the most logged model)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")

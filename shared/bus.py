@@ -12,11 +12,11 @@ import hashlib
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, assert_never
 
-import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -24,12 +24,15 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
+from shared import tracing
 from shared.envelope import Envelope, decode, derived_id, new_event, preview_b64
 from shared.errors import FailureClass, InvalidMessage, MlwardenError, SignatureError, classify_failure
 from shared.events import Alert, DeadLetter, Severity
+from shared.metrics import ServiceMetrics
 from shared.settings import Settings
 from shared.signing import Identity, SigningKey, TrustStore, load_or_create_key
 from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, Subjects, expected_signer
+from shared.tracing import caused_by_current
 from shared.trust import (
     Kind,
     Rejected,
@@ -80,11 +83,28 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def open_nats(**options: Any) -> Client:
+    """`nats.connect(**options)` that closes its socket when the connection is refused half-way.
+
+    nats-py leaves the transport of a refused attempt open (an authorization violation with
+    `allow_reconnect=False`, a cancelled or timed-out connect): in a long-running process that
+    is a leaked socket per failed attempt.
+    """
+    nc = Client()
+    try:
+        await nc.connect(**options)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return nc
+
+
 async def connect(settings: Settings, *, name: str = "mlwarden") -> Client:
     """A nats-py connection; gives up after a few tries so a CLI does not hang forever."""
     options = connect_options(settings)
     options["max_reconnect_attempts"] = 5
-    return await nats.connect(name=name, connect_timeout=5, allow_reconnect=True, **options)
+    return await open_nats(name=name, connect_timeout=5, allow_reconnect=True, **options)
 
 
 async def publish_event(js: JetStreamContext, subject: str, event: Envelope[Any]) -> None:
@@ -249,6 +269,8 @@ class ServiceRuntime:
     #: registry-gate recalls what a revoked key vouched for (issue 11). A failing listener is
     #: logged and does not stop the following.
     trust_listeners: list[Callable[[Identity], Awaitable[None]]] = field(default_factory=list)
+    #: Where emitted verdicts, alerts and dead letters are counted (`ServiceApp` sets it).
+    metrics: ServiceMetrics | None = None
 
     @property
     def source(self) -> str:
@@ -268,11 +290,15 @@ class ServiceRuntime:
 
         When answering an input event the id is derived from it, so a redelivered input
         republishes the same id and JetStream's duplicate window keeps one copy.
+        When answering an event (inside `process`), the new event joins that event's trace.
         """
-        event_id = derived_id(self.service, in_reply_to, kind or subject) if in_reply_to else None
-        event = new_event(subject, data, source=self.source, subject=about, event_id=event_id)
+        event_id = derived_id(self.service, in_reply_to, kind or subject) if in_reply_to else str(uuid.uuid4())
+        trace = caused_by_current(event_id)
+        event = new_event(subject, data, source=self.source, subject=about, event_id=event_id, trace=trace)
         signed = event.signed(self.key)
         await publish_event(self.js, subject, signed)
+        if self.metrics is not None:
+            self.metrics.emitted(subject, data)
         return signed
 
     async def alert(
@@ -306,6 +332,8 @@ class ServiceRuntime:
         key = f"{msg.subject}:{seq}" if seq is not None else hashlib.sha256(body).hexdigest()
         await self.emit(Subjects.deadletter(self.service), letter, in_reply_to=key, kind="deadletter")
         self.dead_letters += 1
+        if self.metrics is not None:
+            self.metrics.dead_lettered(msg.subject)
         log.warning("%s: dead letter from %s: %s", self.service, msg.subject, reason)
 
     async def _refresh_trust(self, signer: str | None) -> None:
@@ -454,12 +482,16 @@ class ServiceRuntime:
         except InvalidMessage as exc:
             await self._settle_failure(msg, exc, FailureClass.INPUT)
             return
+        # What the handler emits (verdicts, alerts, dead letters) joins this event's trace.
+        token = tracing.CURRENT.set(event.trace)
         try:
             async with keep_in_progress(msg):
                 await handler(event)
         except Exception as exc:  # noqa: BLE001 - the boundary: every failure is classified and settled
             await self._settle_failure(msg, exc, classify_failure(exc), event_id=event.id)
             return
+        finally:
+            tracing.CURRENT.reset(token)
         await msg.ack()
         self._infra_failures.pop(_message_key(msg), None)
         self.processed += 1

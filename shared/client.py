@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ from shared.settings import Settings
 from shared.signing import SigningKey, TrustStore
 from shared.storage import put_once
 from shared.topology import DATASETS_BUCKET, SERVICES, Subjects, expected_signer, model_for_type
+from shared.tracing import TraceContext, new_trace
 
 
 class RequestFailed(InputError):
@@ -107,14 +109,23 @@ class Client:
         return key
 
     async def publish(
-        self, subject: str, data: Any, *, about: str | None = None, key: SigningKey | None = None
+        self,
+        subject: str,
+        data: Any,
+        *,
+        about: str | None = None,
+        key: SigningKey | None = None,
+        trace: TraceContext | None = None,
     ) -> Envelope[Any]:
         """Wrap `data` in an envelope (signed when `key` is given) and publish it to JetStream.
 
-        Services refuse unsigned producer events: this low-level call exists for any-language
-        parity and attack tests; the typed methods below always sign.
+        The event starts a new trace (`traceparent`) unless `trace` puts it in an existing one
+        (say, a CI job's). Services refuse unsigned producer events: this low-level call exists
+        for any-language parity and attack tests; the typed methods below always sign.
         """
-        event = new_event(subject, data, source=self.source, subject=about)
+        event_id = str(uuid.uuid4())
+        context = trace.child(event_id) if trace is not None else new_trace(event_id)
+        event = new_event(subject, data, source=self.source, subject=about, event_id=event_id, trace=context)
         if key is not None:
             event = event.signed(key)
         await publish_event(self.js, subject, event)

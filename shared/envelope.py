@@ -1,7 +1,9 @@
 """The CloudEvents 1.0 envelope every message travels in, and its signing.
 
 `signer` and `signature` are CloudEvents extension attributes: the signature is Ed25519 over the
-canonical JSON (`shared.canonical`) of the envelope without `signature`.
+canonical JSON (`shared.canonical`) of the envelope without `signature`. `traceparent` and
+`tracestate` are the CloudEvents distributed-tracing extension (`shared.tracing`); like every
+attribute but `signature`, they are signed.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from shared.canonical import canonical_json
 from shared.errors import InvalidMessage, SignatureError
 from shared.signing import SigningKey, TrustStore
+from shared.tracing import TraceContext, trace_of
 
 DataT = TypeVar("DataT", bound=BaseModel)
+
+#: Longest `traceparent` accepted (version 00 is 55 characters; later versions may add fields).
+TRACEPARENT_MAX = 256
+#: Longest `tracestate` accepted (W3C Trace Context §3.3.1.1 asks to propagate at least 512).
+TRACESTATE_MAX = 512
 
 #: Messages larger than this are refused before parsing (NATS' default max_payload is 1 MiB).
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -43,6 +51,17 @@ class Envelope(BaseModel, Generic[DataT]):
     data: DataT
     signer: str | None = Field(default=None, max_length=128, description="key id of the signer")
     signature: str | None = Field(default=None, max_length=256, description="Ed25519, base64")
+    traceparent: str | None = Field(
+        default=None,
+        max_length=TRACEPARENT_MAX,
+        description=(
+            "W3C Trace Context traceparent (CloudEvents distributed-tracing extension): the trace this"
+            " event belongs to; signed like every attribute"
+        ),
+    )
+    tracestate: str | None = Field(
+        default=None, max_length=TRACESTATE_MAX, description="W3C Trace Context tracestate, carried unchanged"
+    )
     # The JSON object this envelope was parsed from: verification covers exactly what was
     # received, so a field another producer's schema version adds or omits cannot break it.
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
@@ -54,6 +73,11 @@ class Envelope(BaseModel, Generic[DataT]):
         else:
             body = self.model_dump(mode="json", exclude={"signature"}, exclude_none=True)
         return canonical_json(body)
+
+    @property
+    def trace(self) -> TraceContext:
+        """This event's trace context: the one it carries, else one derived from its id."""
+        return trace_of(self.id, {"traceparent": self.traceparent, "tracestate": self.tracestate})
 
     def to_bytes(self) -> bytes:
         """JSON bytes for the wire."""
@@ -101,8 +125,9 @@ def new_event(
     subject: str | None = None,
     event_id: str | None = None,
     time: datetime | None = None,
+    trace: TraceContext | None = None,
 ) -> Envelope[DataT]:
-    """Wrap `data` in a fresh envelope."""
+    """Wrap `data` in a fresh envelope (with `trace` as its `traceparent`/`tracestate`)."""
     model: Any = Envelope[type(data)]  # type: ignore[misc]
     envelope: Envelope[DataT] = model(
         id=event_id or str(uuid.uuid4()),
@@ -111,6 +136,7 @@ def new_event(
         time=time or now(),
         subject=subject,
         data=data,
+        **(trace.attributes() if trace is not None else {}),
     )
     return envelope
 

@@ -431,6 +431,13 @@ class AuditEntry(Frozen):
     time: float
     recorded_at: float
     entry_hash: str
+    trace_id: str | None = Field(
+        default=None,
+        description=(
+            "W3C trace id of the event (from its signed traceparent, else derived from its id):"
+            " an upload, its verdict and their audit rows share one"
+        ),
+    )
     event: dict[str, Any]
 
 

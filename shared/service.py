@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import nats.errors
 import orjson
 from faststream import FastStream
 from faststream.middlewares import AckPolicy
@@ -26,6 +27,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.protocol.parser import PERMISSIONS_ERR
 from pydantic import BaseModel, ValidationError
 
@@ -33,6 +35,8 @@ from shared.bus import ServiceRuntime, connect_options, start_runtime
 from shared.envelope import MAX_MESSAGE_BYTES, Envelope, preview_b64
 from shared.errors import MlwardenError
 from shared.events import DeadLetter, ErrorReply, HealthReply
+from shared.metrics import ServiceMetrics
+from shared.probes import ProbeServer, ReadinessState, readiness_problems
 from shared.settings import Settings
 from shared.topology import CONSUMERS, Subjects, ensure_topology
 
@@ -41,6 +45,9 @@ ReqT = TypeVar("ReqT", bound=BaseModel)
 T = TypeVar("T")
 
 log = logging.getLogger("mlwarden.service")
+
+#: How long a readiness check or a scrape waits for JetStream to describe one consumer.
+CONSUMER_INFO_TIMEOUT_S = 2.0
 
 #: While a service waits for NATS at start-up, one "waiting for NATS" line this often.
 WAIT_LOG_EVERY_S = 10.0
@@ -81,11 +88,21 @@ class ServiceApp:
     def __init__(self, service: str, settings: Settings) -> None:
         self.service = service
         self.settings = settings
+        #: This instance's Prometheus metrics (served when `settings.metrics_port` is set).
+        self.metrics = ServiceMetrics(service)
         self.broker = NatsBroker(
             **connect_options(settings),
             error_cb=self._on_nats_error,
             logger=logging.getLogger(f"mlwarden.{service}"),
+            middlewares=[self.metrics.middleware()],
         )
+        #: `/metrics`, `/healthz`, `/readyz` while running, when `settings.metrics_port` is set.
+        self.probes: ProbeServer | None = None
+        #: The FastStream subscriber of each durable consumer this service reads.
+        self._consumers: dict[str, Any] = {}
+        self._serving = False
+        self._stopping = False
+        self._readiness_checks: list[Callable[[], list[str]]] = []
         self._connected = False
         self._attempts = 0
         self._last_wait_log = -math.inf
@@ -126,6 +143,11 @@ class ServiceApp:
         self._startup_hooks.append(hook)
         return hook
 
+    def ready_when(self, check: Callable[[], list[str]]) -> Callable[[], list[str]]:
+        """Add a readiness check of the service's own: `check()` returns why it is not ready."""
+        self._readiness_checks.append(check)
+        return check
+
     def on_stop(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run `hook` when the app stops (close databases, flush)."""
         self._shutdown_hooks.append(hook)
@@ -158,7 +180,28 @@ class ServiceApp:
             log.debug("%s: NATS error: %s", self.service, reason)
 
     async def _startup(self) -> None:
-        await self.broker.connect()
+        self._stopping = False
+        if self.settings.metrics_port is not None:
+            # Before connecting: /healthz answers and /readyz says why not while NATS is awaited.
+            self.probes = ProbeServer(
+                self.settings.metrics_host, self.settings.metrics_port, metrics=self.scrape, readiness=self.readiness
+            )
+            try:
+                await self.probes.start()
+            except OSError as exc:
+                self.probes = None
+                raise ProbeStartError(
+                    f"{self.service}: cannot serve metrics on {self.settings.metrics_host}:"
+                    f"{self.settings.metrics_port}: {exc.strerror or exc} (set MLW_METRICS_PORT to a free port)",
+                    port=self.settings.metrics_port,
+                ) from exc
+            log.info("%s: metrics and probes on %s", self.service, self.probes.url)
+        try:
+            await self.broker.connect()
+        except BaseException:
+            # Cancelled while waiting for NATS (a stop request): close what is open.
+            await self._stop_probes()
+            raise
         self._connected = True
         if self._attempts:
             log.info(
@@ -173,6 +216,7 @@ class ServiceApp:
                 # In a secured deployment the operator declared it; this identity may not.
                 await ensure_topology(nc.jetstream(), replicas=self.settings.js_replicas)
             self._runtime = await start_runtime(self.service, self.settings, nc)
+            self._runtime.metrics = self.metrics
             for hook in self._startup_hooks:
                 await hook(self._runtime)
             await self._subscribe_replies()
@@ -193,10 +237,25 @@ class ServiceApp:
             for letter in self._rejections.drain(self.service):
                 try:
                     await self.runtime.emit(Subjects.deadletter(self.service), letter)
+                    self.metrics.dead_lettered(letter.original_subject, letter.count)
                 except Exception as exc:  # noqa: BLE001 - keep answering requests regardless
                     log.warning("%s: could not record a rejection: %r", self.service, exc)
 
     async def _shutdown(self) -> None:
+        self._stopping = True
+        self._serving = False
+        self.metrics.ready.labels(self.service).set(0)
+        try:
+            await self._stop_work()
+        finally:
+            await self._stop_probes()
+
+    async def _stop_probes(self) -> None:
+        probes, self.probes = self.probes, None
+        if probes is not None:
+            await probes.stop()
+
+    async def _stop_work(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,6 +263,7 @@ class ServiceApp:
         for letter in self._rejections.drain(self.service):
             with contextlib.suppress(Exception):
                 await self.runtime.emit(Subjects.deadletter(self.service), letter)
+                self.metrics.dead_lettered(letter.original_subject, letter.count)
         for sub in self._reply_subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -257,7 +317,7 @@ class ServiceApp:
             await self.runtime.process(raw, model, handler)
 
         on_message.__name__ = f"on_{durable.replace('-', '_')}"
-        self.broker.subscriber(
+        subscriber = self.broker.subscriber(
             filter_subject,
             stream=JStream(stream, declare=False),
             durable=durable,
@@ -267,7 +327,9 @@ class ServiceApp:
             ack_policy=AckPolicy.MANUAL,
             title=f"{self.service}:{durable}",
             description=doc or f"routes: {', '.join(sorted(routes))}",
-        )(on_message)
+        )
+        subscriber(on_message)
+        self._consumers[durable] = subscriber
 
     def reply(
         self,
@@ -329,6 +391,53 @@ class ServiceApp:
         self._reply_subs.append(await nc.subscribe(Subjects.health(self.service), queue=self.service, cb=on_health))
         # The server knows every endpoint of this service before start-up returns.
         await nc.flush()
+        self._serving = True
+
+    async def readiness(self) -> list[str]:
+        """Why this instance is not ready to do its work (empty when it is): connected to NATS,
+        the trust store loaded with its own key, start-up finished, each durable consumer's
+        subscriber running and the consumer known to JetStream. Also updates `mlwarden_ready`."""
+        connection = self.broker._connection  # None before the first connection
+        connected = connection is not None and connection.is_connected
+        runtime = self._runtime
+        missing = await self._sample_consumers() if connected and runtime is not None else []
+        problems = readiness_problems(
+            ReadinessState(
+                started=self._serving,
+                stopping=self._stopping,
+                connected=connected,
+                trust_loaded=runtime is not None and self.service in runtime.trust,
+                stopped_consumers=[name for name, sub in self._consumers.items() if not sub.running],
+                missing_consumers=missing,
+                service_problems=[problem for check in self._readiness_checks for problem in check()],
+            )
+        )
+        self.metrics.ready.labels(self.service).set(0 if problems else 1)
+        return problems
+
+    async def scrape(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The metrics in Prometheus (or OpenMetrics) text, with fresh consumer and readiness samples."""
+        await self.readiness()
+        return self.metrics.exposition(accept)
+
+    async def _sample_consumers(self) -> list[str]:
+        """Ask JetStream for each durable consumer's backlog (into the metrics); return the
+        consumers it could not report on, with why."""
+        problems: list[str] = []
+        js = self.runtime.js
+        for spec in CONSUMERS.get(self.service, ()):
+            try:
+                info = await js.consumer_info(spec.stream, spec.durable, timeout=CONSUMER_INFO_TIMEOUT_S)
+            except NotFoundError:
+                problems.append(f"{spec.durable} does not exist in {spec.stream}")
+                continue
+            except (nats.errors.Error, TimeoutError) as exc:
+                problems.append(f"{spec.durable}: JetStream did not answer ({type(exc).__name__})")
+                continue
+            self.metrics.consumer(
+                spec.stream, spec.durable, pending=info.num_pending or 0, ack_pending=info.num_ack_pending or 0
+            )
+        return problems
 
     async def _subscribe_replies(self) -> None:
         nc = self.broker.connection
@@ -354,6 +463,14 @@ class ServiceApp:
             if spec.durable == durable:
                 return spec.stream
         raise KeyError(durable)
+
+
+class ProbeStartError(MlwardenError, OSError):
+    """The metrics port could not be opened (taken, or not allowed)."""
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 class _Rejections:

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
         default=True,
         description="a service whose key is not in the trust store yet waits for `keys init` instead of exiting",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "serve /metrics, /healthz and /readyz over HTTP on this port (0: one the OS picks; unset: off)."
+            " `mlwarden up --metrics-port BASE` gives each service BASE + its index"
+        ),
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address the metrics port listens on (0.0.0.0 in a container)"
+    )
     actor: str | None = Field(default=None, description="the actor id this process publishes as (producers)")
     actor_key: Path | None = Field(default=None, description="the actor's Ed25519 private key (PEM, mode 0600)")
     file_roots: list[Path] = Field(

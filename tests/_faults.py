@@ -202,7 +202,7 @@ class Figures:
         return self.published - self.recorded
 
 
-def _counts(store: AuditStore, ids: list[str]) -> tuple[int, int]:
+def counts(store: AuditStore, ids: list[str]) -> tuple[int, int]:
     """(rows, distinct event ids) of `ids` in the trail; (-1, -1) when it cannot be read now."""
     query = text("SELECT count(*), count(DISTINCT event_id) FROM audit_entries WHERE event_id IN :ids").bindparams(
         bindparam("ids", expanding=True)
@@ -243,20 +243,20 @@ async def audit_outage(
                 return event.id
 
             warm = [await publish(-1)]  # the database exists (with its WAL) before the fault
-            await until(lambda: _counts(reader, warm)[0] == 1, what="the first event recorded", timeout=60)
+            await until(lambda: counts(reader, warm)[0] == 1, what="the first event recorded", timeout=60)
             await fault.apply()
             ids = [await publish(i) for i in range(events)]
             await until(lambda: alerts("infrastructure.unavailable"), what="the outage alert", timeout=60)
             # The fault's duration, not a wait for something to happen: the database stays
             # broken this long, however fast the rest is.
             await asyncio.sleep(outage_s)
-            recorded_during = max(_counts(reader, ids)[0], 0)
+            recorded_during = max(counts(reader, ids)[0], 0)
             lifted = time.monotonic()
             await fault.lift()
-            await until(lambda: _counts(reader, ids)[1] == events, what="every event recorded", timeout=120)
+            await until(lambda: counts(reader, ids)[1] == events, what="every event recorded", timeout=120)
             recovery_s = time.monotonic() - lifted
             await until(lambda: alerts("infrastructure.recovered"), what="the recovery alert", timeout=60)
-            rows, distinct = _counts(reader, ids)
+            rows, distinct = counts(reader, ids)
             report = await asyncio.to_thread(verify_chain, reader)
             letters = [e for e in watcher.events if e.type.startswith("mlw.deadletter.")]
             return Figures(

@@ -17,7 +17,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: Long enough for a loaded two-core CI machine; only a hang ever reaches it.
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class PollTimeout(AssertionError):

@@ -107,6 +107,11 @@ class Ingestor:
             self._subs.append(sub)
             self._tasks.append(asyncio.create_task(self._loop(sub), name=f"audit:{spec.durable}"))
 
+    @property
+    def running(self) -> bool:
+        """Whether every stream's fetch loop is running."""
+        return self._running and bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     async def stop(self) -> None:
         """Stop fetching; batches at the writer are committed and acked first."""
         self._running = False
@@ -185,6 +190,7 @@ class Ingestor:
         then split to store what it can: the message that makes the writer fail on its own is
         dead-lettered with an alert.
         """
+        started = time.perf_counter()
         async with keep_in_progress(*msgs):
             try:
                 outcome = await self._write_until_stored(msgs)
@@ -199,6 +205,10 @@ class Ingestor:
                 return
         self.stored += outcome.inserted
         self.duplicates += outcome.duplicates
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.audit_batch(
+                inserted=outcome.inserted, duplicates=outcome.duplicates, seconds=time.perf_counter() - started
+            )
         for position, reason in outcome.refused:
             # The dead letter lands on MLW_VERDICTS and comes back through this very ingestor.
             await self.runtime.dead_letter(msgs[position], reason)
@@ -475,6 +485,14 @@ def create_app(
             await lead(lease.token)
         tasks.append(asyncio.create_task(lease.run(lead, step_down), name="audit:lease"))
         tasks.append(asyncio.create_task(timer(), name="audit:checkpoints"))
+
+    @svc.ready_when
+    def ingesting() -> list[str]:
+        # The lease holder must be consuming; a standby is ready to answer and to take over.
+        lease, ingestor = holder.get("lease"), holder.get("ingestor")
+        if lease is not None and ingestor is not None and lease.held and not ingestor.running:
+            return ["holds the writer lease but is not ingesting"]
+        return []
 
     @svc.on_stop
     async def stop_ingestion() -> None:

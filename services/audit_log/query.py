@@ -20,6 +20,7 @@ from services.audit_log.errors import CorruptEntryError
 from services.audit_log.store import AuditStore, StoredEntry
 from shared.errors import InputError
 from shared.events import AuditEntry, AuditPage, AuditQuery
+from shared.tracing import trace_of
 
 
 def run_query(store: AuditStore, query: AuditQuery) -> AuditPage:
@@ -104,5 +105,6 @@ def to_audit_entry(entry: StoredEntry) -> AuditEntry:
         time=entry.time,
         recorded_at=entry.recorded_at,
         entry_hash=entry.entry_hash,
+        trace_id=trace_of(entry.event_id, event).trace_id,
         event=event,
     )

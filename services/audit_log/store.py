@@ -116,7 +116,7 @@ from services.audit_log.errors import (
 )
 from services.audit_log.merkle import CompactTree, NodeKey
 from services.audit_log.provenance import provenance
-from shared.envelope import decode_any, parse_raw
+from shared.envelope import TRACEPARENT_MAX, TRACESTATE_MAX, decode_any, parse_raw
 from shared.errors import InputError, InvalidMessage
 from shared.signing import TrustStore
 
@@ -347,11 +347,30 @@ class _Attributes(NamedTuple):
 
 #: Top-level members `shared.envelope.Envelope` allows (it forbids any other).
 _ENVELOPE_MEMBERS: Final = frozenset(
-    ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "signer", "signature")
+    (
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "data",
+        "signer",
+        "signature",
+        "traceparent",
+        "tracestate",
+    )
 )
 #: (member, max length) of the required and of the optional string attributes, as the model has them.
 _REQUIRED_STRINGS: Final = (("id", 64), ("source", 256), ("type", 128))
-_OPTIONAL_STRINGS: Final = (("subject", 256), ("signer", 128), ("signature", 256))
+_OPTIONAL_STRINGS: Final = (
+    ("subject", 256),
+    ("signer", 128),
+    ("signature", 256),
+    ("traceparent", TRACEPARENT_MAX),
+    ("tracestate", TRACESTATE_MAX),
+)
 #: RFC 3339 date-times in the form producers write (`shared.envelope` writes this form): the fast
 #: path reads only these; pydantic accepts more (dates, timestamps, lower-case, ...) and is asked.
 _PLAIN_TIME: Final = re.compile(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import gc
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -77,3 +78,12 @@ async def bus(settings: Settings) -> AsyncIterator[Callable[..., object]]:
         finally:
             for name in list(running.apps):
                 await running.stop(name)
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks_in_teardown() -> Iterator[None]:
+    """Collect garbage as each test ends, so a connection or socket a test leaves open is
+    reported (as a ResourceWarning, an error under `filterwarnings = error`) by that test,
+    not by whichever later test the collector happens to run in."""
+    yield
+    gc.collect()

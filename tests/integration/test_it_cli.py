@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import pickle
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import orjson
 from _poll import until
 from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 
 
 def _env(settings: Any) -> dict[str, str]:
@@ -149,3 +152,93 @@ async def test_keys_commands_register_list_rotate_revoke_and_export(bus: Any, tm
     pem = tmp_path / "audit-log.pub.pem"
     code, out = await _mlwarden(settings, "keys", "export", "audit-log", "--out", str(pem))
     assert code == 0 and pem.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----"), out
+
+
+LOCK = (
+    f"scikit-learn==1.9.1 --hash=sha256:{hashlib.sha256(b'a').hexdigest()}\n"
+    f"numpy==2.4.6 --hash=sha256:{hashlib.sha256(b'b').hexdigest()}\n"
+)
+
+
+async def test_commands_chain_through_json_output(bus: Any, tmp_path: Path) -> None:
+    # Issue 10: a pipeline scripted from the CLI alone, each step reading what the one before
+    # printed: dataset sha256 -> model build -> its root digest -> promotion request id.
+    running = await bus("audit-log", "data-guard", "artifact-signer", "registry-gate")
+    x, y = load_iris(return_X_y=True)
+    data = tmp_path / "iris.csv"
+    data.write_text("a,b,c,d,label\n" + "\n".join(",".join(map(str, r)) + f",{t}" for r, t in zip(x, y, strict=True)))
+    folder = tmp_path / "chain-model"
+    folder.mkdir()
+    (folder / "model.pkl").write_bytes(pickle.dumps(LogisticRegression(max_iter=300).fit(x, y)))
+    (folder / "requirements.txt").write_text(LOCK)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "mlwarden", "watch", "--format", "json"),
+        *("--type", "mlw.verdict.*", "--subject", "model:chain:*"),
+        env=_env(running.settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,  # the "watching" status line is on stderr
+    )
+    watch = Watch(proc)
+    try:
+        await until(lambda: watch.saw("watching"), what=f"the watcher to subscribe: {watch.lines}")
+        code, out = await _mlwarden(
+            running.settings,
+            "publish",
+            "dataset",
+            str(data),
+            "--name",
+            "chain",
+            "--label",
+            "label",
+            "--format",
+            "json",
+            "--actor",
+            "pipeline",
+        )
+        assert code == 0, out
+        uploaded = orjson.loads(out)
+        assert uploaded["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+        assert uploaded["type"] == "mlw.dataset.uploaded" and uploaded["subject"] == "dataset:chain:1"
+        code, out = await _mlwarden(
+            running.settings,
+            *("publish", "model", str(folder), "--name", "chain", "--lockfile", str(folder / "requirements.txt")),
+            *("--dataset", f"chain:1:{uploaded['sha256']}", "--format", "json", "--actor", "ci-bot"),
+        )
+        assert code == 0, out
+        built = orjson.loads(out)
+
+        def artifact_verdict() -> dict[str, Any] | None:
+            rows = [orjson.loads(line) for line in watch.lines if line.startswith("{")]
+            return next((r for r in rows if r["type"] == "mlw.verdict.artifact"), None)
+
+        verdict = await until(artifact_verdict, what=f"the artifact verdict as a JSON line: {watch.lines}", timeout=90)
+        # The digest printed at publish time is the one artifact-signer signed, from its own copy.
+        assert verdict["verified"] is True and verdict["subject"] == "model:chain:1"
+        assert verdict["data"]["root_digest"] == built["root_digest"], verdict["data"]
+        code, out = await _mlwarden(
+            running.settings,
+            *("publish", "promotion", "--model", "chain", "--version", "1", "--stage", "production"),
+            *("--root-digest", built["root_digest"], "--actor", "alice", "--format", "json"),
+        )
+        assert code == 0, out
+        request = orjson.loads(out)
+        assert request["request_id"] == request["id"] and request["type"] == "mlw.registry.promotion"
+        decided = await until(
+            lambda: next(
+                (
+                    r
+                    for r in (orjson.loads(line) for line in watch.lines if line.startswith("{"))
+                    if r["type"] == "mlw.verdict.promotion"
+                ),
+                None,
+            ),
+            what=f"registry-gate's answer to the request: {watch.lines}",
+            timeout=60,
+        )
+        assert decided["data"]["request_id"] == request["request_id"]
+    finally:
+        code = await watch.interrupt()
+    assert code == 0, watch.lines
+    # The filters held: only verdicts about the model came through (not the dataset verdict).
+    rows = [orjson.loads(line) for line in watch.lines if line.startswith("{")]
+    assert rows and all(r["type"].startswith("mlw.verdict.") and r["subject"].startswith("model:chain:") for r in rows)

@@ -5,6 +5,7 @@ permissions violation, and each attack below is refused by the server itself."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import pickle
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from mlwarden.nats_config import NatsConfig, add_actor_identity, read_env, reloa
 from mlwarden.ops import health
 from mlwarden.services import factory
 from services.serving_monitor.keystore import delete_key_on_bus, issue_key_on_bus, list_keys_on_bus
-from shared.bus import TrustConflict, connect
+from shared.bus import TrustConflict, connect, open_nats
 from shared.client import Client
 from shared.embedded import free_port, nats_server_binary
 from shared.errors import InputError
@@ -182,8 +184,8 @@ class Refusals:
 async def _raw(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
     refusals = Refusals()
     settings = system.settings(identity)
-    nc = await nats.connect(
-        settings.nats_url, error_cb=refusals.on_error, connect_timeout=5, inbox_prefix=settings.inbox_prefix
+    nc = await open_nats(
+        servers=settings.nats_url, error_cb=refusals.on_error, connect_timeout=5, inbox_prefix=settings.inbox_prefix
     )
     stack.push_async_callback(nc.close)
     return nc, refusals
@@ -561,12 +563,36 @@ async def test_one_actor_cannot_read_another_actors_replies(secured: Secured) ->
     assert {(user, kind) for user, kind, _ in secured.violations()} == {("alice", "Subscription")}
 
 
+async def test_a_refused_connection_leaves_no_socket_open(secured: Secured) -> None:
+    # nats-py keeps the socket of a connection the server refused (here: a wrong password) open
+    # until the garbage collector finds it; one CI run failed on that ResourceWarning in the
+    # next test. `open_nats` closes it.
+    wrong = re.sub(r"//[^@]+@", "//producer:wrong@", secured.settings("producer").nats_url)
+    refusals = Refusals()
+    refused = False
+    try:
+        await open_nats(
+            servers=wrong,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+            error_cb=refusals.on_error,
+        )
+    except nats.errors.Error as exc:
+        refused = "Authorization Violation" in str(exc)
+    assert refused, refusals.errors
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
 async def _connect_when_admitted(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
     url = system.settings(identity).nats_url
     deadline = time.monotonic() + 10
     while True:
         try:
-            probe = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+            probe = await open_nats(servers=url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
         except (nats.errors.Error, OSError):
             # Authorization is refused until the server has reloaded its users.
             assert time.monotonic() < deadline, f"{identity} was never admitted"

@@ -50,7 +50,11 @@ def test_each_service_runs_itself_with_its_own_nats_identity(compose: dict[str, 
     service = compose["services"][name]
     assert f"mlwarden run {name}" in _command(service)
     assert service["env_file"] == f"./nats-secrets/{name}.env"
-    assert service["healthcheck"]["test"] == ["CMD", "mlwarden", "health"]
+    # Each replica's own readiness, on the metrics port its environment sets.
+    port = service["environment"]["MLW_METRICS_PORT"]
+    assert Settings(metrics_port=port).metrics_port == 9460
+    assert service["environment"]["MLW_METRICS_HOST"] == "0.0.0.0"
+    assert service["healthcheck"]["test"][-1].endswith(f"urlopen('http://127.0.0.1:{port}/readyz', timeout=3)")
 
 
 @pytest.mark.parametrize("name", SERVICES)
