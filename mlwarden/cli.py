@@ -33,7 +33,7 @@ from mlwarden.cliutil import (
     redact_urls,
 )
 from mlwarden.keys_cli import add_keys_commands
-from mlwarden.registry_cli import add_registry_commands
+from mlwarden.registry_cli import add_recall_commands, add_registry_commands
 from mlwarden.serving_cli import add_serving_commands
 from mlwarden.traffic_cli import add_traffic_commands
 from shared.errors import InputError, MlwardenError
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_artifact_commands(sub, add)
     add_registry_commands(sub, add, common)
+    add_recall_commands(sub, add, common)
 
     p = add("health", cmd_health)
     common(p)

@@ -7,7 +7,9 @@ Exit codes: 0 pass (or warn), 1 fail (also a dataset over a size limit), 2 usage
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,28 +52,40 @@ def _read_table(path: Path, label: str | None) -> Any:
     )
 
 
-def check_dataset(args: argparse.Namespace, out: Console, print_json: Callable[[Any], None]) -> int:
-    """`mlwarden check dataset DATA --label COL [--reference REF]`."""
+@contextmanager
+def _progress(console: Console) -> Iterator[Callable[[str], None]]:
+    """A step reporter: on a terminal, a spinner naming the running step and the time so far
+    (on stderr, so `--format json` stays one object on stdout); elsewhere nothing."""
+    if not console.is_terminal:
+        yield lambda _step: None
+        return
+    started = time.monotonic()
+    with console.status("starting") as status:
+
+        def step(name: str) -> None:
+            status.update(f"{escape(name)} [dim]({time.monotonic() - started:.0f} s)[/]")
+
+        yield step
+
+
+def check_dataset(
+    args: argparse.Namespace, out: Console, print_json: Callable[[Any], None], progress: Console | None = None
+) -> int:
+    """`mlwarden check dataset DATA --label COL [--reference REF]`; `progress` (stderr) shows
+    each step while it runs when it is a terminal."""
     from services.data_guard.detect import analyze
     from services.data_guard.loader import DatasetError
 
-    try:
-        table = _read_table(args.data, args.label)
-        reference = _read_table(args.reference, args.label) if args.reference else None
-    except DatasetError as exc:
-        # A readable dataset over a size limit is refused as the service refuses it, with a
-        # `fail` verdict (issue 12); bytes that are not a dataset at all are an input error.
-        decision = "fail" if exc.over_limit else "error"
-        if args.format == "json":
-            summary: dict[str, Any] = {"decision": decision, "error": exc.code, "message": str(exc)}
-            if exc.over_limit:  # the shape of a report, as the bus verdict has
-                refusal = {"check": f"input.{exc.code}", "severity": "fail", "message": str(exc), "rows": []}
-                summary |= {"rows": 0, "used_reference": False, "flagged_rows": [], "findings": [refusal]}
-            print_json(summary)
-        else:
-            out.print(f"[red]{decision}[/] ({exc.code}): {escape(str(exc))}")
-        return EXIT_FAIL if exc.over_limit else EXIT_ERROR
-    report = analyze(table, reference)
+    with _progress(progress or Console(stderr=True)) as step:
+        try:
+            step(f"reading {args.data}")
+            table = _read_table(args.data, args.label)
+            if args.reference:
+                step(f"reading {args.reference}")
+            reference = _read_table(args.reference, args.label) if args.reference else None
+        except DatasetError as exc:
+            return _refused(exc, args, out, print_json)
+        report = analyze(table, reference, progress=step)
     if args.format == "json":
         print_json(report.cli_summary())
     else:
@@ -82,3 +96,18 @@ def check_dataset(args: argparse.Namespace, out: Console, print_json: Callable[[
         for finding in report.findings:
             out.print(f"  {finding.severity.value:5} {finding.check:32} {finding.message}", markup=False)
     return EXIT_FAIL if report.decision == Decision.FAIL else EXIT_OK
+
+
+def _refused(exc: Any, args: argparse.Namespace, out: Console, print_json: Callable[[Any], None]) -> int:
+    """A dataset the loader refused: over a size limit it is a `fail` verdict, as the service
+    gives (issue 12); bytes that are not a dataset at all are an input error."""
+    decision = "fail" if exc.over_limit else "error"
+    if args.format == "json":
+        summary: dict[str, Any] = {"decision": decision, "error": exc.code, "message": str(exc)}
+        if exc.over_limit:  # the shape of a report, as the bus verdict has
+            refusal = {"check": f"input.{exc.code}", "severity": "fail", "message": str(exc), "rows": []}
+            summary |= {"rows": 0, "used_reference": False, "flagged_rows": [], "findings": [refusal]}
+        print_json(summary)
+    else:
+        out.print(f"[red]{decision}[/] ({exc.code}): {escape(str(exc))}")
+    return EXIT_FAIL if exc.over_limit else EXIT_ERROR

@@ -29,11 +29,13 @@ _FLOWS: dict[str, tuple[str, list[str]]] = {
     Subjects.APPROVAL_GIVEN: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.DEMOTION_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.ROLLBACK_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
+    Subjects.RECALL_REQUESTED: ("recall officers (signed)", ["registry-gate", "audit-log"]),
     Subjects.PREDICTION_LOGGED: ("model servers (signed)", ["serving-monitor", "audit-log"]),
     Subjects.VERDICT_DATASET: ("data-guard", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_ACCESS: ("data-guard", ["audit-log", "data owners"]),
     Subjects.VERDICT_ARTIFACT: ("artifact-signer", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_PROMOTION: ("registry-gate", ["audit-log", "subscribers"]),
+    Subjects.VERDICT_RECALL: ("registry-gate", ["audit-log", "subscribers"]),
     Subjects.VERDICT_ADMISSION: ("serving-monitor", ["audit-log"]),
 }
 

@@ -30,7 +30,7 @@ from shared.errors import FailureClass, InvalidMessage, MlwardenError, Signature
 from shared.events import Alert, DeadLetter, Severity
 from shared.metrics import ServiceMetrics
 from shared.settings import Settings
-from shared.signing import SigningKey, TrustStore, load_or_create_key
+from shared.signing import Identity, SigningKey, TrustStore, load_or_create_key
 from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, TRUST_BUCKET, Subjects, expected_signer
 from shared.tracing import caused_by_current
 from shared.trust import (
@@ -265,6 +265,10 @@ class ServiceRuntime:
     #: Infrastructure failures seen per message (subject:stream seq): not counted as bug attempts.
     _infra_failures: dict[str, int] = field(default_factory=dict)
     _recovery: asyncio.Task[None] | None = None
+    #: Called with each identity the trust store changes while following it (after it is applied):
+    #: registry-gate recalls what a revoked key vouched for (issue 11). A failing listener is
+    #: logged and does not stop the following.
+    trust_listeners: list[Callable[[Identity], Awaitable[None]]] = field(default_factory=list)
     #: Where emitted verdicts, alerts and dead letters are counted (`ServiceApp` sets it).
     metrics: ServiceMetrics | None = None
 
@@ -441,6 +445,11 @@ class ServiceRuntime:
                     continue
                 if identity is not None:
                     log.info("%s: trust store: %s now serial %d", self.service, identity.id, identity.serial)
+                    for listener in self.trust_listeners:
+                        try:
+                            await listener(identity)
+                        except Exception:  # a listener's failure must not stop trust updates
+                            log.exception("%s: trust listener failed on %s", self.service, identity.id)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()

@@ -29,6 +29,7 @@ from shared.events import (
     AuditQuery,
     DataAccessApproved,
     DataAccessRequested,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetUploaded,
     ErrorReply,
@@ -250,6 +251,15 @@ class Client:
             comment=comment,
         )
         return await self.publish(Subjects.APPROVAL_GIVEN, data, about=f"model:{model}:{version}", key=key)
+
+    async def recall_dataset(
+        self, key: SigningKey, *, dataset: str, version: str, reason: str, sha256: str | None = None
+    ) -> Envelope[Any]:
+        """A dataset recall signed with the recall officer's own key (registry-gate, issue 11)."""
+        data = DatasetRecallRequested(
+            dataset=dataset, version=version, sha256=sha256, requester=key.key_id, reason=reason
+        )
+        return await self.publish(Subjects.RECALL_REQUESTED, data, about=f"dataset:{dataset}:{version}", key=key)
 
     async def log_predictions(
         self, model: str, records: list[PredictionRecord], *, server: str | None = None

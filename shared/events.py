@@ -190,6 +190,20 @@ class RollbackRequested(Frozen):
     reason: str = Field(min_length=1, max_length=2000, description="why (audited)")
 
 
+class DatasetRecallRequested(Frozen):
+    """`mlw.registry.recall`: an operator recalls a dataset version (issue 11); signed by an actor
+    holding the `recall-officer` role. registry-gate takes every model version trained on it out of
+    the stages whose policy says `recall`, and refuses to promote one again."""
+
+    dataset: Name = Field(description="dataset name, as the artifact verdicts cite it")
+    version: str = Field(min_length=1, max_length=64, description="dataset version")
+    sha256: Sha256Hex | None = Field(
+        default=None, description="only the bytes with this digest (default: every digest of that version)"
+    )
+    requester: Name = Field(description="actor id; must match the signing key's owner")
+    reason: str = Field(min_length=1, max_length=2000, description="why (audited, shown by `registry status`)")
+
+
 class ApprovalGiven(Frozen):
     """`mlw.registry.approval`: a reviewer approves a promotion, demotion or rollback request;
     signed by the reviewer."""
@@ -284,6 +298,30 @@ class PromotionVerdict(Frozen):
     expires_at: float | None = Field(
         default=None, description="unix seconds after which the request can no longer be approved"
     )
+
+
+class RecalledVersion(Frozen):
+    """A model version a recall took out of one stage."""
+
+    model: Name
+    version: str
+    stage: str
+    root_digest: str = Field(default="", description="root digest it had been promoted with")
+
+
+class RecallVerdict(Frozen):
+    """`mlw.verdict.recall`: registry-gate's answer to a recall request: `recalled` (with every
+    model version it took out, possibly none) or `rejected` (unsigned, forged or unauthorised)."""
+
+    dataset: Name
+    version: str
+    sha256: str | None = Field(default=None, description="the digest the request was limited to, if any")
+    decision: Literal["recalled", "rejected"]
+    reasons: list[str] = Field(default_factory=list, description="why it was rejected, or the recall's reason")
+    requester: str = Field(description="the verified signer; for a rejection, who the request claimed")
+    request_id: str = Field(description="id of the recall request event")
+    in_reply_to: str
+    recalled: list[RecalledVersion] = Field(default_factory=list, description="what the recall took out")
 
 
 class AdmissionVerdict(Frozen):

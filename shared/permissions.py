@@ -333,13 +333,16 @@ def actor_permissions(name: str) -> Permissions:
 
 
 def auditor_permissions() -> Permissions:
-    """Auditors: query and prove through audit-log, read the signed checkpoints and the trust
-    store, and watch verdicts, alerts and dead letters live. They change nothing."""
+    """Auditors: query and prove through audit-log, read the signed checkpoints, the trust
+    store and the signed bundles in `mlw-artifacts`, and watch verdicts, alerts and dead
+    letters live. They change nothing."""
     publish = [
         "mlw.audit.>",
         *_stream_info(CHECKPOINTS.name),
         _api(f"STREAM.MSG.GET.{CHECKPOINTS.name}"),
         *kv_read(TRUST_BUCKET, watch=False),  # audit-log's key, to check the checkpoints
+        # `registry bom` reads artifact-signer's signed checks statement (read only, issue 11).
+        *object_read(ARTIFACTS_BUCKET),
     ]
     subscribe = [inbox(AUDITOR), f"{Subjects.ALERT_PREFIX}.>", f"{Subjects.DEADLETTER_PREFIX}.>", "mlw.verdict.>"]
     return Permissions(AUDITOR, _unique(publish), _unique(subscribe))

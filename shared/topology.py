@@ -29,6 +29,7 @@ from shared.events import (
     ArtifactVerdict,
     DataAccessApproved,
     DataAccessRequested,
+    DatasetRecallRequested,
     DatasetUploaded,
     DatasetVerdict,
     DeadLetter,
@@ -37,6 +38,7 @@ from shared.events import (
     PredictionBatch,
     PromotionRequested,
     PromotionVerdict,
+    RecallVerdict,
     RollbackRequested,
 )
 
@@ -52,12 +54,14 @@ class Subjects:
     APPROVAL_GIVEN = "mlw.registry.approval"
     DEMOTION_REQUESTED = "mlw.registry.demotion"
     ROLLBACK_REQUESTED = "mlw.registry.rollback"
+    RECALL_REQUESTED = "mlw.registry.recall"
     PREDICTION_LOGGED = "mlw.prediction.logged"
 
     VERDICT_DATASET = "mlw.verdict.dataset"
     VERDICT_ACCESS = "mlw.verdict.access"
     VERDICT_ARTIFACT = "mlw.verdict.artifact"
     VERDICT_PROMOTION = "mlw.verdict.promotion"
+    VERDICT_RECALL = "mlw.verdict.recall"
     VERDICT_ADMISSION = "mlw.verdict.admission"
     ALERT_PREFIX = "mlw.alert"
     DEADLETTER_PREFIX = "mlw.deadletter"
@@ -97,6 +101,7 @@ VERDICT_SIGNERS: dict[str, str] = {
     Subjects.VERDICT_ACCESS: "data-guard",
     Subjects.VERDICT_ARTIFACT: "artifact-signer",
     Subjects.VERDICT_PROMOTION: "registry-gate",
+    Subjects.VERDICT_RECALL: "registry-gate",
     Subjects.VERDICT_ADMISSION: "serving-monitor",
 }
 
@@ -199,6 +204,7 @@ REGISTRY_EVENTS: tuple[str, ...] = (
     Subjects.APPROVAL_GIVEN,
     Subjects.DEMOTION_REQUESTED,
     Subjects.ROLLBACK_REQUESTED,
+    Subjects.RECALL_REQUESTED,
 )
 EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", *REGISTRY_EVENTS))
 PREDICTIONS = StreamSpec(
@@ -333,10 +339,12 @@ _MODELS: dict[str, type[BaseModel]] = {
     Subjects.APPROVAL_GIVEN: ApprovalGiven,
     Subjects.DEMOTION_REQUESTED: DemotionRequested,
     Subjects.ROLLBACK_REQUESTED: RollbackRequested,
+    Subjects.RECALL_REQUESTED: DatasetRecallRequested,
     Subjects.PREDICTION_LOGGED: PredictionBatch,
     Subjects.VERDICT_DATASET: DatasetVerdict,
     Subjects.VERDICT_ARTIFACT: ArtifactVerdict,
     Subjects.VERDICT_PROMOTION: PromotionVerdict,
+    Subjects.VERDICT_RECALL: RecallVerdict,
     Subjects.VERDICT_ADMISSION: AdmissionVerdict,
     Subjects.DATASET_ACCESS: DataAccessRequested,
     Subjects.DATASET_APPROVAL: DataAccessApproved,

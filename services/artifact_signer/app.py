@@ -9,6 +9,7 @@ Hashing and scanning are file and CPU work: they run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from datetime import UTC, datetime
@@ -18,13 +19,19 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundErr
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.artifact_signer.attest import checks_statement, provenance_statement
+from services.artifact_signer.attest import (
+    SLSA_PROVENANCE_V1,
+    checks_statement,
+    provenance_statement,
+    verify_companion,
+)
 from services.artifact_signer.datasets import dataset_decisions
 from services.artifact_signer.dependencies import DependencyReport, check_dependencies
 from services.artifact_signer.hashing import UnsafePathError
 from services.artifact_signer.intake import Inspection, inspect_model
-from services.artifact_signer.oms import sign_manifest, sign_statement, verify_model
+from services.artifact_signer.oms import BundleError, sign_manifest, sign_statement, verify_model, verify_statement
 from services.artifact_signer.osv import OsvDatabase
+from services.artifact_signer.recheck import build_facts, database_fingerprint, newly_vulnerable, recheck_verdict
 from services.artifact_signer.scanner import ScanReport
 from services.artifact_signer.stored import check_against_index, fetch_model
 from shared.bus import ServiceRuntime
@@ -57,6 +64,12 @@ class SignerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLW_ARTIFACT_", extra="ignore", frozen=True)
 
     osv_db: Path | None = Field(default=None, description="offline OSV database: a folder or zip (see `osv`)")
+    osv_reload_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds between checks whether `osv_db` was replaced; when it was, it is reloaded and every"
+        " signed build's locked dependencies are looked up again (issue 11; also once at start). 0: only at start",
+    )
 
 
 def bundle_key(model: str, version: str, kind: str = "model") -> str:
@@ -87,6 +100,8 @@ class Signer:
         self.runtime = runtime
         self.settings = settings
         self.osv = osv
+        #: root digest -> the new advisories already announced for it (by `recheck`)
+        self.announced: dict[str, str] = {}
 
     async def _inspect(self, ref: ObjectRef, name: str) -> tuple[Inspection, str]:
         """Hash and scan the artifact once; also where it was (recorded beside the bundle).
@@ -191,6 +206,54 @@ class Signer:
             checks_key=keys["checks"],
         )
 
+    async def recheck(self, database: OsvDatabase) -> int:
+        """Look every signed build's locked packages up in `database` (issue 11); publish a `fail`
+        verdict for each build with a vulnerability its checks statement did not record. Only
+        statements this service signed count (verified with its own key). Return how many."""
+        self.osv = database
+        store = await self.runtime.js.object_store(ARTIFACTS_BUCKET)
+        try:
+            objects = await store.list(ignore_deletes=True)
+        except NotFoundError:
+            return 0
+        public = self.runtime.key.private.public_key()
+        published = 0
+        for info in objects:
+            name = info.name or ""
+            if not (name.startswith("bundles/") and name.endswith("/checks.sigstore.json")):
+                continue
+            prefix = name.removesuffix("checks.sigstore.json")
+            keys = {kind: f"{prefix}{kind}.sigstore.json" for kind in ("model", "provenance", "checks")}
+            try:
+                statement = verify_statement(bytes((await store.get(name)).data or b""), public)
+                root_digest = str(statement["subject"][0]["digest"]["sha256"])
+                new = newly_vulnerable(statement.get("predicate") or {}, database)
+                if not new:
+                    continue
+                provenance = verify_companion(
+                    bytes((await store.get(keys["provenance"])).data or b""),
+                    public,
+                    root_digest=root_digest,
+                    predicate_type=SLSA_PROVENANCE_V1,
+                )
+            except (BundleError, ObjectNotFoundError, NotFoundError, KeyError, IndexError, TypeError) as exc:
+                log.warning("artifact-signer: recheck skips %s: %s", name, exc)
+                continue
+            facts = build_facts(provenance)
+            ids = "+".join(sorted(f"{v.package}:{v.id}" for v in new))
+            # The same new advisories for the same build give the same id: a recheck after a
+            # restart is one verdict, not two (JetStream's duplicate window).
+            cause = f"osv-recheck:{root_digest}:{ids}"
+            verdict = recheck_verdict(facts, root_digest, new, keys=keys, in_reply_to=cause)
+            if self.announced.get(root_digest) == ids:
+                continue
+            self.announced[root_digest] = ids
+            await self.runtime.emit(
+                Subjects.VERDICT_ARTIFACT, verdict, in_reply_to=cause, about=f"model:{facts.model}:{facts.version}"
+            )
+            published += 1
+        return published
+
     async def verify(self, request: ArtifactVerifyRequest) -> ArtifactVerifyReply:
         """Load the OMS bundle, check its signature, re-hash the artifact against it."""
         store = await self.runtime.js.object_store(ARTIFACTS_BUCKET)
@@ -264,10 +327,51 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
     def signer() -> Signer:
         return svc.get("signer", Signer)
 
+    watchers: list[asyncio.Task[None]] = []
+
+    async def follow_osv(s: Signer, path: Path, seen: tuple[int, int, int]) -> None:
+        # First the database as loaded at start: it may have been replaced while this service
+        # was down. Then poll the file's fingerprint (not its bytes): replacing it is the signal.
+        if s.osv is not None:
+            try:
+                count = await s.recheck(s.osv)
+                log.info("artifact-signer: start-up OSV re-check: %d build(s) newly vulnerable", count)
+            except Exception:  # the bus may still be settling; the next replacement re-checks
+                log.exception("artifact-signer: start-up OSV re-check failed")
+        if cfg.osv_reload_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(cfg.osv_reload_s)
+            try:
+                now = await asyncio.to_thread(database_fingerprint, path)
+                if now == seen:
+                    continue
+                database = await asyncio.to_thread(OsvDatabase.load, path)
+                seen = now
+                count = await s.recheck(database)
+                log.info("artifact-signer: OSV database reloaded; %d build(s) newly vulnerable", count)
+            except InputError as exc:
+                await s.runtime.alert("osv_reload_failed", Severity.WARN, f"OSV database not reloaded: {exc}")
+                seen = now
+            except Exception:  # a bus hiccup must not end the following; the next round retries
+                log.exception("artifact-signer: OSV reload failed")
+
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:
         osv = await asyncio.to_thread(OsvDatabase.load, cfg.osv_db) if cfg.osv_db else None
-        svc.state["signer"] = Signer(runtime, settings, osv)
+        s = Signer(runtime, settings, osv)
+        svc.state["signer"] = s
+        if cfg.osv_db is not None:
+            seen = await asyncio.to_thread(database_fingerprint, cfg.osv_db)
+            watchers.append(asyncio.create_task(follow_osv(s, cfg.osv_db, seen)))
+
+    @svc.on_stop
+    async def stop() -> None:
+        for task in watchers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        watchers.clear()
 
     @svc.consume(Subjects.MODEL_BUILT, ModelBuilt, batch=2)
     async def on_model_built(event: Envelope[ModelBuilt]) -> None:

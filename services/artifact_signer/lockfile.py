@@ -51,6 +51,11 @@ class LockedPackage(Frozen):
     name: str = Field(description="normalized project name (PEP 503)")
     version: str | None = Field(description="exact version, if pinned")
     hashes: int = Field(ge=0, description="sha256 hashes recorded for it")
+    sha256: list[str] = Field(
+        default_factory=list,
+        description="those sha256 digests, lower-case hex, in lock file order (a bill of materials cites them;"
+        " empty in reports from before issue 11)",
+    )
 
 
 class LockReport(Frozen):
@@ -246,7 +251,8 @@ def _check_requirements(text: str) -> tuple[list[LockedPackage], list[Finding]]:
                     line=number,
                 )
             )
-        packages.append(LockedPackage(name=name, version=version, hashes=len(hashes)))
+        digests = _hex_digests(hashes)
+        packages.append(LockedPackage(name=name, version=version, hashes=len(hashes), sha256=digests))
     return packages, findings
 
 
@@ -346,6 +352,11 @@ def _check_toml(text: str, checker: _TomlChecker) -> tuple[list[LockedPackage], 
         return [], [_finding("parse", f"unexpected lock file structure: {exc!r}")]
 
 
+def _hex_digests(values: list[str]) -> list[str]:
+    """`sha256:<hex>` values as distinct lower-case hex digests, first occurrence first."""
+    return list(dict.fromkeys(v.partition(":")[2].lower() for v in values))
+
+
 def _sha256_problem(value: object) -> str | None:
     """Why a lock file's `sha256:<hex>` is not a usable digest, or None."""
     algorithm, _, hexdigest = str(value or "").partition(":")
@@ -401,8 +412,8 @@ def _check_uv_lock(data: dict[str, Any]) -> tuple[list[LockedPackage], list[Find
             return str(dist.get("hash", ""))
 
         findings.extend(_hash_findings(name, dists, uv_hash))
-        hashed = sum(_sha256_problem(uv_hash(d)) is None for d in dists)
-        packages.append(LockedPackage(name=name, version=version, hashes=hashed))
+        hashed = [uv_hash(d) for d in dists if _sha256_problem(uv_hash(d)) is None]
+        packages.append(LockedPackage(name=name, version=version, hashes=len(hashed), sha256=_hex_digests(hashed)))
     return packages, findings
 
 
@@ -430,6 +441,6 @@ def _check_pylock(data: dict[str, Any]) -> tuple[list[LockedPackage], list[Findi
             return f"sha256:{digest}" if digest is not None else ""
 
         findings.extend(_hash_findings(name, dists, pylock_hash))
-        hashed = sum(_sha256_problem(pylock_hash(d)) is None for d in dists)
-        packages.append(LockedPackage(name=name, version=version, hashes=hashed))
+        hashed = [pylock_hash(d) for d in dists if _sha256_problem(pylock_hash(d)) is None]
+        packages.append(LockedPackage(name=name, version=version, hashes=len(hashed), sha256=_hex_digests(hashed)))
     return packages, findings

@@ -28,6 +28,7 @@ budget is skipped with the reason as a finding, so no upload holds the service f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -162,8 +163,16 @@ class DatasetReport(BaseModel):
         }
 
 
-def analyze(table: Table, reference: Table | None = None, settings: DetectorSettings | None = None) -> DatasetReport:
+def analyze(
+    table: Table,
+    reference: Table | None = None,
+    settings: DetectorSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DatasetReport:
     """Check `table` (optionally against a trusted `reference`) and decide.
+
+    `progress`, when given, is called with the name of each check as it starts (a terminal shows
+    it: a million rows take tens of seconds).
 
     BLAS and OpenMP threads are pinned to `settings.threads` for the duration (threadpoolctl):
     the service runs on small machines beside other work and must not oversubscribe them.
@@ -174,10 +183,16 @@ def analyze(table: Table, reference: Table | None = None, settings: DetectorSett
     # Values near the float64 limits (1e308) overflow to inf in differences and ratios; every
     # detector already treats inf as non-finite, so the overflow is expected, not an error.
     with threadpool_limits(limits=threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _analyze(table, reference, cfg)
+        return _analyze(table, reference, cfg, progress or _quiet)
 
 
-def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> DatasetReport:
+def _quiet(_step: str) -> None:
+    return None
+
+
+def _analyze(
+    table: Table, reference: Table | None, cfg: DetectorSettings, progress: Callable[[str], None]
+) -> DatasetReport:
     n = table.rows
     findings: list[Finding] = []
     flagged: list[np.ndarray] = []
@@ -218,6 +233,7 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
             )
         )
     if ref_X is not None:
+        progress("drift against the reference")
         findings.extend(_schema_types(table, ref_X))
         findings.extend(_drift(table, ref_X, cfg))
 
@@ -238,6 +254,7 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
         if skipped is not None:
             findings.append(skipped)
             continue
+        progress(f"outliers ({scorer.name})")
         outliers = detect_outliers(
             table.X,
             ref_X,
@@ -272,9 +289,11 @@ def _analyze(table: Table, reference: Table | None, cfg: DetectorSettings) -> Da
     label_probability: np.ndarray | None = None
     codes: np.ndarray | None = None
     if table.y is not None:
+        progress("labels")
         label_rows, label_probability, codes = _label_checks(table, ref_X, ref_y, findings, cfg)
         flagged.extend(label_rows)
 
+    progress("duplicates")
     flagged.extend(_duplicate_checks(table, ref_X, ref_y, label_probability, codes, findings, cfg))
 
     all_flagged = np.unique(np.concatenate([a.astype(np.int64) for a in flagged]))

@@ -22,12 +22,17 @@ from services.registry_gate.gate import (
     ConflictingEvent,
     GateDecision,
     RecordedApproval,
+    RecordedRecall,
     RecordedRequest,
     RegistryState,
     RequestExpired,
     StageChange,
+    artifact_recalls,
     closing_fact,
+    dataset_recall,
     evaluate,
+    key_recalls,
+    recall_prefix,
     recalls,
 )
 from services.registry_gate.policy import RegistryPolicy, load_policy
@@ -37,11 +42,14 @@ from shared.errors import SignatureError
 from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
+    DatasetRecallRequested,
     DatasetVerdict,
     Decision,
     DemotionRequested,
     PromotionRequested,
     PromotionVerdict,
+    RecalledVersion,
+    RecallVerdict,
     RegistryStatus,
     RegistryStatusRequest,
     RollbackRequested,
@@ -49,9 +57,12 @@ from shared.events import (
 )
 from shared.service import ServiceApp
 from shared.settings import Settings
+from shared.signing import Identity
 from shared.topology import STATE_BUCKET, Subjects
 
 SERVICE = "registry-gate"
+#: The trust-store role an actor needs to recall a dataset (`mlwarden recall dataset`, issue 11).
+RECALL_ROLE = "recall-officer"
 JOURNAL_PREFIX = "registry-gate."
 log = logging.getLogger("mlwarden.registry-gate")
 
@@ -146,10 +157,89 @@ class Gate:
 
     async def recall(self, sha256: str, cause: str) -> None:
         """Take out of their stages the model versions trained on bytes now judged `fail`
-        (issue 11): each change is journaled, published as a `demoted` verdict with action
-        `recall`, and alerted; pending requests of the same model and stage are re-evaluated."""
+        (issue 11); see `pull`."""
+        changes = recalls(self.state, self.policy_now(), sha256, now=self.clock())
+        await self.pull(changes, cause, dataset_sha256=sha256)
+
+    async def recall_revoked(self) -> None:
+        """Take out of their stages the model versions whose placement relied on a signature of an
+        identity the trust store now holds revoked (issue 11); see `pull`. Run at start (a key
+        revoked while registry-gate was down) and on every trust-store change."""
+        revoked = {
+            key_id: identity.revoked_at
+            for key_id in self.runtime.trust.ids()
+            if (identity := self.runtime.trust.identity(key_id)) is not None and identity.revoked_at is not None
+        }
+        changes = key_recalls(self.state, self.policy_now(), revoked, now=self.clock())
+        await self.pull(changes, "trust-store", revoked=",".join(sorted(revoked)))
+
+    async def on_trust_change(self, identity: Identity) -> None:
+        """A trust-store update (root-verified by the runtime): a revocation recalls."""
+        if identity.revoked_at is None:
+            return
+        async with self.lock:
+            await self.recall_revoked()
+
+    async def recall_dataset(self, recorded: RecordedRecall) -> None:
+        """An operator's verified dataset recall: record and journal it, pull every model version
+        trained on it, and answer with a signed `recalled` verdict (issue 11)."""
+        try:
+            affected = self.state.record_recall(recorded)
+        except ConflictingEvent as exc:
+            await self.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=recorded.request_id)
+            return
+        await self.journal("recall", recorded.request_id, recorded)
+        changes = dataset_recall(self.state, self.policy_now(), recorded.request_id, now=self.clock())
+        wanted = recorded.recall
+        await self.pull(changes, recorded.request_id, dataset=wanted.dataset, dataset_version=wanted.version)
+        # Every change this recall made, also when this is a redelivery (the verdict's id is
+        # derived from the request's, so JetStream keeps one copy).
+        done = self.state.changes_by(recall_prefix(recorded.request_id) + "-")
+        verdict = RecallVerdict(
+            dataset=wanted.dataset,
+            version=wanted.version,
+            sha256=wanted.sha256,
+            decision="recalled",
+            reasons=[wanted.reason],
+            requester=recorded.signer,
+            request_id=recorded.request_id,
+            in_reply_to=recorded.request_id,
+            recalled=[
+                RecalledVersion(model=c.model, version=c.replaced or "", stage=c.stage, root_digest=c.root_digest)
+                for c in done
+            ],
+        )
+        await self.runtime.emit(
+            Subjects.VERDICT_RECALL,
+            verdict,
+            in_reply_to=recorded.request_id,
+            about=f"dataset:{wanted.dataset}:{wanted.version}",
+        )
+        await self.decide(affected, recorded.request_id)
+
+    async def reject_recall(self, event: Envelope[DatasetRecallRequested], reason: str) -> None:
+        """A recall whose signature or role does not hold is refused with a signed verdict
+        (verify_actor alerted); nothing is recorded or pulled."""
+        data = event.data
+        verdict = RecallVerdict(
+            dataset=data.dataset,
+            version=data.version,
+            sha256=data.sha256,
+            decision="rejected",
+            reasons=[f"recall refused: {reason}"],
+            requester=data.requester,
+            request_id=event.id,
+            in_reply_to=event.id,
+        )
+        await self.runtime.emit(
+            Subjects.VERDICT_RECALL, verdict, in_reply_to=event.id, about=f"dataset:{data.dataset}:{data.version}"
+        )
+
+    async def pull(self, changes: list[StageChange], cause: str, **evidence: str) -> None:
+        """Record and journal each recall change, publish it as a `demoted` verdict with action
+        `recall`, alert, and re-evaluate the pending requests of the same model and stage."""
         affected: list[str] = []
-        for change in recalls(self.state, self.policy_now(), sha256, now=self.clock()):
+        for change in changes:
             affected += self.state.record_change(change)
             await self.journal("change", change.request_id, change)
             version = change.replaced or ""
@@ -178,11 +268,11 @@ class Gate:
                 "recall",
                 Severity.FAIL,
                 f"{change.model} {version} recalled from {change.stage}: {change.reason}",
-                in_reply_to=cause,
+                in_reply_to=f"{change.request_id}:{cause}",
                 model=change.model,
                 version=version,
                 stage=change.stage,
-                dataset_sha256=sha256,
+                **evidence,
             )
         await self.decide(sorted(set(affected)), cause)
 
@@ -216,7 +306,7 @@ def _same(a: PromotionVerdict, b: PromotionVerdict) -> bool:
 
 async def _load_state(runtime: ServiceRuntime) -> RegistryState:
     """Replay the journal: verdicts first, then requests, approvals, stage changes (in their
-    recorded order) and expiries."""
+    recorded order), expiries and operators' recalls."""
     kv = await runtime.js.key_value(STATE_BUCKET)
     facts: dict[str, list[bytes]] = {
         "artifact": [],
@@ -225,6 +315,7 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         "approval": [],
         "change": [],
         "expiry": [],
+        "recall": [],
     }
     try:
         # (nats-py 2.16's `keys(filters=...)` finds nothing for a wildcard filter: filter here.)
@@ -251,6 +342,8 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         state.record_change(change)
     for raw in facts["expiry"]:
         state.record_expiry(RequestExpired.model_validate_json(raw))
+    for raw in facts["recall"]:
+        state.record_recall(RecordedRecall.model_validate_json(raw))
     return state
 
 
@@ -278,6 +371,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         policy = load_policy(settings.registry_policy_path)
         g = Gate(runtime, policy, await _load_state(runtime), clock)
         svc.state["gate"] = g
+        # Keys revoked while registry-gate was down recall now; later revocations as they come.
+        async with g.lock:
+            await g.recall_revoked()
+        runtime.trust_listeners.append(g.on_trust_change)
         ticker.append(asyncio.create_task(tick(g, tick_interval(policy))))
 
     @svc.on_stop
@@ -340,6 +437,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         async with g.lock:
             record = partial(g.state.record_artifact_verdict, event.data)
             await g.apply(event.id, "artifact", record, event.data, always=False)
+            if event.data.decision is Decision.FAIL:
+                # e.g. artifact-signer's re-check after an OSV update (issue 11): pull it.
+                changes = artifact_recalls(g.state, g.policy_now(), event.data.model, event.data.version, now=g.clock())
+                await g.pull(changes, event.id, artifact_verdict=event.id)
 
     async def on_dataset_verdict(event: Envelope[DatasetVerdict]) -> None:
         """data-guard's verdict: acted upon only when its signature verifies."""
@@ -354,11 +455,26 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             if event.data.decision is Decision.FAIL:
                 await g.recall(event.data.sha256, event.id)
 
+    async def on_recall(event: Envelope[DatasetRecallRequested]) -> None:
+        """A dataset recall, signed by an actor holding the recall-officer role: every model
+        version trained on it leaves the stages whose policy says recall; refused otherwise."""
+        g = gate()
+        async with g.lock:
+            try:
+                # The identity and the role come from the verified key, never from `requester`.
+                signer = await g.runtime.verify_actor(event, event.data.requester, role=RECALL_ROLE)
+            except SignatureError as exc:
+                await g.reject_recall(event, exc.reason)
+                return
+            recorded = RecordedRecall(request_id=event.id, signer=signer, recall=event.data, at=g.clock())
+            await g.recall_dataset(recorded)
+
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
         Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
         Subjects.DEMOTION_REQUESTED: (DemotionRequested, on_demotion),
         Subjects.ROLLBACK_REQUESTED: (RollbackRequested, on_rollback),
+        Subjects.RECALL_REQUESTED: (DatasetRecallRequested, on_recall),
     }
     # One at a time, in stream order. The decisions would come out the same in any order (the
     # state is order-free), but the sequence of published verdicts would not: people read it.
@@ -386,6 +502,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
                     continue
                 found.append(evaluate(request_id, g.state, policy, now=now).to_verdict(in_reply_to=request_id))
             current = [c.current() for c in g.state.currents() if request.model is None or c.model == request.model]
-        return RegistryStatus(promotions=found, current=current, pending=[v for v in found if v.decision == "pending"])
+            # A decided request re-evaluated after its facts changed (an approver's key revoked)
+            # may read `pending` again; it is closed all the same (issue 11).
+            pending = [v for v in found if v.decision == "pending" and not g.state.closed(v.request_id)]
+        return RegistryStatus(promotions=found, current=current, pending=pending)
 
     return svc

@@ -22,7 +22,7 @@ changed is recorded as a `StageChange`, so the current version per stage is a re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
 
@@ -33,6 +33,7 @@ from shared.errors import MlwardenError
 from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -158,6 +159,11 @@ class StageChange(Frozen):
     seq: int = Field(ge=0, description="order of the changes (the journal's keys are unordered)")
     reason: str = Field(default="", description="why, for a recall")
     replaced: str | None = Field(default=None, description="the version current before (demotions, recalls)")
+    relied_on: list[str] = Field(
+        default_factory=list,
+        description="the verified actors the decision relied on: requester, then the approvers that counted"
+        " (empty in changes recorded before issue 11's key recall)",
+    )
 
     def current(self) -> StageCurrent:
         """The status form."""
@@ -180,6 +186,28 @@ class RequestExpired(Frozen):
     at: float = Field(description="unix seconds registry-gate decided it expired")
 
 
+class RecordedRecall(Frozen):
+    """An operator's dataset recall as received, with the verified signer of its envelope (issue 11)."""
+
+    request_id: str = Field(description="id of the recall event (the idempotency key)")
+    signer: str = Field(description="actor whose key signed the envelope (holds the recall-officer role)")
+    recall: DatasetRecallRequested
+    at: float = Field(description="unix seconds registry-gate received it")
+
+    def covers(self, ref: DatasetRef, judged: list[str]) -> bool:
+        """Whether training dataset `ref` is what this recall names: those bytes under any name
+        when a digest is given, else that name and version (whatever its digest) and the bytes
+        data-guard judged under it (`judged`)."""
+        wanted = self.recall
+        if wanted.sha256 is not None:
+            return ref.sha256 == wanted.sha256
+        return (ref.dataset, ref.version) == (wanted.dataset, wanted.version) or ref.sha256 in judged
+
+    def same_event(self, other: RecordedRecall) -> bool:
+        """Whether `other` is this event again (a redelivery arrives later: its time differs)."""
+        return (self.request_id, self.signer, self.recall) == (other.request_id, other.signer, other.recall)
+
+
 class _StateDoc(Frozen):
     # The persisted form: lists, not tuple-keyed maps, so it is plain JSON.
     format: Literal[1]
@@ -189,6 +217,7 @@ class _StateDoc(Frozen):
     approvals: list[RecordedApproval]
     changes: list[StageChange] = Field(default_factory=list)
     expired: list[RequestExpired] = Field(default_factory=list)
+    recalls: list[RecordedRecall] = Field(default_factory=list)
 
 
 def _rank(decision: Decision) -> int:
@@ -222,6 +251,7 @@ class RegistryState:
         self._approvals: dict[str, dict[str, RecordedApproval]] = {}
         self._changes: dict[str, StageChange] = {}
         self._expired: dict[str, RequestExpired] = {}
+        self._recalls: dict[str, RecordedRecall] = {}
 
     # --- recording --------------------------------------------------------------------------
 
@@ -301,6 +331,24 @@ class RegistryState:
         self._expired.setdefault(fact.request_id, fact)
         return [fact.request_id] if fact.request_id in self._requests else []
 
+    def record_recall(self, recorded: RecordedRecall) -> list[str]:
+        """Record an operator's verified dataset recall (once per event id); return the open
+        requests whose artifact was trained on it (they can no longer be promoted)."""
+        old = self._recalls.setdefault(recorded.request_id, recorded)
+        if not old.same_event(recorded):
+            raise ConflictingEvent("recall", recorded.request_id)
+        return [rid for rid in self.trained_on(recorded) if not self.closed(rid)]
+
+    def trained_on(self, recorded: RecordedRecall) -> list[str]:
+        """The requests whose artifact names a training dataset `recorded` covers."""
+        judged = self.dataset_digests(recorded.recall.dataset, recorded.recall.version)
+        found = []
+        for rid, rec in self._requests.items():
+            artifact = self._artifacts.get((rec.request.model, rec.request.version))
+            if artifact is not None and any(recorded.covers(ref, judged) for ref in artifact.datasets):
+                found.append(rid)
+        return found
+
     # --- reading ----------------------------------------------------------------------------
 
     def request(self, request_id: str) -> RecordedRequest | None:
@@ -334,6 +382,21 @@ class RegistryState:
     def expiry(self, request_id: str) -> RequestExpired | None:
         """When request `request_id` expired, if it did."""
         return self._expired.get(request_id)
+
+    def recall(self, request_id: str) -> RecordedRecall | None:
+        """The recall event `request_id`, if it was recorded."""
+        return self._recalls.get(request_id)
+
+    def recall_of(self, ref: DatasetRef) -> RecordedRecall | None:
+        """The first recorded recall that covers training dataset `ref`, if any."""
+        for recorded in self._recalls.values():
+            if recorded.covers(ref, self.dataset_digests(recorded.recall.dataset, recorded.recall.version)):
+                return recorded
+        return None
+
+    def changes_by(self, prefix: str) -> list[StageChange]:
+        """The stage changes whose id starts with `prefix` (one recall's), in order."""
+        return sorted((c for c in self._changes.values() if c.request_id.startswith(prefix)), key=lambda c: c.seq)
 
     def closed(self, request_id: str) -> bool:
         """Whether the request is done (changed a stage) or expired."""
@@ -371,6 +434,7 @@ class RegistryState:
             approvals=[a for per_request in self._approvals.values() for a in per_request.values()],
             changes=sorted(self._changes.values(), key=lambda c: c.seq),
             expired=list(self._expired.values()),
+            recalls=list(self._recalls.values()),
         )
         return doc.model_dump(mode="json")
 
@@ -395,6 +459,8 @@ class RegistryState:
             state.record_change(change)
         for fact in doc.expired:
             state.record_expiry(fact)
+        for recorded in doc.recalls:
+            state.record_recall(recorded)
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -495,20 +561,25 @@ def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> St
             at=now,
             seq=state.next_seq(),
             replaced=decision.version if decision.action == "demotion" else None,
+            relied_on=[decision.requester, *decision.approvers],
         )
     if decision.decision == "expired":
         return RequestExpired(request_id=decision.request_id, at=now)
     return None
 
 
-def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: float) -> list[StageChange]:
-    """The stage changes a `fail` on the dataset bytes `sha256` calls for (issue 11, recall):
-    every model version currently in a stage whose policy says `recall`, trained on those
-    bytes, is taken out. Pure: the caller records, journals, publishes and alerts."""
-    judged = state.dataset_verdicts(sha256)
-    if not judged or max(_rank(v.decision) for v in judged) < _rank(Decision.FAIL):
-        return []
-    bad = next(v for v in judged if v.decision is Decision.FAIL)
+def _pull(
+    state: RegistryState,
+    policy: RegistryPolicy,
+    why: Callable[[StageChange, ArtifactVerdict], str | None],
+    *,
+    prefix: str,
+    now: float,
+) -> list[StageChange]:
+    """The recall changes for every model version currently in a stage whose policy says
+    `recall` and for which `why` (given the change that put it there and its artifact verdict)
+    names a fact that turned bad. One id per (cause, placement): a redelivered cause recalls
+    nothing twice, and a version put back later can be pulled again."""
     changes: list[StageChange] = []
     seq = state.next_seq()
     for current in state.currents():
@@ -518,10 +589,10 @@ def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: f
         if stage is None or not stage.recall:
             continue
         artifact = state.artifact_verdict(current.model, current.version)
-        if artifact is None or all(ref.sha256 != sha256 for ref in artifact.datasets):
+        reason = why(current, artifact) if artifact is not None else None
+        if reason is None:
             continue
-        # One id per (bytes, model version, stage): a redelivered verdict recalls nothing twice.
-        recall_id = f"recall-{sha256[:16]}-{current.model}-{current.version}-{current.stage}"
+        recall_id = f"{prefix}-{current.model}-{current.version}-{current.stage}@{current.seq}"
         if state.change_for(recall_id) is not None:
             continue
         changes.append(
@@ -534,12 +605,115 @@ def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: f
                 root_digest=current.root_digest,
                 at=now,
                 seq=seq,
-                reason=f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail",
+                reason=reason,
                 replaced=current.version,
             )
         )
         seq += 1
     return changes
+
+
+def recalls(state: RegistryState, policy: RegistryPolicy, sha256: str, *, now: float) -> list[StageChange]:
+    """The stage changes a `fail` on the dataset bytes `sha256` calls for (issue 11, recall):
+    every model version currently in a stage whose policy says `recall`, trained on those
+    bytes, is taken out. Pure: the caller records, journals, publishes and alerts."""
+    judged = state.dataset_verdicts(sha256)
+    if not judged or max(_rank(v.decision) for v in judged) < _rank(Decision.FAIL):
+        return []
+    bad = next(v for v in judged if v.decision is Decision.FAIL)
+    reason = f"training dataset {bad.dataset} {bad.version} (sha256 {sha256[:12]}…) is now judged fail"
+    return _pull(
+        state,
+        policy,
+        lambda _, artifact: reason if any(ref.sha256 == sha256 for ref in artifact.datasets) else None,
+        prefix=f"recall-{sha256[:16]}",
+        now=now,
+    )
+
+
+def artifact_recalls(
+    state: RegistryState, policy: RegistryPolicy, model: str, version: str, *, now: float
+) -> list[StageChange]:
+    """The stage changes an artifact verdict that turned `fail` calls for (issue 11: e.g. a
+    dependency it locks is now known vulnerable): (model, version) leaves every `recall` stage
+    it holds with exactly the judged bytes. Pure, as `recalls`."""
+    verdict = state.artifact_verdict(model, version)
+    if verdict is None or verdict.decision is not Decision.FAIL:
+        return []
+    failed = [f.message for f in verdict.findings if f.severity is Severity.FAIL]
+    reason = f"artifact verdict for {model} {version} is now fail: " + (
+        "; ".join(failed[:3]) + (f" (+{len(failed) - 3} more)" if len(failed) > 3 else "") or "no reason given"
+    )
+
+    def why(current: StageChange, artifact: ArtifactVerdict) -> str | None:
+        # Only the bytes judged: a failed rebuild under the same version pulls nothing.
+        same = (current.model, current.version, current.root_digest) == (model, version, artifact.root_digest)
+        return reason if same else None
+
+    return _pull(state, policy, why, prefix="recall-artifact", now=now)
+
+
+def recall_prefix(request_id: str) -> str:
+    """The id prefix of the stage changes an operator's recall event `request_id` makes."""
+    return f"recall-op-{request_id}"
+
+
+def dataset_recall(state: RegistryState, policy: RegistryPolicy, request_id: str, *, now: float) -> list[StageChange]:
+    """The stage changes an operator's recorded dataset recall `request_id` calls for: every
+    model version currently in a `recall` stage trained on that dataset is taken out, with the
+    operator's reason (issue 11). Pure, as `recalls`."""
+    recorded = state.recall(request_id)
+    if recorded is None:
+        raise UnknownRequest(request_id)
+    wanted = recorded.recall
+    judged = state.dataset_digests(wanted.dataset, wanted.version)
+    which = f"{wanted.dataset} {wanted.version}" + (f" (sha256 {wanted.sha256[:12]}…)" if wanted.sha256 else "")
+    reason = f"training dataset {which} recalled by {recorded.signer}: {wanted.reason}"
+    return _pull(
+        state,
+        policy,
+        lambda _, artifact: reason if any(recorded.covers(ref, judged) for ref in artifact.datasets) else None,
+        prefix=recall_prefix(request_id),
+        now=now,
+    )
+
+
+def relied_on_keys(change: StageChange, artifact: ArtifactVerdict, state: RegistryState) -> dict[str, str]:
+    """Whose signatures a placement relied on, and for what: artifact-signer (the artifact
+    verdict and its bundle), data-guard (the training data's verdicts), the requester and the
+    approvers that counted (`relied_on`; for changes recorded before it, every signer of the
+    request and its approvals)."""
+    keys = {"artifact-signer": "signed the artifact verdict"}
+    if artifact.datasets:
+        keys["data-guard"] = "judged the training data"
+    actors = change.relied_on
+    if not actors:
+        recorded = state.request(change.request_id)
+        actors = [recorded.signer] if recorded is not None else []
+        actors += [a.signer for a in state.approvals(change.request_id)]
+    for i, actor in enumerate(actors):
+        keys.setdefault(actor, "requested it" if i == 0 else "approved it")
+    return keys
+
+
+def key_recalls(
+    state: RegistryState, policy: RegistryPolicy, revoked: Mapping[str, float], *, now: float
+) -> list[StageChange]:
+    """The stage changes revoked signing keys call for (issue 11): every model version currently
+    in a `recall` stage whose placement relied on a signature of an identity in `revoked`
+    (identity -> unix seconds of its revocation) is taken out. A revoked key is taken as
+    compromised: what it vouched for before its revocation is not trusted either. Pure."""
+    if not revoked:
+        return []
+
+    def why(current: StageChange, artifact: ArtifactVerdict) -> str | None:
+        for identity, role in relied_on_keys(current, artifact, state).items():
+            at = revoked.get(identity)
+            if at is not None:
+                return f"the signing key of {identity} (who {role}) was revoked at {_when(at)}"
+        return None
+
+    return _pull(state, policy, why, prefix="recall-key", now=now)
 
 
 def _when(t: float) -> str:
@@ -591,6 +765,9 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy, *, n
                 _check_rollback_target(recorded, request, state, out)
             # (3) The artifact: artifact-signer passed exactly the bytes being promoted.
             artifact = _check_artifact(request, state, out)
+            # (3b) ... with a key that is still trusted: a revoked key is taken as compromised,
+            # so what it signed before its revocation does not count either (issue 11).
+            _check_revoked_signers(artifact, policy, out)
             # (4) Its training data: data-guard passed every dataset, by content digest.
             if artifact is not None:
                 _check_datasets(artifact, stage, request.stage, state, out)
@@ -697,6 +874,19 @@ def _check_rollback_target(
         out.reject(CHECK_TARGET, f"{name} is already the current version in {request.stage}", version=request.version)
 
 
+def _check_revoked_signers(artifact: ArtifactVerdict | None, policy: RegistryPolicy, out: _Findings) -> None:
+    if artifact is None:
+        return
+    signers = ["artifact-signer"] + (["data-guard"] if artifact.datasets else [])
+    for service in signers:
+        if service in policy.revoked:
+            out.reject(
+                CHECK_ARTIFACT if service == "artifact-signer" else CHECK_DATASET,
+                f"{service}'s signing key was revoked: the verdicts it signed no longer count",
+                revoked=service,
+            )
+
+
 def _check_demotion_target(recorded: RecordedRequest, state: RegistryState, out: _Findings) -> None:
     if state.change_for(recorded.request_id) is not None:
         return  # decided already: the version is out because of this very request
@@ -753,6 +943,15 @@ def _check_datasets(
 
 def _check_dataset(ref: DatasetRef, stage: StagePolicy, state: RegistryState, out: _Findings) -> None:
     name = f"dataset {ref.dataset} {ref.version}"
+    # (4a) An operator recalled it (issue 11): nothing trained on it is promoted again.
+    recalled = state.recall_of(ref)
+    if recalled is not None:
+        out.reject(
+            CHECK_DATASET,
+            f"{name} was recalled by {recalled.signer}: {recalled.recall.reason}",
+            dataset=ref.dataset,
+            recall=recalled.request_id,
+        )
     # Judged by content: any verdict on these bytes counts, and the worst one wins (poison
     # found under one name is poison under every name).
     judged = state.dataset_verdicts(ref.sha256)

@@ -152,6 +152,12 @@ class RegistryPolicy(Frozen):
         default_factory=default_stages,
         description="stage name -> requirements, in promotion order (e.g. dev, staging, production)",
     )
+    revoked: frozenset[str] = Field(
+        default=frozenset(),
+        exclude=True,
+        description="identities the trust store holds revoked (set by `with_trust`, never read from a file):"
+        " a verdict one of them signed no longer counts (issue 11)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RegistryPolicy:
@@ -209,7 +215,12 @@ class RegistryPolicy(Frozen):
                 continue
             roles = tuple(sorted(identity.roles & declared))
             actors[actor_id] = ActorPolicy.model_construct(public_key=identity.current.public_b64, roles=roles)
-        return self.model_copy(update={"actors": actors})
+        revoked = frozenset(
+            key_id
+            for key_id in trust.ids()
+            if (identity := trust.identity(key_id)) is not None and identity.revoked_at is not None
+        )
+        return self.model_copy(update={"actors": actors, "revoked": revoked})
 
     def trust_store(self) -> TrustStore:
         """A trust store of the actors' public keys, to verify requests and approvals."""

@@ -62,6 +62,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "root_digest": _SHA,
         "reason": "1.0 was recalled",
     },
+    Subjects.RECALL_REQUESTED: {
+        "dataset": "iris",
+        "version": "3",
+        "requester": "olga",
+        "reason": "licence withdrawn",
+    },
     Subjects.APPROVAL_GIVEN: {
         "request_id": "r-2",
         "model": "iris-clf",
@@ -106,6 +112,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "decision": "promoted",
         "request_id": "r-2",
         "in_reply_to": "e-4",
+    },
+    Subjects.VERDICT_RECALL: {
+        "dataset": "iris",
+        "version": "3",
+        "decision": "recalled",
+        "requester": "olga",
+        "request_id": "r-3",
+        "in_reply_to": "r-3",
+        "recalled": [{"model": "iris-clf", "version": "1.0", "stage": "production", "root_digest": _SHA}],
     },
     Subjects.VERDICT_ADMISSION: {"client": "c1", "model": "iris-clf", "decision": "allow", "reason": "ok"},
     Subjects.ALERT_PREFIX + ".<service>": {"kind": "abuse.volume", "severity": "fail", "message": "too many calls"},

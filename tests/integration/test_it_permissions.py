@@ -629,3 +629,16 @@ async def test_operator_lists_and_revokes_api_keys_within_its_rights(secured: Se
             await nc.jetstream(timeout=1.0).key_value(API_KEYS_BUCKET)
         await refusals.wait_for(f"$JS.API.STREAM.INFO.KV_{API_KEYS_BUCKET}")
     assert {(user, kind) for user, kind, _ in secured.violations()} == {("producer", "Publish")}
+
+
+async def test_signer_lists_its_bundles_and_the_auditor_reads_them_for_a_bom(secured: Secured) -> None:
+    """issue 11: artifact-signer's OSV re-check lists `mlw-artifacts`; `registry bom` (auditor) gets one."""
+    async with AsyncExitStack() as stack:
+        signer, _ = await _raw(secured, "artifact-signer", stack)
+        auditor, _ = await _raw(secured, "auditor", stack)
+        store = await signer.jetstream().object_store(ARTIFACTS_BUCKET)
+        await store.put("bundles/iris/1/checks.sigstore.json", b"{}")
+        assert [o.name for o in await store.list(ignore_deletes=True)] == ["bundles/iris/1/checks.sigstore.json"]
+        readable = await auditor.jetstream().object_store(ARTIFACTS_BUCKET)
+        assert (await readable.get("bundles/iris/1/checks.sigstore.json")).data == b"{}"
+    assert secured.violations() == []

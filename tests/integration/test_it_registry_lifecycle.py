@@ -3,15 +3,20 @@ version per stage in `mlw.registry.status`, and all of it across a restart (the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 
-from mlwarden.bootstrap import actor_key
+from mlwarden.bootstrap import actor_key, load_root_key
+from mlwarden.cli import main
 from mlwarden.registry_cli import registry_status
 from services.registry_gate.policy import RegistryPolicy
+from shared.bus import current_entry, revoke_key
 from shared.events import (
     ArtifactVerdict,
+    AuditQuery,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -23,7 +28,8 @@ from shared.events import (
 )
 from shared.service import reply_or_error
 from shared.signing import SigningKey
-from shared.topology import Subjects
+from shared.topology import TRUST_BUCKET, Subjects
+from shared.trust import load_root_public, revoked_entry, sign_entry
 from tests._poll import until
 
 DATA_SHA = "cd" * 32
@@ -243,3 +249,211 @@ async def test_dataset_turning_fail_recalls_production_after_a_restart(bus: Any)
     status = await _status(running)
     assert [(c.version, c.action) for c in status.current] == [(None, "recall")]
     assert "now judged fail" in status.current[0].reason
+
+
+def _recall_verdict(request_id: str) -> Any:
+    return lambda e: e.type == Subjects.VERDICT_RECALL and e.data.request_id == request_id
+
+
+async def test_operator_recall_pulls_production_not_staging_across_restarts(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob = (actor_key(running.settings, n) for n in ("alice", "bob"))
+    olga_pem = running.settings.actors_dir / "olga.pem"
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        staged = await client.request_promotion(
+            alice, model="churn", version="2", stage="staging", root_digest=ROOTS["2"]
+        )
+        await client.approve(bob, request_id=staged.id, model="churn", version="2", stage="staging")
+        assert await watcher.wait(_about(staged.id, "promoted"), 20)
+        await running.stop("registry-gate")
+        await running.start("registry-gate")
+
+        # What `mlwarden recall dataset train:1 --reason ... --key olga.pem` publishes.
+        argv = ["recall", "dataset", "train:1", "--reason", "licence withdrawn", "--key", str(olga_pem)]
+        argv += ["--nats", running.settings.nats_url, "--data-dir", str(running.settings.data_dir)]
+        assert await asyncio.to_thread(main, argv) == 0
+        answer = await watcher.wait(lambda e: e.type == Subjects.VERDICT_RECALL, 20)
+        assert answer is not None and answer.signer == "registry-gate"
+        assert answer.data.decision == "recalled" and answer.data.requester == "olga"
+        # The policy says recall for production only (staging's default is recall: false).
+        assert [(r.model, r.version, r.stage) for r in answer.data.recalled] == [("churn", "1", "production")]
+        pulled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
+        assert pulled is not None and (pulled.data.version, pulled.data.decision) == ("1", "demoted")
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["dataset"] == "train"
+
+    # After another restart the recall replays: status shows why, and v2 cannot enter production.
+    await running.stop("registry-gate")
+    await running.start("registry-gate")
+    current = {c.stage: c for c in (await _status(running)).current}
+    assert (current["production"].version, current["production"].action) == (None, "recall")
+    assert "recalled by olga: licence withdrawn" in current["production"].reason
+    assert current["staging"].version == "2"
+    async with client.watch() as watcher:
+        again = await client.request_promotion(
+            alice, model="churn", version="2", stage="production", root_digest=ROOTS["2"]
+        )
+        refused = await watcher.wait(_about(again.id, "rejected"), 20)
+        assert refused is not None
+        assert any("was recalled by olga" in r for r in refused.data.reasons)
+
+
+async def test_recall_unsigned_forged_or_without_the_role_is_refused(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, mallory = (actor_key(running.settings, n) for n in ("alice", "mallory"))
+    recall = DatasetRecallRequested(dataset="train", version="1", requester="olga", reason="trust me")
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        attempts = {
+            "unsigned": await client.publish(Subjects.RECALL_REQUESTED, recall, about="dataset:train:1"),
+            # mallory signs a request naming olga: the identity is the key, not the field.
+            "forged": await client.publish(Subjects.RECALL_REQUESTED, recall, about="dataset:train:1", key=mallory),
+            # alice signs as herself but holds no recall-officer role.
+            "role": await client.recall_dataset(alice, dataset="train", version="1", reason="mine"),
+        }
+        reasons: dict[str, list[str]] = {}
+        for how, event in attempts.items():
+            refused = await watcher.wait(_recall_verdict(event.id), 20)
+            assert refused is not None and refused.signer == "registry-gate", how
+            assert refused.data.decision == "rejected" and refused.data.recalled == [], how
+            reasons[how] = refused.data.reasons
+            alert = await watcher.wait(
+                lambda e, i=event.id: (
+                    e.type == "mlw.alert.registry-gate" and e.data.kind == "forged_identity" and i in e.data.message
+                ),
+                20,
+            )
+            assert alert is not None, how
+        assert any("not signed" in r for r in reasons["unsigned"])
+        assert any("signed by 'mallory'" in r for r in reasons["forged"])
+        assert any("recall-officer" in r for r in reasons["role"])
+    await until(running.settled, what="registry-gate consumed every recall attempt")
+    assert await _current(running) == {"production": "1"}
+
+    async def audited() -> bool:
+        page = await client.audit_query(AuditQuery(type=Subjects.VERDICT_RECALL, service="registry-gate"))
+        return {e.event["data"]["request_id"] for e in page.entries} == {e.id for e in attempts.values()}
+
+    await until(audited, what="audit-log holds the three signed rejections")
+
+
+async def test_one_recall_pulling_two_versions_alerts_for_each(bus: Any, settings: Any) -> None:
+    # staging recalls too here: one dataset fail pulls churn 1 from production and churn 2 from
+    # staging, and each pull gets its own alert (one derived id per pull, not per cause).
+    path = settings.registry_policy_path
+    data = RegistryPolicy.from_yaml(path.read_text()).model_dump(mode="json")
+    data["stages"]["staging"]["recall"] = True
+    path.write_text(RegistryPolicy.from_dict(data).to_yaml())
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    alice, bob = (actor_key(running.settings, n) for n in ("alice", "bob"))
+    guard = SigningKey.from_pem("data-guard", (running.settings.keys_dir / "data-guard.pem").read_bytes())
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        staged = await client.request_promotion(
+            alice, model="churn", version="2", stage="staging", root_digest=ROOTS["2"]
+        )
+        await client.approve(bob, request_id=staged.id, model="churn", version="2", stage="staging")
+        assert await watcher.wait(_about(staged.id, "promoted"), 20)
+        bad = DatasetVerdict(
+            dataset="train", version="1", sha256=DATA_SHA, decision=Decision.FAIL, in_reply_to="recheck"
+        )
+        await client.publish(Subjects.VERDICT_DATASET, bad, key=guard)
+
+        assert await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+
+    async def stored() -> set[tuple[str, str]]:
+        # The stored record, not the live feed: a core subscriber also sees a publish that
+        # JetStream then drops as a duplicate id.
+        page = await client.audit_query(AuditQuery(type="mlw.alert.registry-gate", service="registry-gate"))
+        evidence = [e.event["data"]["evidence"] for e in page.entries if e.event["data"]["kind"] == "recall"]
+        return {(str(v["version"]), str(v["stage"])) for v in evidence}
+
+    await until(running.settled, what="registry-gate consumed the fail verdict")
+    await until(lambda: _is(stored(), {("1", "production"), ("2", "staging")}), what="one stored recall alert per pull")
+    assert await _current(running) == {"production": None, "staging": None}
+
+
+async def _is(value: Any, expected: object) -> bool:
+    return bool(await value == expected)
+
+
+def _pulled(version: str) -> Any:
+    return lambda e: (
+        e.type == Subjects.VERDICT_PROMOTION
+        and e.data.action == "recall"
+        and e.data.version == version
+        and e.data.decision == "demoted"
+    )
+
+
+async def test_key_revoked_while_registry_gate_was_down_pulls_what_it_approved(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")  # approved by bob and carol
+        await running.stop("registry-gate")
+        await revoke_key(client.js, load_root_key(running.settings), "carol", "laptop stolen")
+        await running.start("registry-gate")  # the journal replays; the trust store says revoked
+        pulled = await watcher.wait(_pulled("1"), 20)
+        assert pulled is not None and pulled.signer == "registry-gate"
+        assert any("signing key of carol (who approved it) was revoked" in r for r in pulled.data.reasons)
+        alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
+        assert alert is not None and alert.data.evidence["revoked"] == "carol"
+    status = await _status(running)
+    (current,) = status.current
+    assert (current.version, current.action) == (None, "recall") and "carol" in current.reason
+    # The promotion carol approved now lacks an approval, but it was decided: it is not pending.
+    assert status.pending == []
+
+
+async def test_revoking_the_artifact_signers_key_pulls_in_a_running_gate(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        await revoke_key(client.js, load_root_key(running.settings), "artifact-signer", "key leaked")
+        pulled = await watcher.wait(_pulled("1"), 20)
+        assert pulled is not None
+        assert any("signing key of artifact-signer (who signed the artifact verdict)" in r for r in pulled.data.reasons)
+        # The attack a recall alone leaves open: promote another version on a verdict the
+        # compromised key signed before its revocation. It is refused.
+        alice, bob, carol = (actor_key(running.settings, n) for n in ("alice", "bob", "carol"))
+        request = await client.request_promotion(
+            alice, model="churn", version="2", stage="production", root_digest=ROOTS["2"]
+        )
+        for approver in (bob, carol):
+            await client.approve(approver, request_id=request.id, model="churn", version="2", stage="production")
+        refused = await watcher.wait(lambda e: _about(request.id, "rejected")(e) and len(e.data.approvers) == 2, 20)
+        assert refused is not None
+        assert any("artifact-signer's signing key was revoked" in r for r in refused.data.reasons)
+    assert await _current(running) == {"production": None}
+
+
+async def test_a_revocation_not_signed_by_the_root_pulls_nothing(bus: Any) -> None:
+    running = await bus("audit-log", "registry-gate")
+    client = running.client
+    root = load_root_public(None, running.settings.keys_dir)
+    async with client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        # An attacker with write access to the bucket "revokes" carol with their own root key.
+        entry = await current_entry(client.js, root, "carol")
+        assert entry is not None
+        kv = await client.js.key_value(TRUST_BUCKET)
+        await kv.put("carol", sign_entry(SigningKey.generate("root"), revoked_entry(entry, "forged")))
+        untrusted = await watcher.wait(
+            lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "untrusted_key", 20
+        )
+        assert untrusted is not None
+    await until(running.settled, what="registry-gate settled")
+    assert await _current(running) == {"production": "1"}
+    assert not any(_pulled("1")(e) for e in watcher.events)

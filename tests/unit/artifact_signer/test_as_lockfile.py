@@ -43,6 +43,8 @@ pyyaml==6.0.2 ; python_version >= "3.8" --hash={H1}
         ("scikit-learn", "1.5.2", 1),
         ("pyyaml", "6.0.2", 1),
     ]
+    # The digests themselves, for a bill of materials (issue 11).
+    assert report.packages[0].sha256 == [H1.removeprefix("sha256:"), H2.removeprefix("sha256:")]
     assert report.sha256 == hashlib.sha256(content.encode()).hexdigest()
 
 
@@ -107,6 +109,7 @@ def test_this_projects_uv_lock_passes() -> None:
     assert report.decision is Decision.PASS, report.findings[:3]
     assert any(p.name == "numpy" for p in report.packages)
     assert all(p.name != "mlwarden" for p in report.packages)  # the editable root is skipped
+    assert all(len(p.sha256) == p.hashes and all(len(d) == 64 for d in p.sha256) for p in report.packages)
 
 
 UV_LOCK = f"""\

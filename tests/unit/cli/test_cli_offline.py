@@ -93,3 +93,29 @@ def test_sign_then_verify_and_tamper(tmp_path: Path) -> None:
     assert main(verify) == 0
     (model / "extra.txt").write_text("added later")
     assert main(verify) == 1
+
+
+def test_check_dataset_reports_each_step_on_a_terminal_only(tmp_path: Path) -> None:
+    # Issue 10: `check dataset` on a million rows ran 28 s without a word. On a terminal it now
+    # names each step as it starts (on stderr); in a pipe it stays silent.
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from mlwarden.offline import check_dataset
+    from services.data_guard.detect import analyze
+    from services.data_guard.loader import load_table
+
+    data = _csv(tmp_path / "d.csv")
+    table = load_table(data.read_bytes(), "csv", "label", max_bytes=10**8, max_rows=10**6)
+    steps: list[str] = []
+    analyze(table, table, progress=steps.append)
+    assert steps[0] == "drift against the reference" and steps[-1] == "duplicates"
+    assert "labels" in steps and any(s.startswith("outliers") for s in steps)
+
+    args = argparse.Namespace(data=data, label="label", reference=None, format="json")
+    piped = io.StringIO()
+    out = Console(file=io.StringIO())
+    assert check_dataset(args, out, lambda _v: None, progress=Console(file=piped)) == 0
+    assert piped.getvalue() == ""

@@ -1,5 +1,6 @@
-"""`mlwarden registry status`: its output, with the bus call replaced (the real one is in
-tests/integration/test_it_registry_lifecycle.py)."""
+"""`mlwarden registry status | bom` and `recall dataset`: output and arguments, with the bus call
+replaced (the real ones are in tests/integration/test_it_registry_lifecycle.py and
+test_it_registry_bom.py)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,37 @@ def test_status_text_shows_current_versions_and_pending_requests(
     assert asked == [None]
     text = capsys.readouterr().out
     assert "production" in text and "req-4" in text and "bob" in text
+
+
+@pytest.fixture
+def bom_asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    asked: list[tuple[str, str]] = []
+
+    async def fake(settings: Any, model: str, version: str) -> str:
+        asked.append((model, version))
+        return '{"bomFormat": "CycloneDX"}'
+
+    monkeypatch.setattr(registry_cli, "registry_bom", fake)
+    return asked
+
+
+def test_bom_prints_or_writes_the_document(
+    bom_asked: list[tuple[str, str]], capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    assert main(["registry", "bom", "churn:3.1", "--format", "cyclonedx-json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"bomFormat": "CycloneDX"}
+    out = tmp_path / "bom.json"
+    assert main(["registry", "bom", "churn:3.1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"bomFormat": "CycloneDX"}
+    assert bom_asked == [("churn", "3.1"), ("churn", "3.1")]
+
+
+@pytest.mark.parametrize("target", ["churn", ":3", "churn:"])
+def test_bom_and_recall_need_name_and_version(target: str, bom_asked: list[tuple[str, str]]) -> None:
+    assert main(["registry", "bom", target]) == 2
+    assert main(["recall", "dataset", target, "--reason", "r"]) == 2
+    assert bom_asked == []
+
+
+def test_recall_needs_a_reason() -> None:
+    assert main(["recall", "dataset", "train:1"]) == 2

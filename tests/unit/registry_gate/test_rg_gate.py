@@ -15,13 +15,18 @@ from pydantic import BaseModel
 from services.registry_gate.gate import (
     ConflictingEvent,
     GateDecision,
+    RecordedRecall,
     RegistryState,
     RequestExpired,
     StageChange,
     StateError,
     UnknownRequest,
+    artifact_recalls,
     closing_fact,
+    dataset_recall,
     evaluate,
+    key_recalls,
+    recall_prefix,
     recalls,
 )
 from services.registry_gate.policy import (
@@ -38,6 +43,7 @@ from shared.errors import SignatureError
 from shared.events import (
     ApprovalGiven,
     ArtifactVerdict,
+    DatasetRecallRequested,
     DatasetRef,
     DatasetVerdict,
     Decision,
@@ -907,3 +913,118 @@ def test_a_recalled_version_cannot_be_rolled_back_to(desk: Desk) -> None:
     desk.approve(rid, "bob")
     desk.approve(rid, "carol")
     assert desk.decide(rid).decision == "rejected"
+
+
+def _operator_recall(desk: Desk, *, sha256: str | None = None, event_id: str = "recall-event-1") -> RecordedRecall:
+    body = DatasetRecallRequested(dataset="iris", version="1", sha256=sha256, requester="olga", reason="licence")
+    recorded = RecordedRecall(request_id=event_id, signer="olga", recall=body, at=desk.now)
+    desk.state.record_recall(recorded)
+    return recorded
+
+
+def test_operator_recall_pulls_the_production_version_once_and_blocks_promotion(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk)
+    changes = dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now)
+    assert [(c.stage, c.replaced, c.action) for c in changes] == [("production", "3", "recall")]
+    assert changes[0].reason == "training dataset iris 1 recalled by olga: licence"
+    for change in changes:
+        desk.state.record_change(change)
+    assert desk.state.changes_by(recall_prefix(recorded.request_id) + "-") == changes
+    # The same recall again (a redelivery) pulls nothing more.
+    assert dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now) == []
+    # Nothing trained on a recalled dataset is promoted again, whatever the approvals.
+    rid = desk.request()
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert any("recalled by olga: licence" in r for r in decision.reasons)
+
+
+def test_operator_recall_with_a_digest_only_covers_those_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk, sha256=POISONED)
+    assert dataset_recall(desk.state, desk.policy, recorded.request_id, now=desk.now) == []
+
+
+def test_operator_recall_survives_the_persisted_state(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    recorded = _operator_recall(desk)
+    restored = RegistryState.from_dict(json.loads(json.dumps(desk.state.to_dict())))
+    assert restored.recall(recorded.request_id) == recorded
+    assert restored == desk.state
+
+
+def test_operator_recall_replayed_with_other_content_is_refused(desk: Desk) -> None:
+    _operator_recall(desk)
+    body = DatasetRecallRequested(dataset="other", version="1", requester="olga", reason="rewritten")
+    with pytest.raises(ConflictingEvent):
+        desk.state.record_recall(RecordedRecall(request_id="recall-event-1", signer="olga", recall=body, at=desk.now))
+
+
+@pytest.mark.parametrize(
+    ("identity", "role"),
+    [("carol", "approved it"), ("alice", "requested it"), ("artifact-signer", "signed the artifact verdict")],
+)
+def test_a_revoked_key_the_promotion_relied_on_pulls_it(desk: Desk, identity: str, role: str) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    changes = key_recalls(desk.state, desk.policy, {identity: T0 + 60}, now=desk.now)
+    assert [(c.stage, c.replaced, c.action) for c in changes] == [("production", "3", "recall")]
+    assert changes[0].reason.startswith(f"the signing key of {identity} (who {role}) was revoked at")
+    for change in changes:
+        desk.state.record_change(change)
+    assert key_recalls(desk.state, desk.policy, {identity: T0 + 60}, now=desk.now) == []  # once
+
+
+def test_a_revoked_key_nobody_relied_on_pulls_nothing(desk: Desk) -> None:
+    desk.dataset()
+    rid = promote(desk, "3", ROOT)
+    desk.approve(rid, "mallory")  # came after, and never counted
+    assert key_recalls(desk.state, desk.policy, {"mallory": T0 + 60, "data-guard-old": T0}, now=desk.now) == []
+    assert key_recalls(desk.state, desk.policy, {}, now=desk.now) == []
+
+
+def test_a_version_put_back_after_a_key_recall_can_be_pulled_again() -> None:
+    desk = Desk({**DEMO, "dave": (REVIEWER,)})
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    for change in key_recalls(desk.state, desk.policy, {"carol": T0 + 60}, now=desk.now):
+        desk.state.record_change(change)
+    # Put back (by a request carol's key had no part in), then bob's key is revoked too.
+    rid = desk.rollback(version="3", root=ROOT)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "dave")
+    assert desk.settle(rid).decision == "promoted"
+    assert key_recalls(desk.state, desk.policy, {"carol": T0 + 60}, now=desk.now) == []
+    again = key_recalls(desk.state, desk.policy, {"carol": T0 + 60, "bob": T0 + 90}, now=desk.now)
+    assert [(c.replaced, c.stage) for c in again] == [("3", "production")]
+    assert "of bob (who approved it)" in again[0].reason
+
+
+@pytest.mark.parametrize("service", ["artifact-signer", "data-guard"])
+def test_verdicts_signed_by_a_revoked_service_key_do_not_promote(desk: Desk, service: str) -> None:
+    rid = ready(desk)
+    desk.approve(rid, "bob")
+    desk.approve(rid, "carol")
+    desk.policy = desk.policy.model_copy(update={"revoked": frozenset({service})})
+    decision = desk.decide(rid)
+    assert decision.decision == "rejected"
+    assert any(f"{service}'s signing key was revoked" in r for r in decision.reasons)
+    assert "revoked" not in desk.policy.to_yaml()  # runtime knowledge, never written to the file
+
+
+def test_artifact_verdict_turning_fail_pulls_exactly_those_bytes(desk: Desk) -> None:
+    desk.dataset()
+    promote(desk, "3", ROOT)
+    desk.artifact(Decision.FAIL, root=OTHER_ROOT)  # a failed rebuild of other bytes: nothing
+    assert artifact_recalls(desk.state, desk.policy, "churn", "3", now=desk.now) == []
+    desk.artifact(Decision.FAIL)  # e.g. a locked dependency is now known vulnerable
+    changes = artifact_recalls(desk.state, desk.policy, "churn", "3", now=desk.now)
+    assert [(c.stage, c.replaced) for c in changes] == [("production", "3")]
+    assert changes[0].reason.startswith("artifact verdict for churn 3 is now fail")
+    assert artifact_recalls(desk.state, desk.policy, "churn", "4", now=desk.now) == []
