@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -42,7 +43,14 @@ from shared.topology import Subjects
 from shared.trust import load_root_public
 from tests._poll import until, until_sync
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: Where the README's screenshots live: each test run writes them there when
+#: MLW_UPDATE_SCREENSHOTS=1, and into a temporary folder otherwise (a run leaves the tree clean).
+README_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = (
+    README_SCREENSHOTS
+    if os.environ.get("MLW_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="mlw-screenshots-"))
+)
 HOSTILE = "<script>document.title='pwned';window.pwned=1</script>"
 MODEL, VERSION, STAGE = "churn", "3", "production"
 
