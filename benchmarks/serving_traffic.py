@@ -79,7 +79,8 @@ def memory_per_client(traffic: Traffic) -> tuple[float, float]:
     replay(log, profile, detectors=dets)
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return used / len(set(log.clients)), float(dets.extraction.bytes_per_client(len(ref.features)))
+    axes = profile.reference.projection.shape[1]
+    return used / len(set(log.clients)), float(dets.extraction.bytes_per_client(len(ref.features), axes))
 
 
 def main() -> None:

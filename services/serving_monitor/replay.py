@@ -261,9 +261,9 @@ def replay(
     clients = [log.clients[i] for i in order]
     models = [log.models[i] for i in order]
     invalid = invalid_rows(x)
-    # Standardising and scoring are row-wise: once for the whole log, not once per batch.
-    z = profile.standardise(x)
-    flagged = profile.scores_standardised(z) > profile.threshold
+    # Standardising, scoring and the query space are row-wise: once for the whole log.
+    flagged = profile.scores_standardised(profile.standardise(x)) > profile.threshold
+    z = profile.query_space(x)
     report: dict[str, ClientReport] = {}
     for client in clients:
         entry = report.get(client)
