@@ -135,12 +135,13 @@ class ExtractionMonitor:
 
     def observe(self, client: str, profile: ReferenceProfile, q: FloatArray, now: float) -> list[AlertSpec]:
         """Fold in one client's queries `q` (rows in `profile.query_space`), all at time `now`."""
-        return self.observe_timed(client, profile, q, np.full(len(q), now))
+        return [a for _, a in self.observe_timed(client, profile, q, np.full(len(q), now))]
 
     def observe_timed(
         self, client: str, profile: ReferenceProfile, q: FloatArray, times: FloatArray
-    ) -> list[AlertSpec]:
-        """Fold in one client's queries with the clock of each (the end of its batch)."""
+    ) -> list[tuple[float, AlertSpec]]:
+        """Fold in one client's queries with the clock of each (the end of its batch); the alerts
+        with their clocks."""
         state = self._client(profile, client)
         # A query with a missing or non-finite feature has no distance; the OOD and
         # invalid-input detectors judge it.
@@ -148,11 +149,12 @@ class ExtractionMonitor:
         if not finite.all():
             q, times = q[finite], times[finite]
         values = state.queries.add(q, profile.reference)
-        alerts: list[AlertSpec] = []
+        alerts: list[tuple[float, AlertSpec]] = []
         for value in values:
-            alert = self._judge(client, profile, state, value, float(times[value.row]))
+            now = float(times[value.row])
+            alert = self._judge(client, profile, state, value, now)
             if alert is not None:
-                alerts.append(alert)
+                alerts.append((now, alert))
         return alerts
 
     def _judge(

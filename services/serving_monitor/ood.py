@@ -460,48 +460,70 @@ class OodMonitor:
         self, client: str, profile: ReferenceProfile, records: int, flagged: int, now: float
     ) -> list[AlertSpec]:
         """Fold in `records` records of which `flagged` were OOD; return a new alert if any."""
-        if records < 0 or not 0 <= flagged <= records:
-            raise ConfigError("flagged", flagged, f"in [0, records={records}]")
-        if not math.isfinite(now):
-            raise ConfigError("now", now, "finite")
-        state = self._state((profile.model, client), now)
-        decay = math.exp(-max(0.0, now - state.updated) / self.window_s)
-        state.records = state.records * decay + records
-        state.flagged = state.flagged * decay + flagged
-        state.updated = max(state.updated, now)
-        if state.records < self.min_records or now - state.last_alert < self.cooldown_s:
+        return [a for _, a in self.observe_runs(client, profile, [(now, records, flagged)])]
+
+    def observe_runs(
+        self, client: str, profile: ReferenceProfile, runs: Sequence[tuple[float, int, int]]
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe` for each (now, records, flagged) of one client in turn, the alerts with their
+        clocks: the replay hands a client's whole log over at once (one state lookup, one loop)."""
+        if not runs:
             return []
+        state = self._state((profile.model, client), runs[0][0])
+        out: list[tuple[float, AlertSpec]] = []
+        exp, window, min_records, cooldown, floor = (
+            math.exp,
+            self.window_s,
+            self.min_records,
+            self.cooldown_s,
+            self.rate_floor,
+        )
+        for now, records, flagged in runs:
+            if records < 0 or not 0 <= flagged <= records:
+                raise ConfigError("flagged", flagged, f"in [0, records={records}]")
+            if not math.isfinite(now):
+                raise ConfigError("now", now, "finite")
+            decay = exp(-max(0.0, now - state.updated) / window)
+            state.records = state.records * decay + records
+            state.flagged = state.flagged * decay + flagged
+            state.updated = max(state.updated, now)
+            if state.records < min_records or now - state.last_alert < cooldown:
+                continue
+            if state.flagged / state.records < floor:
+                continue
+            alert = self._test(state, client, profile, now)
+            if alert is not None:
+                out.append((now, alert))
+        return out
+
+    def _test(self, state: _ClientState, client: str, profile: ReferenceProfile, now: float) -> AlertSpec | None:
         rate = state.flagged / state.records
-        if rate < self.rate_floor:
-            return []
         # The decayed counts read as "records in the last window"; the test runs on them rounded.
         n, k = round(state.records), min(round(state.flagged), round(state.records))
         null_rate = max(profile.false_flag_rate, profile.calibrated_rate)
         p_value = self._p_value(n, k, null_rate)
         if p_value >= self.alpha:
-            return []
+            return None
         state.last_alert = now
         severity = Severity.FAIL if rate >= min(1.0, 2 * self.rate_floor) else Severity.WARN
-        return [
-            AlertSpec(
-                kind=KIND_OOD,
-                severity=severity,
-                message=(
-                    f"client {client!r} sent {rate:.0%} out-of-distribution inputs to {profile.model!r}, "
-                    f"expected about {null_rate:.1%} (p={p_value:.1e})"
-                ),
-                client=client,
-                model=profile.model,
-                evidence={
-                    "ood_rate": round(rate, 4),
-                    "expected_rate": null_rate,
-                    "p_value": p_value,
-                    "records_in_window": round(state.records, 3),
-                    "profile_version": profile.version,
-                    "window_s": self.window_s,
-                },
-            )
-        ]
+        return AlertSpec(
+            kind=KIND_OOD,
+            severity=severity,
+            message=(
+                f"client {client!r} sent {rate:.0%} out-of-distribution inputs to {profile.model!r}, "
+                f"expected about {null_rate:.1%} (p={p_value:.1e})"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "ood_rate": round(rate, 4),
+                "expected_rate": null_rate,
+                "p_value": p_value,
+                "records_in_window": round(state.records, 3),
+                "profile_version": profile.version,
+                "window_s": self.window_s,
+            },
+        )
 
     @staticmethod
     def _p_value(n: int, k: int, null_rate: float) -> float:

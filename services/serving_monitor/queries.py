@@ -26,6 +26,7 @@ one-second batches and the replay's whole-log blocks raise the same tests at the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import shapiro
+from scipy.special import ndtri
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -100,11 +101,42 @@ class Reference:
 
 
 def shapiro_w(distances: FloatArray) -> float:
-    """Shapiro-Wilk W of the distances; 0 for a degenerate (constant) sample."""
+    """Shapiro-Wilk W of the distances; 0 for a degenerate (constant) sample.
+
+    W = (sum a_i x_(i))^2 / sum (x_i - mean)^2 with Royston's coefficients (Royston, "Approximating
+    the Shapiro-Wilk W-test for non-normality", Statistics and Computing 2, 1992; algorithm AS R94,
+    what `scipy.stats.shapiro` runs), cached per sample size: the test runs on every client every
+    `test_every` distinct queries, and scipy's per-call overhead was most of its cost (issue 9)."""
+    n = len(distances)
     spread = float(np.ptp(distances))
-    if spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
+    if n < 3 or spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
         return 0.0
-    return float(shapiro(distances).statistic)
+    x = np.sort(distances)
+    centred = x - x.mean()
+    return float(min(1.0, float(_royston(n) @ x) ** 2 / float(centred @ centred)))
+
+
+@functools.lru_cache(maxsize=64)
+def _royston(n: int) -> FloatArray:
+    """Shapiro-Wilk coefficients a_1..a_n for a sample of `n` (AS R94, Royston 1992/1995)."""
+    if n == 3:
+        return np.array([-math.sqrt(0.5), 0.0, math.sqrt(0.5)])
+    m = ndtri((np.arange(1, n + 1) - 0.375) / (n + 0.25))
+    ssq = float(m @ m)
+    u = 1.0 / math.sqrt(n)
+    a_n = m[-1] / math.sqrt(ssq) + np.polyval([-2.706056, 4.434685, -2.071190, -0.147981, 0.221157, 0.0], u)
+    a = m / math.sqrt(ssq)
+    if n > 5:
+        a_n1 = m[-2] / math.sqrt(ssq) + np.polyval([-3.582633, 5.682633, -1.752461, -0.293762, 0.042981, 0.0], u)
+        phi = (ssq - 2 * m[-1] ** 2 - 2 * m[-2] ** 2) / (1 - 2 * a_n**2 - 2 * a_n1**2)
+        a = m / math.sqrt(phi)
+        a[-1], a[-2], a[0], a[1] = a_n, a_n1, -a_n, -a_n1
+    else:
+        phi = (ssq - 2 * m[-1] ** 2) / (1 - 2 * a_n**2)
+        a = m / math.sqrt(phi)
+        a[-1], a[0] = a_n, -a_n
+    out: FloatArray = np.asarray(a, dtype=np.float64)
+    return out
 
 
 def mean_pairwise(a: FloatArray, b: FloatArray) -> float:
@@ -113,11 +145,20 @@ def mean_pairwise(a: FloatArray, b: FloatArray) -> float:
     return float(np.sqrt(np.maximum(d2, 0.0)).mean())
 
 
-def energy_statistic(x: FloatArray, ref: Reference) -> float:
+def to_sample(x: FloatArray, ref: Reference) -> FloatArray:
+    """Each projected row's mean distance to the reference sample (kept per row, so a test sums
+    them instead of recomputing the window against the whole sample)."""
+    d2 = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ ref.sample.T) + (ref.sample * ref.sample).sum(axis=1)[None, :]
+    out: FloatArray = np.sqrt(np.maximum(d2, 0.0)).mean(axis=1)
+    return out
+
+
+def energy_statistic(x: FloatArray, ref: Reference, x_to_sample: FloatArray | None = None) -> float:
     """n*m/(n+m) times the energy distance of `x` (projected rows) to the reference sample: about
     the same law under the null whatever n, so one threshold serves every window size."""
     n, m = len(x), len(ref.sample)
-    e = 2.0 * mean_pairwise(x, ref.sample) - mean_pairwise(x, x) - ref.sample_self
+    cross = float((to_sample(x, ref) if x_to_sample is None else x_to_sample).mean())
+    e = 2.0 * cross - mean_pairwise(x, x) - ref.sample_self
     return n * m / (n + m) * e
 
 
@@ -149,6 +190,7 @@ class ClientQueries:
     d_count: int = 0
     d_tested: int = 0
     p: FloatArray = field(init=False)
+    p_cross: FloatArray = field(init=False)
     e_tested: int = 0
     cells: npt.NDArray[np.bool_] = field(init=False)
     visited: int = 0
@@ -164,6 +206,7 @@ class ClientQueries:
         self.g_sq = np.zeros(self.params.max_set, dtype=np.float64)
         self.d = np.zeros(self.params.max_distances, dtype=np.float64)
         self.p = np.zeros((self.params.window, self.axes), dtype=np.float64)
+        self.p_cross = np.zeros(self.params.window, dtype=np.float64)
         self.cells = np.zeros(coverage_size(self.params, self.axes), dtype=np.bool_)
 
     @property
@@ -203,30 +246,24 @@ class ClientQueries:
         if n_g:
             order = _ring_order(self.g_count, prm.max_set)
             d1 = q_sq[:, None] - 2.0 * (q @ self.g[order].T) + self.g_sq[order][None, :]
-            suffix = np.minimum.accumulate(d1[:, ::-1], axis=1)[:, ::-1]
+            # Only the oldest `need` entries can go during this block: suffix minima over those,
+            # then one minimum over the rest (+inf when every entry can go).
+            need = min(n_g, max(0, n_g + m - prm.max_set))
+            tail = d1[:, need:].min(axis=1) if need < n_g else np.full(m, np.inf)
+            suffix = np.concatenate([d1[:, :need], tail[:, None]], axis=1)
+            if need:
+                suffix = np.minimum.accumulate(suffix[:, ::-1], axis=1)[:, ::-1]
         else:
             suffix = np.empty((m, 0))
         d2 = q_sq[:, None] - 2.0 * (q @ q.T) + q_sq[None, :]
-        within = np.full(m, np.inf)
-        r2 = prm.repeat_radius * prm.repeat_radius
-        admitted: list[int] = []
-        d_new: list[float] = []
-        d_rows: list[int] = []
-        # (2) one scalar pass: repeat or distinct, and the distance PRADA records.
-        for i in range(m):
-            k = len(admitted)
-            gone = max(0, n_g + k - prm.max_set)
-            best = suffix.item(i, gone) if gone < n_g else math.inf
-            best = min(best, within.item(i))
-            if best < r2:
-                self.repeats += 1
-                continue
-            admitted.append(i)
-            if i + 1 < m:
-                np.minimum(within, d2[:, i], out=within)
-            if self.g_count + k >= prm.warmup:
-                d_new.append(math.sqrt(max(best, 0.0)))
-                d_rows.append(i)
+        admit, best = _admissions(suffix, d2, n_g, prm.max_set, prm.repeat_radius**2)
+        admitted = np.flatnonzero(admit).tolist()
+        self.repeats += m - len(admitted)
+        # (2) the distance PRADA records: each distinct query's, once G holds `warmup` queries.
+        before = self.g_count + np.cumsum(admit) - admit
+        counted = admit & (before >= prm.warmup)
+        d_rows = np.flatnonzero(counted).tolist()
+        d_new = np.sqrt(np.maximum(best[counted], 0.0)).tolist()
         # (3) the admitted rows enter G and the projected window; D grows; tests where due.
         if admitted:
             rows = q[admitted]
@@ -246,13 +283,11 @@ class ClientQueries:
         history = np.concatenate([self.distances(), d_new])
         before = min(self.d_count, prm.max_distances)
         tests: list[StatValue] = []
-        for j in range(len(d_new)):
-            count = self.d_count + j + 1
-            if count >= prm.min_distances and count - self.d_tested >= prm.test_every:
-                self.d_tested = count
-                end = before + j + 1
-                sample = history[max(0, end - prm.max_distances) : end]
-                tests.append(StatValue(Statistic.PRADA_W, rows[j], shapiro_w(sample), len(sample)))
+        for j in _due(self.d_count, len(d_new), self.d_tested, prm.min_distances, prm.test_every):
+            self.d_tested = self.d_count + j + 1
+            end = before + j + 1
+            sample = history[max(0, end - prm.max_distances) : end]
+            tests.append(StatValue(Statistic.PRADA_W, rows[j], shapiro_w(sample), len(sample)))
         positions = (self.d_count + np.arange(len(d_new))) % prm.max_distances
         self.d[positions] = d_new
         self.d_count += len(d_new)
@@ -260,24 +295,37 @@ class ClientQueries:
 
     def _distribution_tests(self, proj: FloatArray, rows: Sequence[int], ref: Reference) -> list[StatValue]:
         prm = self.params
+        cross = to_sample(proj, ref)
         history = np.concatenate([self.window(), proj])
+        cross_history = np.concatenate([_ring(self.p_cross, self.g_count), cross])
         before = min(self.g_count, prm.window)
-        cells = coverage_cells(proj, prm.coverage_axes)
         tests: list[StatValue] = []
-        for j in range(len(proj)):
-            count = self.g_count + j + 1
-            if not self.cells[cells[j]]:
-                self.cells[cells[j]] = True
-                self.visited += 1
-            if count >= prm.energy_min and count - self.e_tested >= prm.energy_every:
-                self.e_tested = count
-                end = before + j + 1
-                sample = history[max(0, end - prm.window) : end]
-                tests.append(StatValue(Statistic.ENERGY, rows[j], energy_statistic(sample, ref), len(sample)))
-            if count % prm.coverage_every == 0 and count <= prm.coverage_max:
-                tests.append(StatValue(Statistic.COVERAGE, rows[j], float(self.visited), count))
+        for j in _due(self.g_count, len(proj), self.e_tested, prm.energy_min, prm.energy_every):
+            self.e_tested = self.g_count + j + 1
+            end = before + j + 1
+            start = max(0, end - prm.window)
+            value = energy_statistic(history[start:end], ref, cross_history[start:end])
+            tests.append(StatValue(Statistic.ENERGY, rows[j], value, end - start))
+        # Cells visited after each row: a cell counts at its first visit ever.
+        cells = coverage_cells(proj, prm.coverage_axes)
+        first = np.zeros(len(cells), dtype=np.bool_)
+        _, where = np.unique(cells, return_index=True)
+        first[where] = True
+        new = first & ~self.cells[cells]
+        visited = self.visited + np.cumsum(new)
+        self.cells[cells] = True
+        self.visited = int(visited[-1])
+        start = self.g_count + 1
+        for count in range(
+            -(-start // prm.coverage_every) * prm.coverage_every, self.g_count + len(proj) + 1, prm.coverage_every
+        ):
+            if count > prm.coverage_max:
+                break
+            j = count - start
+            tests.append(StatValue(Statistic.COVERAGE, rows[j], float(visited[j]), count))
         positions = (self.g_count + np.arange(len(proj))) % prm.window
         self.p[positions] = proj
+        self.p_cross[positions] = cross
         return tests
 
     def _chain(self, q: FloatArray) -> list[StatValue]:
@@ -315,6 +363,48 @@ class ClientQueries:
         self.chain_len = int(length[last])
         self.chain_reach = float(running[last])
         return tests
+
+
+def _admissions(
+    suffix: FloatArray, d2: FloatArray, n_g: int, max_set: int, r2: float
+) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    """Which rows of a block are distinct, and each row's squared distance to the nearest earlier
+    distinct query still in G (+inf when none).
+
+    Row i is distinct when it is at least `r2` from G less the entries already pushed out by the
+    block's earlier distinct rows, and from those rows themselves. Row i depends on rows j < i
+    only, so the sequential answer is the one fixed point of this map, and iterating the map from
+    any guess reaches it; it does in one or two rounds on real traffic, on whole arrays."""
+    m = d2.shape[0]
+    rows = np.arange(m)
+    earlier = rows[None, :] < rows[:, None]
+    admit = np.ones(m, dtype=np.bool_)
+    for _ in range(m + 1):
+        k: IntArray = np.cumsum(admit) - admit.astype(np.int64)
+        gone = np.maximum(0, n_g + k - max_set)
+        in_g = gone < n_g
+        d_g = np.full(m, np.inf)
+        if n_g:
+            d_g[in_g] = suffix[rows[in_g], gone[in_g]]
+        d_b = np.where(earlier & admit[None, :], d2, np.inf).min(axis=1)
+        best = np.minimum(d_g, d_b)
+        again = best >= r2
+        if np.array_equal(again, admit):
+            return admit, best
+        admit = again
+    raise AssertionError("unreachable: the map is lower-triangular")  # pragma: no cover
+
+
+def _due(count: int, new: int, tested: int, minimum: int, every: int) -> list[int]:
+    """Offsets j (0-based, among `new` values added to `count`) where a test is due: the count
+    has reached `minimum` and grown by `every` since the last test (at `tested`)."""
+    due: list[int] = []
+    for j in range(new):
+        total = count + j + 1
+        if total >= minimum and total - tested >= every:
+            due.append(j)
+            tested = total
+    return due
 
 
 def _ring_order(count: int, size: int) -> IntArray:
