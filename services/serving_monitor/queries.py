@@ -13,7 +13,7 @@ applies them. Per client, in the copula space of `query_space`:
   whitened principal axes, against the reference's own projected sample, by the energy distance
   (Szekely & Rizzo, 2013) scaled by n*m/(n+m), tested every `energy_every` distinct queries;
 - coverage growth: the cells (the first `coverage_axes` projected axes, the reference's least
-  used directions first, cut at their quartiles) that the client's distinct queries have visited,
+  used directions first, cut at -2, -1, 0, 1, 2 whitened sigmas) that the client's distinct queries have visited,
   against how many benign clients visit after as many distinct queries (the curve is simulated at
   fit time), as a z-score;
 - near-duplicate chains: successive queries each at most `chain_step` from the last, reaching
@@ -41,8 +41,9 @@ IntArray = npt.NDArray[np.int64]
 # Distances whose spread is this small relative to their mean are all "the same distance": a grid
 # or fixed-step attack. Shapiro-Wilk is undefined on a constant sample, so score it W = 0.
 _DEGENERATE_SPREAD = 1e-9
-#: Cells along each coverage axis: its quartiles under the reference (whitened axes are ~N(0, 1)).
-COVERAGE_EDGES = np.array([-0.6745, 0.0, 0.6745])
+#: Cell edges along each coverage axis, in whitened sigmas: benign queries crowd the middle cells and
+#: seldom reach the outer ones, so a client visiting many cells fast is spreading where they do not.
+COVERAGE_EDGES = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
 
 
 class Statistic(StrEnum):
@@ -67,7 +68,7 @@ class QueryParams:
     window: int = 128
     energy_min: int = 64
     energy_every: int = 64
-    coverage_axes: int = 5
+    coverage_axes: int = 3
     coverage_every: int = 32
     coverage_max: int = 1024
     chain_step: float = 0.5
@@ -439,7 +440,7 @@ class Calibrated:
 
 
 #: Simulated clients query between these many rows (log-spaced), as real volumes spread.
-SIM_QUERIES = (100, 1000)
+SIM_QUERIES = (100, 3000)
 #: Smoothing of the simulated clients' rows, in normal-score sigmas per feature.
 SIM_BANDWIDTH = 0.25
 #: A checkpoint of the coverage curve needs this many simulated clients reaching it.

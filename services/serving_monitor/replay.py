@@ -200,20 +200,10 @@ class ReplayReport:
 
     def to_json(self) -> dict[str, Any]:
         """The `--format json` document."""
-        p = self.profile
         return {
             "decision": "fail" if self.alarmed else "pass",
             "records": self.records,
-            "profile": {
-                "model": p.model,
-                "version": p.version,
-                "features": len(p.features),
-                "n_fit": p.n_fit,
-                "n_calibration": p.n_calibration,
-                "ood_threshold": p.threshold,
-                "false_flag_rate": p.false_flag_rate,
-                "calibrated_rate": p.calibrated_rate,
-            },
+            "profile": self.profile.summary(),
             "alarmed": len(self.alarmed),
             "clients": {
                 client: {
