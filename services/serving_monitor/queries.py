@@ -396,16 +396,11 @@ def _admissions(
     raise AssertionError("unreachable: the map is lower-triangular")  # pragma: no cover
 
 
-def _due(count: int, new: int, tested: int, minimum: int, every: int) -> list[int]:
+def _due(count: int, new: int, tested: int, minimum: int, every: int) -> range:
     """Offsets j (0-based, among `new` values added to `count`) where a test is due: the count
     has reached `minimum` and grown by `every` since the last test (at `tested`)."""
-    due: list[int] = []
-    for j in range(new):
-        total = count + j + 1
-        if total >= minimum and total - tested >= every:
-            due.append(j)
-            tested = total
-    return due
+    first = max(minimum, tested + every)
+    return range(first - count - 1 if first > count else 0, new, every) if first <= count + new else range(0)
 
 
 def _ring_order(count: int, size: int) -> IntArray:
