@@ -14,7 +14,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.serving_monitor.clients import ClientTable
+import numpy as np
+import numpy.typing as npt
+
+from services.serving_monitor.clients import NEAR, ClientTable, decayed_sums, monotone
 from services.serving_monitor.errors import ConfigError, ObservationError
 from services.serving_monitor.validation import FeatureSchema
 from shared.events import Alert, PredictionBatch, Severity
@@ -26,6 +29,8 @@ DEFAULT_MAX_CLIENTS = 100_000
 _FAIL_FACTOR = 2.0
 
 Evidence = Mapping[str, float | int | str | bool]
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,31 @@ class AbuseMonitor:
                     state.last_invalid_alert = now
                     out.append((now, self._invalid_alert(client, model, state, rate)))
         return out
+
+    def observe_arrays(
+        self, client: str, model: str, now: FloatArray, records: IntArray, invalid: IntArray
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe_runs` on arrays (the replay): the counters on whole arrays, and the step-by-step
+        loop only for a client that comes near a threshold (`clients.decayed_sums`)."""
+        if len(now) == 0:
+            return []
+        state = self._state(client, float(now[0]))
+        if (
+            monotone(now, state.updated)
+            and (records >= 0).all()
+            and (invalid >= 0).all()
+            and (invalid <= records).all()
+        ):
+            r = decayed_sums(now, records.astype(np.float64), state.records, state.updated, self.window_s)
+            bad = decayed_sums(now, invalid.astype(np.float64), state.invalid, state.updated, self.window_s)
+            near = (r > self._volume_threshold * NEAR) | (
+                (r >= self.min_records * NEAR) & (bad >= self.invalid_rate * r * NEAR)
+            )
+            if not near.any():
+                state.records, state.invalid, state.updated = float(r[-1]), float(bad[-1]), float(now[-1])
+                return []
+        runs = list(zip(now.tolist(), records.tolist(), invalid.tolist(), strict=True))
+        return self.observe_runs(client, model, runs)
 
     def observe_batch(self, batch: PredictionBatch, schema: FeatureSchema | None, now: float) -> list[AlertSpec]:
         """Tally a logged batch per client (see `tally_batch`) and observe each client."""

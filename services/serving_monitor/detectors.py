@@ -149,15 +149,10 @@ class Detectors:
         throughput). `q` and `times` are the client's rows of `profile`'s model; an owner's keys
         (`OWNER_SUFFIX`) get no abuse counters, as in `observe_scored`."""
         alerts: list[tuple[float, AlertSpec]] = []
-        now, records = runs.now.tolist(), runs.records.tolist()
         if abuse:
-            alerts += self.abuse.observe_runs(
-                client, model, list(zip(now, records, runs.invalid.tolist(), strict=True))
-            )
+            alerts += self.abuse.observe_arrays(client, model, runs.now, runs.records, runs.invalid)
         if profile is not None and profile.model == model:
-            alerts += self.ood.observe_runs(
-                client, profile, list(zip(now, records, runs.flagged.tolist(), strict=True))
-            )
+            alerts += self.ood.observe_arrays(client, profile, runs.now, runs.records, runs.flagged)
         if profile is not None and q is not None and times is not None and len(q):
             alerts += self.extraction.observe_timed(client, profile, q, times)
         return alerts

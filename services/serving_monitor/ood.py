@@ -35,7 +35,7 @@ from sklearn.covariance import LedoitWolf
 from threadpoolctl import threadpool_limits
 
 from services.serving_monitor.abuse import AlertSpec
-from services.serving_monitor.clients import ClientTable
+from services.serving_monitor.clients import NEAR, ClientTable, decayed_sums, monotone
 from services.serving_monitor.errors import ConfigError
 from services.serving_monitor.queries import (
     SIM_QUERIES,
@@ -495,6 +495,29 @@ class OodMonitor:
             if alert is not None:
                 out.append((now, alert))
         return out
+
+    def observe_arrays(
+        self,
+        client: str,
+        profile: ReferenceProfile,
+        now: FloatArray,
+        records: npt.NDArray[np.int64],
+        flagged: npt.NDArray[np.int64],
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe_runs` on arrays (the replay): the counters on whole arrays, and the step-by-step
+        loop only for a client that comes near the rate floor (`clients.decayed_sums`)."""
+        if len(now) == 0:
+            return []
+        state = self._state((profile.model, client), float(now[0]))
+        if monotone(now, state.updated) and (flagged >= 0).all() and (flagged <= records).all():
+            r = decayed_sums(now, records.astype(np.float64), state.records, state.updated, self.window_s)
+            f = decayed_sums(now, flagged.astype(np.float64), state.flagged, state.updated, self.window_s)
+            near = (r >= self.min_records * NEAR) & (f >= self.rate_floor * r * NEAR)
+            if not near.any():
+                state.records, state.flagged, state.updated = float(r[-1]), float(f[-1]), float(now[-1])
+                return []
+        runs = list(zip(now.tolist(), records.tolist(), flagged.tolist(), strict=True))
+        return self.observe_runs(client, profile, runs)
 
     def _test(self, state: _ClientState, client: str, profile: ReferenceProfile, now: float) -> AlertSpec | None:
         rate = state.flagged / state.records

@@ -3,10 +3,13 @@ calibrated on the reference, catching correlation breaking, quiet on natural cli
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import shapiro
 
+from services.serving_monitor.clients import decayed_sums
 from services.serving_monitor.extraction import KIND_DISTRIBUTION, ExtractionMonitor
 from services.serving_monitor.ood import FloatArray, fit_reference
 from services.serving_monitor.queries import ClientQueries, QueryParams, StatValue, shapiro_w
@@ -97,3 +100,15 @@ def test_shapiro_w_is_scipys(n: int) -> None:
 
 def test_queries_params_round_trip_in_the_profile() -> None:
     assert PROFILE.query_params == QueryParams()
+
+
+def test_decayed_counters_on_arrays_equal_the_step_by_step_recurrence() -> None:
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0, 86_400, 3000))
+    amounts = rng.integers(0, 5, 3000).astype(np.float64)
+    expected, value, since = [], 3.0, -5.0
+    for t, a in zip(times.tolist(), amounts.tolist(), strict=True):
+        value = value * math.exp(-(t - since) / 60.0) + a
+        since = t
+        expected.append(value)
+    assert np.allclose(decayed_sums(times, amounts, 3.0, -5.0, 60.0), expected, rtol=1e-12, atol=1e-12)
