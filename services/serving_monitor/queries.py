@@ -378,7 +378,7 @@ def _admissions(
     any guess reaches it; it does in one or two rounds on real traffic, on whole arrays."""
     m = d2.shape[0]
     rows = np.arange(m)
-    earlier = rows[None, :] < rows[:, None]
+    earlier = _earlier(m)
     admit = np.ones(m, dtype=np.bool_)
     for _ in range(m + 1):
         k: IntArray = np.cumsum(admit) - admit.astype(np.int64)
@@ -394,6 +394,15 @@ def _admissions(
             return admit, best
         admit = again
     raise AssertionError("unreachable: the map is lower-triangular")  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=8)
+def _earlier(m: int) -> npt.NDArray[np.bool_]:
+    """[i, j] is j < i (read only, shared)."""
+    rows = np.arange(m)
+    mask = rows[None, :] < rows[:, None]
+    mask.flags.writeable = False
+    return mask
 
 
 def _due(count: int, new: int, tested: int, minimum: int, every: int) -> range:
