@@ -130,6 +130,18 @@ class ReferenceProfile(BaseModel):
     _reference: Reference = PrivateAttr()
     _params: QueryParams = PrivateAttr()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _current_format(cls, data: Any) -> Any:
+        # A format-1 profile has no query space and no calibrated thresholds, and those need the
+        # training data: say how to get a current one rather than list missing fields.
+        if isinstance(data, Mapping) and data.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
+            raise ValueError(
+                f"profile format {data.get('format')!r} is not {PROFILE_FORMAT}: refit it with "
+                "`mlwarden serving fit-profile REF.csv --model NAME`"
+            )
+        return data
+
     @model_validator(mode="after")
     def _shapes_agree(self) -> ReferenceProfile:
         d = len(self.features)
