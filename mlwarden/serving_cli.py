@@ -60,6 +60,8 @@ def cmd_serving_fit_profile(args: argparse.Namespace) -> int:
         f"threshold {profile.threshold:.3g} (held-out flag rate {profile.calibrated_rate:.2%})",
         soft_wrap=True,
     )
+    rates = ", ".join(f"{k} {v:.2%}" for k, v in profile.per_client_rates().items())
+    out.print(f"calibrated per-client false-alarm rate: {rates}", soft_wrap=True)
     return EXIT_OK
 
 

@@ -48,6 +48,13 @@ def cmd_check_traffic(args: argparse.Namespace) -> int:
             f"[{colour}]{verdict}[/]: {report.records} records from {len(report.clients)} clients, "
             f"{len(alarmed)} alarmed (model {printable(model)}, {len(names)} features)"
         )
+        rates = ", ".join(f"{k} {v:.2%}" for k, v in report.profile.per_client_rates().items())
+        simulated = report.profile.queries.prada_w.simulated_clients
+        out.print(
+            f"  calibrated per-client false-alarm rate: {rates} (on {simulated} benign clients simulated from "
+            "the reference)",
+            soft_wrap=True,
+        )
         for client in alarmed:
             # One line per client: its alerts by kind, and the first alert's message.
             alerts = report.clients[client].alerts

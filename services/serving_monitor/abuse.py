@@ -11,10 +11,13 @@ once and fades over a few windows, so a one-off burst is seen and then forgotten
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.serving_monitor.clients import ClientTable
+import numpy as np
+import numpy.typing as npt
+
+from services.serving_monitor.clients import NEAR, ClientTable, decayed_sums, monotone
 from services.serving_monitor.errors import ConfigError, ObservationError
 from services.serving_monitor.validation import FeatureSchema
 from shared.events import Alert, PredictionBatch, Severity
@@ -26,6 +29,8 @@ DEFAULT_MAX_CLIENTS = 100_000
 _FAIL_FACTOR = 2.0
 
 Evidence = Mapping[str, float | int | str | bool]
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -127,27 +132,62 @@ class AbuseMonitor:
 
     def observe(self, client: str, model: str, records: int, invalid: int, now: float) -> list[AlertSpec]:
         """Fold one batch of `records` (of which `invalid` were invalid) in; return new alerts."""
-        if records < 0 or invalid < 0 or invalid > records:
-            raise ObservationError("need 0 <= invalid <= records", client=client, records=records, invalid=invalid)
-        if not math.isfinite(now):
-            raise ConfigError("now", now, "finite")
-        state = self._state(client, now)
-        # A clock stepping backwards must not inflate the counters: treat it as no time passing.
-        decay = math.exp(-max(0.0, now - state.updated) / self.window_s)
-        state.records = state.records * decay + records
-        state.invalid = state.invalid * decay + invalid
-        state.updated = max(state.updated, now)
+        return [a for _, a in self.observe_runs(client, model, [(now, records, invalid)])]
 
-        alerts: list[AlertSpec] = []
-        if state.records > self._volume_threshold and now - state.last_volume_alert >= self.cooldown_s:
-            state.last_volume_alert = now
-            alerts.append(self._volume_alert(client, model, state))
-        if state.records >= self.min_records:
-            rate = state.invalid / state.records
-            if rate >= self.invalid_rate and now - state.last_invalid_alert >= self.cooldown_s:
-                state.last_invalid_alert = now
-                alerts.append(self._invalid_alert(client, model, state, rate))
-        return alerts
+    def observe_runs(
+        self, client: str, model: str, runs: Sequence[tuple[float, int, int]]
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe` for each (now, records, invalid) of one client in turn, the alerts with their
+        clocks: the replay hands a client's whole log over at once (one state lookup, one loop)."""
+        if not runs:
+            return []
+        state = self._state(client, runs[0][0])
+        out: list[tuple[float, AlertSpec]] = []
+        exp, window, volume, cooldown = math.exp, self.window_s, self._volume_threshold, self.cooldown_s
+        for now, records, invalid in runs:
+            if records < 0 or invalid < 0 or invalid > records:
+                raise ObservationError("need 0 <= invalid <= records", client=client, records=records, invalid=invalid)
+            if not math.isfinite(now):
+                raise ConfigError("now", now, "finite")
+            # A clock stepping backwards must not inflate the counters: treat it as no time passing.
+            decay = exp(-max(0.0, now - state.updated) / window)
+            state.records = state.records * decay + records
+            state.invalid = state.invalid * decay + invalid
+            state.updated = max(state.updated, now)
+            if state.records > volume and now - state.last_volume_alert >= cooldown:
+                state.last_volume_alert = now
+                out.append((now, self._volume_alert(client, model, state)))
+            if state.records >= self.min_records:
+                rate = state.invalid / state.records
+                if rate >= self.invalid_rate and now - state.last_invalid_alert >= cooldown:
+                    state.last_invalid_alert = now
+                    out.append((now, self._invalid_alert(client, model, state, rate)))
+        return out
+
+    def observe_arrays(
+        self, client: str, model: str, now: FloatArray, records: IntArray, invalid: IntArray
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe_runs` on arrays (the replay): the counters on whole arrays, and the step-by-step
+        loop only for a client that comes near a threshold (`clients.decayed_sums`)."""
+        if len(now) == 0:
+            return []
+        state = self._state(client, float(now[0]))
+        if (
+            monotone(now, state.updated)
+            and (records >= 0).all()
+            and (invalid >= 0).all()
+            and (invalid <= records).all()
+        ):
+            r = decayed_sums(now, records.astype(np.float64), state.records, state.updated, self.window_s)
+            bad = decayed_sums(now, invalid.astype(np.float64), state.invalid, state.updated, self.window_s)
+            near = (r > self._volume_threshold * NEAR) | (
+                (r >= self.min_records * NEAR) & (bad >= self.invalid_rate * r * NEAR)
+            )
+            if not near.any():
+                state.records, state.invalid, state.updated = float(r[-1]), float(bad[-1]), float(now[-1])
+                return []
+        runs = list(zip(now.tolist(), records.tolist(), invalid.tolist(), strict=True))
+        return self.observe_runs(client, model, runs)
 
     def observe_batch(self, batch: PredictionBatch, schema: FeatureSchema | None, now: float) -> list[AlertSpec]:
         """Tally a logged batch per client (see `tally_batch`) and observe each client."""

@@ -6,6 +6,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from services.serving_monitor.errors import ConfigError
 
 K = TypeVar("K", bound=Hashable)
@@ -46,3 +49,37 @@ class ClientTable(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+#: A vectorised counter within this factor of a threshold is re-run step by step (rounding).
+NEAR = 1.0 - 1e-9
+
+
+def monotone(now: npt.NDArray[np.float64], since: float) -> bool:
+    """Clocks that never step back from `since` (the vectorised counters assume it)."""
+    return bool(now[0] >= since and (len(now) < 2 or (np.diff(now) >= 0).all()))
+
+
+#: exp() overflows past 709: decayed sums are computed in chunks spanning at most this many windows.
+_MAX_EXPONENT = 600.0
+
+
+def decayed_sums(
+    times: npt.NDArray[np.float64], amounts: npt.NDArray[np.float64], start: float, since: float, window: float
+) -> npt.NDArray[np.float64]:
+    """`start` (a counter last updated at `since`) decayed by exp(-dt / window) and increased by
+    `amounts[i]` at `times[i]` (non-decreasing, none before `since`): the counter after each step,
+    on whole arrays. Equal to the step-by-step recurrence up to rounding; callers that compare it
+    with a threshold re-run the recurrence near one."""
+    out = np.empty(len(times))
+    carry, origin = start, since
+    begin = 0
+    while begin < len(times):
+        end = int(np.searchsorted(times, times[begin] + _MAX_EXPONENT * window, side="right"))
+        t = times[begin:end]
+        base = t[0]
+        grown = np.cumsum(amounts[begin:end] * np.exp((t - base) / window))
+        out[begin:end] = grown * np.exp(-(t - base) / window) + carry * np.exp(-(t - origin) / window)
+        carry, origin = float(out[end - 1]), float(t[-1])
+        begin = end
+    return out

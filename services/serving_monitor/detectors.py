@@ -64,11 +64,7 @@ class Detectors:
                 min_records=cfg.ood_min_records,
                 cooldown_s=cfg.detector_cooldown_s,
             ),
-            extraction=ExtractionMonitor(
-                w_threshold=cfg.extraction_w_threshold,
-                min_queries=cfg.extraction_min_queries,
-                cooldown_s=cfg.detector_cooldown_s,
-            ),
+            extraction=ExtractionMonitor(cooldown_s=cfg.detector_cooldown_s),
         )
 
     def forget_model(self, model: str) -> None:
@@ -89,21 +85,20 @@ class Detectors:
         raw features `x[i]` in `profile`'s order (None without a profile: abuse only)."""
         if profile is None or x is None:
             return self.observe_scored(model, clients, invalid, None, None, None, now)
-        z = profile.standardise(x)
-        flagged = profile.scores_standardised(z) > profile.threshold
-        return self.observe_scored(model, clients, invalid, z, flagged, profile, now)
+        flagged = profile.scores_standardised(profile.standardise(x)) > profile.threshold
+        return self.observe_scored(model, clients, invalid, profile.query_space(x), flagged, profile, now)
 
     def observe_scored(
         self,
         model: str,
         clients: Sequence[str],
         invalid: BoolArray,
-        z: FloatArray | None,
+        q: FloatArray | None,
         flagged: BoolArray | None,
         profile: ReferenceProfile | None,
         now: float,
     ) -> list[AlertSpec]:
-        """`observe` with the rows already standardised (`z`) and scored (`flagged`: OOD under
+        """`observe` with the rows already in the query space (`q`) and scored (`flagged`: OOD under
         `profile`). Both are row-wise, so the replay computes them once for a whole log instead
         of once per one-second batch (issue 9: per-batch fixed costs bounded its throughput)."""
         groups = group_by_client(clients)
@@ -113,9 +108,10 @@ class Detectors:
         for client, idx in picks.items():
             n = len(groups[client])
             alerts += self.abuse.observe(client, model, n, int(np.count_nonzero(invalid[idx])), now)
-        if profile is None or z is None or flagged is None:
+        if profile is None or q is None or flagged is None:
             return alerts
         owners: dict[str, list[int]] = {}
+        owner_rows: dict[str, list[int]] = {}
         for client, idx in picks.items():
             n, n_flagged = len(groups[client]), int(np.count_nonzero(flagged[idx]))
             alerts += self.ood.observe(client, profile, n, n_flagged, now)
@@ -124,10 +120,49 @@ class Detectors:
                 owners.setdefault(owner, [0, 0])
                 owners[owner][0] += n
                 owners[owner][1] += n_flagged
+                owner_rows.setdefault(owner, []).extend(groups[client])
         # Sybil: an owner's keys judged together, so an attack split over keys each too quiet
         # to be judged alone is judged as the one client it is (issue 9).
         for owner, (records, n_flagged) in owners.items():
             alerts += self.ood.observe(owner + OWNER_SUFFIX, profile, records, n_flagged, now)
         for client, idx in picks.items():
-            alerts += self.extraction.observe(client, profile, z[idx], now)
+            alerts += self.extraction.observe(client, profile, q[idx], now)
+        for owner, rows in owner_rows.items():
+            # The union of an owner's keys, in record order: one extraction client's queries.
+            alerts += self.extraction.observe(owner + OWNER_SUFFIX, profile, q[sorted(rows)], now)
         return alerts
+
+    def observe_client(
+        self,
+        client: str,
+        model: str,
+        runs: ClientRuns,
+        q: FloatArray | None,
+        times: FloatArray | None,
+        profile: ReferenceProfile | None,
+        *,
+        abuse: bool = True,
+    ) -> list[tuple[float, AlertSpec]]:
+        """One client's whole log at once: what `observe_scored` does for it batch after batch,
+        with each alert's clock. Every detector's state is per client, so visiting clients one
+        after the other instead of batch by batch changes no alert (issue 9: the replay's
+        throughput). `q` and `times` are the client's rows of `profile`'s model; an owner's keys
+        (`OWNER_SUFFIX`) get no abuse counters, as in `observe_scored`."""
+        alerts: list[tuple[float, AlertSpec]] = []
+        if abuse:
+            alerts += self.abuse.observe_arrays(client, model, runs.now, runs.records, runs.invalid)
+        if profile is not None and profile.model == model:
+            alerts += self.ood.observe_arrays(client, profile, runs.now, runs.records, runs.flagged)
+        if profile is not None and q is not None and times is not None and len(q):
+            alerts += self.extraction.observe_timed(client, profile, q, times)
+        return alerts
+
+
+@dataclass(frozen=True)
+class ClientRuns:
+    """One client's batches: the batch's clock, its records, invalid and OOD-flagged among them."""
+
+    now: FloatArray
+    records: npt.NDArray[np.int64]
+    invalid: npt.NDArray[np.int64]
+    flagged: npt.NDArray[np.int64]

@@ -1,22 +1,30 @@
-"""Model-extraction detection after PRADA (Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting
-against DNN Model Stealing Attacks", IEEE EuroS&P 2019, arXiv:1805.02628).
+"""Model-extraction detection: PRADA, the query distribution, coverage growth and boundary walks.
 
-PRADA's observation: the minimum L2 distance of a benign client's new query to its earlier
-queries follows a roughly normal law, because benign queries are independent draws from the
-natural input distribution. An extraction attack synthesises its queries (Jacobian-based
-augmentation steps a fixed amount from earlier queries; random or grid probing covers the input
-box evenly), so those distances bunch up at a few values, and the Shapiro-Wilk statistic W of the
-distance set drops. Per client, following the paper's Algorithm 1 (one growing set per client
-rather than per predicted class: prediction logs may be regression outputs):
+The per-client statistics live in `queries` (shared with the fit-time calibration) and are
+measured in the profile's copula space (`ReferenceProfile.query_space`); this module turns the
+statistics into alerts against the profile's calibrated thresholds (issue 9), with cooldowns and a
+bounded number of tracked clients.
 
-1. standardise the query with the model's offline reference (`ood.ReferenceProfile`);
-2. ``d_min`` = its smallest L2 distance to the client's growing set G; append ``d_min`` to D;
-3. add the query to G only if ``d_min`` exceeds T = max(mean - std) of the distances that were
-   added to G, so near-duplicates do not crowd G;
-4. once D holds `min_queries` distances, alert `serving.extraction` when W(D) < `w_threshold`.
+PRADA (Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting against DNN Model Stealing Attacks",
+IEEE EuroS&P 2019, arXiv:1805.02628) observes that the minimum L2 distance of a benign client's
+new query to its earlier queries follows a roughly normal law, because benign queries are
+independent draws from the natural input distribution. An extraction attack synthesises its
+queries (Jacobian-based augmentation steps a fixed amount from earlier queries; grid probing
+covers the input box evenly), so those distances bunch up at a few values, and the Shapiro-Wilk
+statistic W of the distance set drops. Per client (one growing set per client rather than per
+predicted class: prediction logs may be regression outputs), ``d_min`` of each distinct query to
+the client's set G goes into D, and `serving.extraction` is raised when W(D) falls below the
+profile's calibrated threshold. Where the paper admits a query to G only beyond
+T = max(mean - std) of earlier distances, here the repeat filter keeps near-duplicates out of G
+(issue 9): with T a client's G depends on the order its queries arrive in, which no blocked,
+vectorised pass can reproduce, and customers' repeats are what T was guarding against.
+
+Where PRADA's law does not hold (heavy-tailed or integer features make honest clients' distances
+far from normal) the calibration says so with a low threshold; the distribution distance, which
+makes no such assumption, then catches random probing.
 
 Bounded memory (the paper's G and D grow without limit, which would let one client exhaust the
-service): G is a ring of the last `max_set` accepted queries and D a ring of the last
+service): G is a ring of the last `max_set` distinct queries and D a ring of the last
 `max_distances` distances. Last-N rather than a reservoir because the test is about the client's
 *current* behaviour: a reservoir keeps a uniform sample of its whole history, so an attack begun
 after a long benign spell would be diluted, and its per-query cost (distance to |G| points) is the
@@ -27,271 +35,242 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import shapiro
 
 from services.serving_monitor.abuse import AlertSpec
 from services.serving_monitor.clients import ClientTable
 from services.serving_monitor.errors import ConfigError
 from services.serving_monitor.ood import FloatArray, ReferenceProfile
+from services.serving_monitor.queries import (
+    ClientQueries,
+    QueryParams,
+    Statistic,
+    StatValue,
+    coverage_size,
+    coverage_z,
+    shapiro_w,
+)
 from shared.events import PredictionBatch, Severity
 
+__all__ = [
+    "KIND_BOUNDARY_WALK",
+    "KIND_COVERAGE",
+    "KIND_DISTRIBUTION",
+    "KIND_EXTRACTION",
+    "ExtractionMonitor",
+    "shapiro_w",
+]
+
 KIND_EXTRACTION = "serving.extraction"
+KIND_DISTRIBUTION = "serving.query_distribution"
+KIND_COVERAGE = "serving.coverage_growth"
 KIND_BOUNDARY_WALK = "serving.boundary_walk"
 DEFAULT_MAX_CLIENTS = 10_000
-# Distances whose spread is this small relative to their mean are all "the same distance": a grid
-# or fixed-step attack. Shapiro-Wilk is undefined on a constant sample, so score it W = 0.
-_DEGENERATE_SPREAD = 1e-9
 
 
-@dataclass(slots=True)
-class _ClientState:
-    """A client's growing set G (ring), distance set D (ring), PRADA's threshold T, and its
-    current chain of small successive steps."""
+class _Client:
+    """A client's query state and when each of its alerts last fired."""
 
-    dims: int
-    max_set: int
-    max_distances: int
-    warmup: int
-    repeat_radius: float
-    g: FloatArray = field(init=False)
-    g_sq: FloatArray = field(init=False)
-    g_len: int = 0
-    g_next: int = 0
-    d: FloatArray = field(init=False)
-    d_len: int = 0
-    d_next: int = 0
-    # The distances admitted to G (for T = mean - std), kept with the ring.
-    g_dist: FloatArray = field(init=False)
-    threshold: float = 0.0
-    queries: int = 0
-    repeats: int = 0
-    untested: int = 0
-    last_alert: float = -math.inf
-    prev: FloatArray | None = None
-    chain_start: FloatArray | None = None
-    chain_len: int = 0
-    chain_reach: float = 0.0
-    last_walk_alert: float = -math.inf
+    __slots__ = ("last", "queries")
 
-    def __post_init__(self) -> None:
-        self.g = np.zeros((self.max_set, self.dims), dtype=np.float64)
-        self.g_sq = np.zeros(self.max_set, dtype=np.float64)
-        self.g_dist = np.zeros(self.max_set, dtype=np.float64)
-        self.d = np.zeros(self.max_distances, dtype=np.float64)
-
-    def add(self, z: FloatArray, chain_step: float) -> None:
-        self.queries += 1
-        self._follow_chain(z, chain_step)
-        if self.g_len == 0:
-            self._admit(z, math.nan)
-            return
-        n = self.g_len
-        zz = float(z @ z)
-        d2 = self.g_sq[:n] - 2.0 * (self.g[:n] @ z) + zz
-        d_min = math.sqrt(max(0.0, float(d2.min())))
-        if d_min < self.repeat_radius:
-            # A repeat (the same row again, or with a natural jitter): benign customers repeat
-            # rows all the time, and zero distances alone drive W to 0 (issue 9). PRADA's D is
-            # over *distinct* queries.
-            self.repeats += 1
-            return
-        if self.g_len < self.warmup:
-            # The first distances measure how empty G is, not how the client queries: with a
-            # handful of points in G every natural query is "far", and those few large values
-            # alone push W down. PRADA's D starts after this warm-up here.
-            self._admit(z, d_min)
-            return
-        self.d[self.d_next] = d_min
-        self.d_next = (self.d_next + 1) % self.max_distances
-        self.d_len = min(self.d_len + 1, self.max_distances)
-        self.untested += 1
-        if d_min > self.threshold:
-            self._admit(z, d_min)
-
-    def _follow_chain(self, z: FloatArray, chain_step: float) -> None:
-        """Near-duplicate chains: successive queries each a small step from the last. A walk
-        toward the decision boundary (HopSkipJump and its kin) makes one that reaches far from
-        its start; a customer repeating a row with jitter makes one that stays where it began."""
-        prev, self.prev = self.prev, z
-        if prev is None or self.chain_start is None:
-            self.chain_start = z
-            return
-        step = z - prev
-        if float(step @ step) <= chain_step * chain_step:
-            self.chain_len += 1
-            reach = z - self.chain_start
-            self.chain_reach = max(self.chain_reach, math.sqrt(float(reach @ reach)))
-        else:
-            self.chain_start, self.chain_len, self.chain_reach = z, 0, 0.0
-
-    def _admit(self, z: FloatArray, d_min: float) -> None:
-        self.g[self.g_next] = z
-        self.g_sq[self.g_next] = float(z @ z)
-        self.g_dist[self.g_next] = d_min
-        self.g_next = (self.g_next + 1) % self.max_set
-        self.g_len = min(self.g_len + 1, self.max_set)
-        admitted = self.g_dist[: self.g_len]
-        admitted = admitted[np.isfinite(admitted)]
-        if admitted.size >= 2:
-            self.threshold = max(self.threshold, float(admitted.mean() - admitted.std()))
-
-    def distances(self) -> FloatArray:
-        return self.d[: self.d_len]
-
-
-def shapiro_w(distances: FloatArray) -> float:
-    """Shapiro-Wilk W of the distances; 0 for a degenerate (constant) sample."""
-    spread = float(np.ptp(distances))
-    if spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
-        return 0.0
-    return float(shapiro(distances).statistic)
+    def __init__(self, queries: ClientQueries) -> None:
+        self.queries = queries
+        self.last: dict[Statistic, float] = {}
 
 
 class ExtractionMonitor:
-    """PRADA per (model, client) over standardised queries, with bounded memory per client."""
+    """Extraction statistics per (model, client) against the profile's calibrated thresholds.
+
+    `w_threshold` (and the geometry in `params`) override the profile's calibration: PRADA as the
+    paper runs it (W < 0.84 after every query) is `ExtractionMonitor(w_threshold=0.84,
+    params=QueryParams(test_every=1, repeat_radius=0.0))`. The defaults follow the profile."""
 
     def __init__(
         self,
         *,
-        w_threshold: float = 0.5,
-        min_queries: int = 100,
-        max_set: int = 256,
-        max_distances: int = 512,
-        warmup: int = 16,
+        w_threshold: float | None = None,
+        params: QueryParams | None = None,
         cooldown_s: float = 300.0,
         max_clients: int = DEFAULT_MAX_CLIENTS,
-        repeat_radius: float = 1.0,
-        test_every: int = 50,
-        chain_step: float = 1.0,
-        chain_min: int = 40,
-        chain_reach: float = 4.0,
     ) -> None:
-        if not 0 < w_threshold < 1:
+        if w_threshold is not None and not 0 < w_threshold < 1:
             raise ConfigError("w_threshold", w_threshold, "in (0, 1)")
-        # Shapiro-Wilk needs at least 3 values and scipy's p-values hold up to 5000.
-        if min_queries < 20:
-            raise ConfigError("min_queries", min_queries, ">= 20")
-        if not 1 <= warmup <= max_set:
-            raise ConfigError("warmup", warmup, f"in [1, max_set={max_set}]")
-        if not min_queries <= max_distances <= 5000:
-            raise ConfigError("max_distances", max_distances, f"in [min_queries={min_queries}, 5000]")
+        if params is not None:
+            _check(params)
         if not (math.isfinite(cooldown_s) and cooldown_s >= 0):
             raise ConfigError("cooldown_s", cooldown_s, "finite and >= 0")
-        if not (math.isfinite(repeat_radius) and repeat_radius >= 0):
-            raise ConfigError("repeat_radius", repeat_radius, "finite and >= 0")
-        if test_every < 1:
-            raise ConfigError("test_every", test_every, ">= 1")
-        if not (math.isfinite(chain_step) and chain_step > 0):
-            raise ConfigError("chain_step", chain_step, "finite and > 0")
-        if chain_min < 2:
-            raise ConfigError("chain_min", chain_min, ">= 2")
-        if not (math.isfinite(chain_reach) and chain_reach > chain_step):
-            raise ConfigError("chain_reach", chain_reach, f"finite and > chain_step={chain_step}")
-        self.repeat_radius = repeat_radius
-        self.test_every = test_every
-        self.chain_step = chain_step
-        self.chain_min = chain_min
-        self.chain_reach = chain_reach
         self.w_threshold = w_threshold
-        self.min_queries = min_queries
-        self.max_set = max_set
-        self.max_distances = max_distances
-        self.warmup = warmup
+        self.params = params
         self.cooldown_s = cooldown_s
-        self._clients: ClientTable[tuple[str, str], _ClientState] = ClientTable(max_clients)
+        self._clients: ClientTable[tuple[str, str], _Client] = ClientTable(max_clients)
 
     def __len__(self) -> int:
         """(model, client) pairs currently tracked."""
         return len(self._clients)
 
-    def bytes_per_client(self, dims: int) -> int:
-        """Upper bound of the numeric state one client costs, for `dims` features."""
-        return 8 * (self.max_set * (dims + 2) + self.max_distances + 2 * dims)
+    def bytes_per_client(self, dims: int, axes: int, params: QueryParams | None = None) -> int:
+        """Upper bound of the numeric state one client costs, for `dims` features and `axes`
+        projected axes."""
+        p = params or self.params or QueryParams()
+        return 8 * (p.max_set * (dims + 1) + p.max_distances + p.window * axes + 3 * dims) + coverage_size(p, axes)
 
     def forget_model(self, model: str) -> None:
-        """Drop every client's state for `model` (a new profile changes the standardised space)."""
+        """Drop every client's state for `model` (a new profile changes the query space)."""
         self._clients.forget(lambda key: key[0] == model)
 
-    def _state(self, key: tuple[str, str], dims: int) -> _ClientState:
+    def state(self, model: str, client: str) -> ClientQueries:
+        """A tracked client's query state (KeyError when not tracked)."""
+        return self._clients[(model, client)].queries
+
+    def _client(self, profile: ReferenceProfile, client: str) -> _Client:
+        params = self.params or profile.query_params
+        dims, axes = len(profile.features), profile.reference.projection.shape[1]
         return self._clients.touch(
-            key,
-            lambda: _ClientState(dims, self.max_set, self.max_distances, self.warmup, self.repeat_radius),
-            replace=lambda state: state.dims != dims,
+            (profile.model, client),
+            lambda: _Client(ClientQueries(params, dims, axes)),
+            replace=lambda c: c.queries.params != params or c.queries.dims != dims or c.queries.axes != axes,
         )
 
-    def observe(self, client: str, profile: ReferenceProfile, z: FloatArray, now: float) -> list[AlertSpec]:
-        """Fold in one client's standardised queries `z` (rows); test once after them."""
-        state = self._state((profile.model, client), len(profile.features))
+    def observe(self, client: str, profile: ReferenceProfile, q: FloatArray, now: float) -> list[AlertSpec]:
+        """Fold in one client's queries `q` (rows in `profile.query_space`), all at time `now`."""
+        return [a for _, a in self.observe_timed(client, profile, q, np.full(len(q), now))]
+
+    def observe_timed(
+        self, client: str, profile: ReferenceProfile, q: FloatArray, times: FloatArray
+    ) -> list[tuple[float, AlertSpec]]:
+        """Fold in one client's queries with the clock of each (the end of its batch); the alerts
+        with their clocks."""
+        state = self._client(profile, client)
         # A query with a missing or non-finite feature has no distance; the OOD and
         # invalid-input detectors judge it.
-        finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(z).all(axis=1), dtype=bool)
-        for row, ok in zip(z, finite.tolist(), strict=True):
-            if ok:
-                state.add(row, self.chain_step)
-        alerts: list[AlertSpec] = []
-        walk = self._walk_alert(client, profile, state, now)
-        if walk is not None:
-            alerts.append(walk)
-        # W is tested once per `test_every` new distinct queries, not after every batch: each test
-        # is a chance of a false alarm, and the per-client budget is per day, not per test.
-        if (
-            state.d_len < self.min_queries
-            or state.untested < self.test_every
-            or now - state.last_alert < self.cooldown_s
-        ):
-            return alerts
-        state.untested = 0
-        w = shapiro_w(state.distances())
-        if w >= self.w_threshold:
-            return alerts
-        state.last_alert = now
-        severity = Severity.FAIL if w < self.w_threshold - 0.1 else Severity.WARN
-        alerts.append(
-            AlertSpec(
-                kind=KIND_EXTRACTION,
-                severity=severity,
-                message=(
-                    f"client {client!r} queries {profile.model!r} like a model-extraction attack "
-                    f"(PRADA Shapiro-Wilk W={w:.3f} < {self.w_threshold})"
-                ),
-                client=client,
-                model=profile.model,
-                evidence={
-                    "shapiro_w": round(w, 4),
-                    "w_threshold": self.w_threshold,
-                    "distances": state.d_len,
-                    "queries": state.queries,
-                    "repeats": state.repeats,
-                    "profile_version": profile.version,
-                },
-            )
-        )
+        finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(q).all(axis=1), dtype=bool)
+        if not finite.all():
+            q, times = q[finite], times[finite]
+        values = state.queries.add(q, profile.reference)
+        alerts: list[tuple[float, AlertSpec]] = []
+        for value in values:
+            now = float(times[value.row])
+            alert = self._judge(client, profile, state, value, now)
+            if alert is not None:
+                alerts.append((now, alert))
         return alerts
 
-    def _walk_alert(self, client: str, profile: ReferenceProfile, state: _ClientState, now: float) -> AlertSpec | None:
-        if state.chain_len < self.chain_min or state.chain_reach < self.chain_reach:
+    def _judge(
+        self, client: str, profile: ReferenceProfile, state: _Client, value: StatValue, now: float
+    ) -> AlertSpec | None:
+        stat = value.stat
+        if now - state.last.get(stat, -math.inf) < self.cooldown_s:
             return None
-        if now - state.last_walk_alert < self.cooldown_s:
-            return None
-        state.last_walk_alert = now
+        qs = profile.queries
+        match stat:
+            case Statistic.PRADA_W:
+                threshold = self.w_threshold if self.w_threshold is not None else qs.prada_w.threshold
+                if threshold is None or value.value >= threshold:
+                    return None
+                alert = self._prada(client, profile, state.queries, value.value, threshold)
+            case Statistic.ENERGY:
+                threshold = qs.energy.threshold
+                if threshold is None or value.value <= threshold:
+                    return None
+                alert = self._distribution(client, profile, value, threshold)
+            case Statistic.COVERAGE:
+                threshold = qs.coverage.threshold
+                params = state.queries.params
+                z = coverage_z(
+                    value.value,
+                    value.size,
+                    params.coverage_every,
+                    np.asarray(qs.coverage_mean),
+                    np.asarray(qs.coverage_std),
+                )
+                if threshold is None or z is None or z <= threshold:
+                    return None
+                alert = self._coverage(client, profile, value, z, threshold)
+            case Statistic.CHAIN:
+                alert = self._walk(client, profile, state.queries, value)
+        state.last[stat] = now
+        return alert
+
+    def _prada(self, client: str, profile: ReferenceProfile, q: ClientQueries, w: float, threshold: float) -> AlertSpec:
+        return AlertSpec(
+            kind=KIND_EXTRACTION,
+            severity=Severity.FAIL if w < threshold - 0.1 else Severity.WARN,
+            message=(
+                f"client {client!r} queries {profile.model!r} like a model-extraction attack "
+                f"(PRADA Shapiro-Wilk W={w:.3f} < {threshold:.3f})"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "shapiro_w": round(w, 4),
+                "w_threshold": round(threshold, 4),
+                "per_client_false_alarm_rate": profile.queries.prada_w.per_client_rate,
+                "distances": min(q.d_count, q.params.max_distances),
+                "queries": q.queries,
+                "repeats": q.repeats,
+                "profile_version": profile.version,
+            },
+        )
+
+    def _distribution(self, client: str, profile: ReferenceProfile, value: StatValue, threshold: float) -> AlertSpec:
+        return AlertSpec(
+            kind=KIND_DISTRIBUTION,
+            severity=Severity.FAIL if value.value > 2 * threshold else Severity.WARN,
+            message=(
+                f"client {client!r}'s last {value.size} distinct queries to {profile.model!r} are not drawn "
+                f"from its training distribution (energy distance statistic {value.value:.1f} > {threshold:.1f})"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "energy_statistic": round(value.value, 3),
+                "threshold": round(threshold, 3),
+                "per_client_false_alarm_rate": profile.queries.energy.per_client_rate,
+                "window": value.size,
+                "profile_version": profile.version,
+            },
+        )
+
+    def _coverage(
+        self, client: str, profile: ReferenceProfile, value: StatValue, z: float, threshold: float
+    ) -> AlertSpec:
+        return AlertSpec(
+            kind=KIND_COVERAGE,
+            severity=Severity.FAIL if z > 2 * threshold else Severity.WARN,
+            message=(
+                f"client {client!r} spread over {value.value:.0f} regions of {profile.model!r}'s input space in "
+                f"{value.size} distinct queries, far faster than benign clients (z={z:.1f} > {threshold:.1f})"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "cells_visited": int(value.value),
+                "distinct_queries": value.size,
+                "z": round(z, 3),
+                "threshold": round(threshold, 3),
+                "per_client_false_alarm_rate": profile.queries.coverage.per_client_rate,
+                "profile_version": profile.version,
+            },
+        )
+
+    def _walk(self, client: str, profile: ReferenceProfile, q: ClientQueries, value: StatValue) -> AlertSpec:
+        prm = q.params
         return AlertSpec(
             kind=KIND_BOUNDARY_WALK,
             severity=Severity.FAIL,
             message=(
                 f"client {client!r} walks through {profile.model!r}'s input space in small steps "
-                f"({state.chain_len} steps of at most {self.chain_step:g}, reaching {state.chain_reach:.1f} "
-                "robust sigmas from the start): a decision-boundary search"
+                f"({value.size} steps of at most {prm.chain_step:g}, reaching {value.value:.1f} "
+                "sigmas from the start): a decision-boundary search"
             ),
             client=client,
             model=profile.model,
             evidence={
-                "chain_steps": state.chain_len,
-                "chain_reach": round(state.chain_reach, 3),
-                "chain_step": self.chain_step,
+                "chain_steps": value.size,
+                "chain_reach": round(value.value, 3),
+                "chain_step": prm.chain_step,
                 "profile_version": profile.version,
             },
         )
@@ -299,9 +278,9 @@ class ExtractionMonitor:
     def observe_rows(
         self, client: str, profile: ReferenceProfile, rows: Iterable[Mapping[str, float | None]], now: float
     ) -> list[AlertSpec]:
-        """Standardise raw feature rows with `profile` and observe them."""
-        z = profile.standardise(profile.matrix(list(rows)))
-        return self.observe(client, profile, z, now)
+        """Map raw feature rows into `profile`'s query space and observe them."""
+        q = profile.query_space(profile.matrix(list(rows)))
+        return self.observe(client, profile, q, now)
 
     def observe_batch(self, batch: PredictionBatch, profile: ReferenceProfile, now: float) -> list[AlertSpec]:
         """Observe a logged batch, client by client, in record order."""
@@ -312,3 +291,25 @@ class ExtractionMonitor:
         for client, rows in by_client.items():
             alerts.extend(self.observe_rows(client, profile, rows, now))
         return alerts
+
+
+def _check(p: QueryParams) -> None:
+    """Refuse a geometry the statistics cannot run with."""
+    # Shapiro-Wilk needs at least 3 values and scipy's p-values hold up to 5000.
+    if p.min_distances < 20:
+        raise ConfigError("min_distances", p.min_distances, ">= 20")
+    if not 1 <= p.warmup <= p.max_set:
+        raise ConfigError("warmup", p.warmup, f"in [1, max_set={p.max_set}]")
+    if not p.min_distances <= p.max_distances <= 5000:
+        raise ConfigError("max_distances", p.max_distances, f"in [min_distances={p.min_distances}, 5000]")
+    if not (math.isfinite(p.repeat_radius) and p.repeat_radius >= 0):
+        raise ConfigError("repeat_radius", p.repeat_radius, "finite and >= 0")
+    for name in ("test_every", "energy_every", "coverage_every", "window", "energy_min"):
+        if getattr(p, name) < 1:
+            raise ConfigError(name, getattr(p, name), ">= 1")
+    if not (math.isfinite(p.chain_step) and p.chain_step > 0):
+        raise ConfigError("chain_step", p.chain_step, "finite and > 0")
+    if p.chain_min < 2:
+        raise ConfigError("chain_min", p.chain_min, ">= 2")
+    if not (math.isfinite(p.chain_reach) and p.chain_reach > p.chain_step):
+        raise ConfigError("chain_reach", p.chain_reach, f"finite and > chain_step={p.chain_step}")

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.serving_monitor.abuse import AlertSpec
 from services.serving_monitor.detectors import OWNER_SUFFIX, owner_of
 from services.serving_monitor.errors import ServingMonitorError
-from services.serving_monitor.extraction import KIND_BOUNDARY_WALK, KIND_EXTRACTION
+from services.serving_monitor.extraction import (
+    KIND_BOUNDARY_WALK,
+    KIND_COVERAGE,
+    KIND_DISTRIBUTION,
+    KIND_EXTRACTION,
+)
 from services.serving_monitor.ood import KIND_OOD
 from shared.events import Severity
 
@@ -42,6 +47,8 @@ class FlagReason(StrEnum):
 FLAGGING_KINDS: dict[str, FlagReason] = {
     KIND_EXTRACTION: FlagReason.SUSPECTED_EXTRACTION,
     KIND_BOUNDARY_WALK: FlagReason.SUSPECTED_EXTRACTION,
+    KIND_DISTRIBUTION: FlagReason.SUSPECTED_EXTRACTION,
+    KIND_COVERAGE: FlagReason.SUSPECTED_EXTRACTION,
     KIND_OOD: FlagReason.OUT_OF_DISTRIBUTION,
 }
 

@@ -24,22 +24,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, assert_never
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from scipy.stats import binomtest
 from sklearn.covariance import LedoitWolf
+from threadpoolctl import threadpool_limits
 
 from services.serving_monitor.abuse import AlertSpec
-from services.serving_monitor.clients import ClientTable
+from services.serving_monitor.clients import NEAR, ClientTable, decayed_sums, monotone
 from services.serving_monitor.errors import ConfigError
+from services.serving_monitor.queries import (
+    SIM_QUERIES,
+    Calibrated,
+    Calibration,
+    QueryParams,
+    Reference,
+    Statistic,
+    calibrate,
+    mean_pairwise,
+)
+from services.serving_monitor.query_space import Copula, fit_copula, fit_projection
 from shared.events import Name, PredictionBatch, Severity
 
 KIND_OOD = "serving.ood"
-PROFILE_FORMAT = 1
+# Format 2 (issue 9): the extraction detectors' query space and per-client calibration.
+PROFILE_FORMAT = 2
 # MAD of a normal law is 0.6745 sigma: this factor makes the MAD a consistent sigma estimate.
 _MAD_TO_SIGMA = 1.4826
 # A constant training feature must not divide by zero; any movement of it is then far out.
@@ -47,6 +60,46 @@ _MIN_SCALE = 1e-9
 DEFAULT_MAX_CLIENTS = 100_000
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class TestCalibration(BaseModel):
+    """One per-client test's threshold, calibrated on benign clients simulated from the reference."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float | None = Field(description="alarm threshold; None: too few simulated clients were tested, off")
+    per_client_rate: float = Field(ge=0, le=1, description="share of simulated benign clients it alarms")
+    simulated_clients: int = Field(ge=0, description="benign clients simulated from the reference")
+    tested_clients: int = Field(ge=0, description="of which this test ran on at least once")
+
+    @classmethod
+    def of(cls, c: Calibration) -> TestCalibration:
+        """From the domain calibration (an infinite threshold means off)."""
+        threshold = c.threshold if math.isfinite(c.threshold) else None
+        return cls(
+            threshold=threshold, per_client_rate=c.per_client_rate, simulated_clients=c.clients, tested_clients=c.tested
+        )
+
+
+class QuerySpace(BaseModel):
+    """The extraction detectors' view of queries (`query_space`, `queries`), fitted offline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    knots: list[list[float]] = Field(description="per feature: reference values where its CDF is known")
+    levels: list[list[float]] = Field(description="per feature: mid-rank CDF at those values")
+    projection_mean: list[float] = Field(description="mean of the copula scores")
+    projection: list[list[float]] = Field(description="d x k whitened principal axes of the copula scores")
+    sample: list[list[float]] = Field(description="projected reference rows the energy distance compares with")
+    sample_self: float = Field(ge=0, description="mean pairwise distance within the sample")
+    params: dict[str, float] = Field(description="the per-client geometry the calibration ran with")
+    target_rate: float = Field(gt=0, lt=1, description="per-client false-alarm rate each test was calibrated to")
+    prada_w: TestCalibration = Field(description="PRADA: alarm when Shapiro-Wilk W is below")
+    energy: TestCalibration = Field(description="distribution distance: alarm when above")
+    coverage: TestCalibration = Field(description="coverage growth: alarm when the z-score is above")
+    coverage_mean: list[float] = Field(description="benign visited cells at each coverage checkpoint")
+    coverage_std: list[float] = Field(description="their spread")
+    ood_per_client_rate: float = Field(ge=0, le=1, description="simulated clients the default OOD test alarms")
 
 
 class ReferenceProfile(BaseModel):
@@ -67,11 +120,27 @@ class ReferenceProfile(BaseModel):
     calibrated_rate: float = Field(ge=0, le=1, description="share of held-out clean records flagged")
     n_fit: int = Field(ge=2, description="training rows used for the covariance")
     n_calibration: int = Field(ge=1, description="held-out rows used for the threshold")
+    queries: QuerySpace = Field(description="the extraction detectors' space and calibrated thresholds")
 
     _center: FloatArray = PrivateAttr()
     _scale: FloatArray = PrivateAttr()
     _location: FloatArray = PrivateAttr()
     _precision: FloatArray = PrivateAttr()
+    _copula: Copula = PrivateAttr()
+    _reference: Reference = PrivateAttr()
+    _params: QueryParams = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _current_format(cls, data: Any) -> Any:
+        # A format-1 profile has no query space and no calibrated thresholds, and those need the
+        # training data: say how to get a current one rather than list missing fields.
+        if isinstance(data, Mapping) and data.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
+            raise ValueError(
+                f"profile format {data.get('format')!r} is not {PROFILE_FORMAT}: refit it with "
+                "`mlwarden serving fit-profile REF.csv --model NAME`"
+            )
+        return data
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> ReferenceProfile:
@@ -95,7 +164,90 @@ class ReferenceProfile(BaseModel):
             raise ValueError("scale must be > 0")
         self._center, self._scale = arrays["center"], arrays["scale"]
         self._location, self._precision = arrays["location"], arrays["precision"]
+        qs = self.queries
+        if (
+            len(qs.knots) != d
+            or len(qs.levels) != d
+            or any(len(k) != len(f) or not k for k, f in zip(qs.knots, qs.levels, strict=True))
+        ):
+            raise ValueError("query-space knots must be given for every feature")
+        self._copula = Copula(
+            [np.asarray(k, dtype=np.float64) for k in qs.knots], [np.asarray(f, dtype=np.float64) for f in qs.levels]
+        )
+        projection = np.asarray(qs.projection, dtype=np.float64)
+        sample = np.asarray(qs.sample, dtype=np.float64)
+        if (
+            projection.ndim != 2
+            or projection.shape[0] != d
+            or sample.ndim != 2
+            or sample.shape[1] != projection.shape[1]
+        ):
+            raise ValueError("query-space projection and sample shapes disagree")
+        self._reference = Reference(
+            np.asarray(qs.projection_mean, dtype=np.float64), projection, sample, qs.sample_self
+        )
+        self._params = QueryParams(**{k: type(getattr(QueryParams(), k))(v) for k, v in qs.params.items()})
         return self
+
+    @property
+    def reference(self) -> Reference:
+        """The projection and sample the distribution tests compare clients with."""
+        return self._reference
+
+    @property
+    def query_params(self) -> QueryParams:
+        """The per-client geometry the thresholds were calibrated with."""
+        return self._params
+
+    def query_space(self, x: FloatArray) -> FloatArray:
+        """Copula normal scores of raw rows, the space the extraction detectors measure in."""
+        return self._copula.transform(x)
+
+    def test_threshold(self, test: Statistic) -> float | None:
+        """The calibrated threshold of a per-client test (None: off)."""
+        match test:
+            case Statistic.PRADA_W:
+                return self.queries.prada_w.threshold
+            case Statistic.ENERGY:
+                return self.queries.energy.threshold
+            case Statistic.COVERAGE:
+                return self.queries.coverage.threshold
+            case Statistic.CHAIN:
+                return self._params.chain_reach
+            case _:
+                assert_never(test)
+
+    def per_client_rates(self) -> dict[str, float]:
+        """Each detector's calibrated per-client false-alarm rate (simulated benign clients)."""
+        qs = self.queries
+        return {
+            "ood": qs.ood_per_client_rate,
+            "prada": qs.prada_w.per_client_rate,
+            "distribution": qs.energy.per_client_rate,
+            "coverage": qs.coverage.per_client_rate,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What `check traffic` and `serving fit-profile` print about the profile."""
+        qs = self.queries
+        return {
+            "model": self.model,
+            "version": self.version,
+            "features": len(self.features),
+            "n_fit": self.n_fit,
+            "n_calibration": self.n_calibration,
+            "ood_threshold": self.threshold,
+            "false_flag_rate": self.false_flag_rate,
+            "calibrated_rate": self.calibrated_rate,
+            "simulated_clients": qs.prada_w.simulated_clients,
+            "target_per_client_rate": qs.target_rate,
+            "per_client_false_alarm_rate": self.per_client_rates(),
+            "thresholds": {
+                "prada_w": qs.prada_w.threshold,
+                "energy": qs.energy.threshold,
+                "coverage_z": qs.coverage.threshold,
+            },
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, for the `mlw-state` bucket."""
@@ -154,6 +306,7 @@ def fit_reference(
     calibration_fraction: float = 0.3,
     seed: int = 0,
     version: str = "1",
+    client_false_alarm_rate: float = 0.0025,
 ) -> ReferenceProfile:
     """Fit a reference profile OFFLINE from training rows `x` (n x d, columns named `features`)."""
     data = np.asarray(x, dtype=np.float64)
@@ -198,7 +351,72 @@ def fit_reference(
         calibrated_rate=float(np.mean(cal_scores > threshold)),
         n_fit=int(fit.shape[0]),
         n_calibration=int(n_cal),
+        queries=fit_query_space(data, cal_scores > threshold, client_rate=client_false_alarm_rate, seed=seed),
     )
+
+
+#: Rows of the reference the energy distance compares clients with.
+ENERGY_SAMPLE = 256
+#: Benign clients simulated from the reference at fit time.
+SIMULATED_CLIENTS = 200
+
+
+def fit_query_space(
+    data: FloatArray,
+    held_out_flags: npt.NDArray[np.bool_],
+    *,
+    client_rate: float,
+    seed: int = 0,
+    params: QueryParams | None = None,
+) -> QuerySpace:
+    """The extraction detectors' space and thresholds (issue 9): the copula and whitened principal
+    axes of all training rows; half of them (at most `ENERGY_SAMPLE`) as the energy distance's
+    reference sample, the other half the pool `SIMULATED_CLIENTS` benign clients are drawn from
+    (`queries.calibrate`), so every threshold is set on clients of this very reference."""
+    prm = params or QueryParams()
+    copula = fit_copula(data)
+    q = copula.transform(data)
+    mean, projection = fit_projection(q)
+    order = np.random.default_rng(seed + 1).permutation(len(q))
+    half = len(q) // 2
+    sample = (q[order[:half]][:ENERGY_SAMPLE] - mean) @ projection
+    ref = Reference(mean, projection, sample, mean_pairwise(sample, sample))
+    # Small matrices: one BLAS thread is several times faster than a pool contending for cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        calibrated: Calibrated = calibrate(
+            q[order[half:]], ref, prm, clients=SIMULATED_CLIENTS, rate=client_rate, seed=seed
+        )
+    tests = calibrated.tests
+    return QuerySpace(
+        knots=[v.tolist() for v in copula.values],
+        levels=[f.tolist() for f in copula.levels],
+        projection_mean=mean.tolist(),
+        projection=projection.tolist(),
+        sample=sample.tolist(),
+        sample_self=ref.sample_self,
+        params={k: float(v) for k, v in asdict(prm).items()},
+        target_rate=client_rate,
+        prada_w=TestCalibration.of(tests[Statistic.PRADA_W]),
+        energy=TestCalibration.of(tests[Statistic.ENERGY]),
+        coverage=TestCalibration.of(tests[Statistic.COVERAGE]),
+        coverage_mean=calibrated.coverage_mean.tolist(),
+        coverage_std=calibrated.coverage_std.tolist(),
+        ood_per_client_rate=_ood_client_rate(held_out_flags, seed),
+    )
+
+
+def _ood_client_rate(flags: npt.NDArray[np.bool_], seed: int) -> float:
+    """Share of simulated benign clients (volumes as in `queries.SIM_QUERIES`, records drawn from
+    the held-out rows' OOD flags) that `OodMonitor`'s default test alarms in one window."""
+    rng = np.random.default_rng(seed + 2)
+    monitor = OodMonitor()
+    sizes = np.geomspace(*SIM_QUERIES, SIMULATED_CLIENTS).round().astype(np.int64)
+    rate = max(float(flags.mean()), 1e-12)
+    alarmed = 0
+    for size in sizes.tolist():
+        k = int(flags[rng.integers(0, len(flags), size=size)].sum())
+        alarmed += monitor.would_alarm(size, k, rate)
+    return alarmed / len(sizes)
 
 
 @dataclass(slots=True)
@@ -254,48 +472,103 @@ class OodMonitor:
         self, client: str, profile: ReferenceProfile, records: int, flagged: int, now: float
     ) -> list[AlertSpec]:
         """Fold in `records` records of which `flagged` were OOD; return a new alert if any."""
-        if records < 0 or not 0 <= flagged <= records:
-            raise ConfigError("flagged", flagged, f"in [0, records={records}]")
-        if not math.isfinite(now):
-            raise ConfigError("now", now, "finite")
-        state = self._state((profile.model, client), now)
-        decay = math.exp(-max(0.0, now - state.updated) / self.window_s)
-        state.records = state.records * decay + records
-        state.flagged = state.flagged * decay + flagged
-        state.updated = max(state.updated, now)
-        if state.records < self.min_records or now - state.last_alert < self.cooldown_s:
+        return [a for _, a in self.observe_runs(client, profile, [(now, records, flagged)])]
+
+    def observe_runs(
+        self, client: str, profile: ReferenceProfile, runs: Sequence[tuple[float, int, int]]
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe` for each (now, records, flagged) of one client in turn, the alerts with their
+        clocks: the replay hands a client's whole log over at once (one state lookup, one loop)."""
+        if not runs:
             return []
+        state = self._state((profile.model, client), runs[0][0])
+        out: list[tuple[float, AlertSpec]] = []
+        exp, window, min_records, cooldown, floor = (
+            math.exp,
+            self.window_s,
+            self.min_records,
+            self.cooldown_s,
+            self.rate_floor,
+        )
+        for now, records, flagged in runs:
+            if records < 0 or not 0 <= flagged <= records:
+                raise ConfigError("flagged", flagged, f"in [0, records={records}]")
+            if not math.isfinite(now):
+                raise ConfigError("now", now, "finite")
+            decay = exp(-max(0.0, now - state.updated) / window)
+            state.records = state.records * decay + records
+            state.flagged = state.flagged * decay + flagged
+            state.updated = max(state.updated, now)
+            if state.records < min_records or now - state.last_alert < cooldown:
+                continue
+            if state.flagged / state.records < floor:
+                continue
+            alert = self._test(state, client, profile, now)
+            if alert is not None:
+                out.append((now, alert))
+        return out
+
+    def observe_arrays(
+        self,
+        client: str,
+        profile: ReferenceProfile,
+        now: FloatArray,
+        records: npt.NDArray[np.int64],
+        flagged: npt.NDArray[np.int64],
+    ) -> list[tuple[float, AlertSpec]]:
+        """`observe_runs` on arrays (the replay): the counters on whole arrays, and the step-by-step
+        loop only for a client that comes near the rate floor (`clients.decayed_sums`)."""
+        if len(now) == 0:
+            return []
+        state = self._state((profile.model, client), float(now[0]))
+        if monotone(now, state.updated) and (flagged >= 0).all() and (flagged <= records).all():
+            r = decayed_sums(now, records.astype(np.float64), state.records, state.updated, self.window_s)
+            f = decayed_sums(now, flagged.astype(np.float64), state.flagged, state.updated, self.window_s)
+            near = (r >= self.min_records * NEAR) & (f >= self.rate_floor * r * NEAR)
+            if not near.any():
+                state.records, state.flagged, state.updated = float(r[-1]), float(f[-1]), float(now[-1])
+                return []
+        runs = list(zip(now.tolist(), records.tolist(), flagged.tolist(), strict=True))
+        return self.observe_runs(client, profile, runs)
+
+    def _test(self, state: _ClientState, client: str, profile: ReferenceProfile, now: float) -> AlertSpec | None:
         rate = state.flagged / state.records
-        if rate < self.rate_floor:
-            return []
         # The decayed counts read as "records in the last window"; the test runs on them rounded.
         n, k = round(state.records), min(round(state.flagged), round(state.records))
         null_rate = max(profile.false_flag_rate, profile.calibrated_rate)
-        p_value = float(binomtest(k, n, null_rate, alternative="greater").pvalue)
+        p_value = self._p_value(n, k, null_rate)
         if p_value >= self.alpha:
-            return []
+            return None
         state.last_alert = now
         severity = Severity.FAIL if rate >= min(1.0, 2 * self.rate_floor) else Severity.WARN
-        return [
-            AlertSpec(
-                kind=KIND_OOD,
-                severity=severity,
-                message=(
-                    f"client {client!r} sent {rate:.0%} out-of-distribution inputs to {profile.model!r}, "
-                    f"expected about {null_rate:.1%} (p={p_value:.1e})"
-                ),
-                client=client,
-                model=profile.model,
-                evidence={
-                    "ood_rate": round(rate, 4),
-                    "expected_rate": null_rate,
-                    "p_value": p_value,
-                    "records_in_window": round(state.records, 3),
-                    "profile_version": profile.version,
-                    "window_s": self.window_s,
-                },
-            )
-        ]
+        return AlertSpec(
+            kind=KIND_OOD,
+            severity=severity,
+            message=(
+                f"client {client!r} sent {rate:.0%} out-of-distribution inputs to {profile.model!r}, "
+                f"expected about {null_rate:.1%} (p={p_value:.1e})"
+            ),
+            client=client,
+            model=profile.model,
+            evidence={
+                "ood_rate": round(rate, 4),
+                "expected_rate": null_rate,
+                "p_value": p_value,
+                "records_in_window": round(state.records, 3),
+                "profile_version": profile.version,
+                "window_s": self.window_s,
+            },
+        )
+
+    @staticmethod
+    def _p_value(n: int, k: int, null_rate: float) -> float:
+        return float(binomtest(k, n, null_rate, alternative="greater").pvalue)
+
+    def would_alarm(self, records: int, flagged: int, null_rate: float) -> bool:
+        """Whether `flagged` OOD records of `records` in one window would raise the alert."""
+        if records < self.min_records or flagged / records < self.rate_floor:
+            return False
+        return self._p_value(records, flagged, null_rate) < self.alpha
 
     def observe_batch(self, batch: PredictionBatch, profile: ReferenceProfile, now: float) -> list[AlertSpec]:
         """Score a logged batch against `profile` and observe each client."""

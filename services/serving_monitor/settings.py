@@ -29,10 +29,6 @@ class ServingSettings(BaseSettings):
     ood_rate_floor: float = 0.1
     ood_alpha: float = 1e-4
     ood_min_records: int = 30
-    # Calibrated on benchmarks/serving_traffic.py seed 1 (issue 9): benign clients of a finite
-    # customer base reach W = 0.53; 0.5 keeps PRADA inside the per-client false-alarm budget.
-    extraction_w_threshold: float = 0.5
-    extraction_min_queries: int = 100
     detector_cooldown_s: float = 300.0
     # Issue 9: a client under a fail-level extraction or OOD alert is denied, or (`slow`) held
     # to this rate until an operator clears it (`mlwarden serving clear CLIENT`).

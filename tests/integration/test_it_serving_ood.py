@@ -16,6 +16,7 @@ from services.serving_monitor.app import Monitor
 from services.serving_monitor.extraction import ExtractionMonitor
 from services.serving_monitor.keystore import register_profile_on_bus
 from services.serving_monitor.ood import ReferenceProfile, fit_reference
+from services.serving_monitor.queries import QueryParams
 from shared.events import PredictionRecord
 from shared.topology import Subjects
 
@@ -45,7 +46,9 @@ async def test_ood_and_extraction_clients_alert_and_a_benign_client_does_not(bus
     await until(lambda: monitor.profiles.get("fraud"), what="serving-monitor to load the profile")
     # This test is about the wiring (logs in, alerts out); the defaults are calibrated on realistic
     # traffic (issue 9) and a 200-query grid is below their test cadence: run PRADA as the paper does.
-    monitor.detectors.extraction = ExtractionMonitor(w_threshold=0.84, test_every=1, repeat_radius=0.0)
+    monitor.detectors.extraction = ExtractionMonitor(
+        w_threshold=0.84, params=QueryParams(test_every=1, repeat_radius=0.0)
+    )
 
     lo, hi = train.min(axis=0), train.max(axis=0)
     grid = np.stack(np.meshgrid(*[np.linspace(a, b, 4) for a, b in zip(lo, hi, strict=True)]), axis=-1)

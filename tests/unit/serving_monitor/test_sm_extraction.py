@@ -8,6 +8,7 @@ import pytest
 from services.serving_monitor.errors import ConfigError
 from services.serving_monitor.extraction import KIND_EXTRACTION, ExtractionMonitor, shapiro_w
 from services.serving_monitor.ood import FloatArray, ReferenceProfile, fit_reference
+from services.serving_monitor.queries import QueryParams
 from shared.events import PredictionBatch, PredictionRecord
 
 D = 6
@@ -50,19 +51,21 @@ def grid_attack(n: int) -> FloatArray:
     return grid[:n]
 
 
-def paper_prada(**kw: float) -> ExtractionMonitor:
+def paper_prada(cooldown_s: float = 300.0) -> ExtractionMonitor:
     """PRADA as the paper runs it: every query in D (no repeat filter), W tested after every
-    batch against 0.84; the service's defaults are calibrated on realistic traffic instead
+    query against 0.84; the service's defaults are calibrated per profile instead
     (tests/unit/serving_monitor/test_sm_traffic_detection.py)."""
-    return ExtractionMonitor(w_threshold=0.84, test_every=1, repeat_radius=0.0, **kw)  # type: ignore[arg-type]
+    return ExtractionMonitor(
+        w_threshold=0.84, params=QueryParams(test_every=1, repeat_radius=0.0), cooldown_s=cooldown_s
+    )
 
 
 def first_alert(queries: FloatArray, monitor: ExtractionMonitor | None = None, batch: int = 10) -> int | None:
-    """Queries sent (in batches of `batch`) when the first alert fired, or None."""
+    """Queries sent (in batches of `batch`) when the first PRADA alert fired, or None."""
     m = paper_prada() if monitor is None else monitor
-    z = PROFILE.standardise(queries)
+    z = PROFILE.query_space(queries)
     for i in range(0, len(z), batch):
-        if m.observe("c", PROFILE, z[i : i + batch], now=float(i)):
+        if any(a.kind == KIND_EXTRACTION for a in m.observe("c", PROFILE, z[i : i + batch], now=float(i))):
             return i + batch
     return None
 
@@ -85,8 +88,9 @@ def test_natural_clients_raise_no_alert() -> None:
 
 def test_alert_carries_the_statistic_and_respects_the_cooldown() -> None:
     m = paper_prada(cooldown_s=300)
-    z = PROFILE.standardise(grid_attack(400))
-    alerts = [a for i in range(0, 400, 10) for a in m.observe("c", PROFILE, z[i : i + 10], now=float(i) / 10)]
+    z = PROFILE.query_space(grid_attack(400))
+    every = [a for i in range(0, 400, 10) for a in m.observe("c", PROFILE, z[i : i + 10], now=float(i) / 10)]
+    alerts = [a for a in every if a.kind == KIND_EXTRACTION]
     assert len(alerts) == 1
     alert = alerts[0].to_alert()
     assert alert.kind == KIND_EXTRACTION and alert.client == "c" and alert.model == "m"
@@ -94,20 +98,24 @@ def test_alert_carries_the_statistic_and_respects_the_cooldown() -> None:
 
 
 def test_memory_per_client_is_bounded() -> None:
-    m = ExtractionMonitor(max_set=64, max_distances=128, min_queries=100)
-    z = PROFILE.standardise(natural(3000, 7))
-    m.observe("c", PROFILE, z, now=0.0)
-    state = m._clients[("m", "c")]
-    assert state.g.shape == (64, D) and state.d.shape == (128,)
-    assert state.g_len == 64 and state.d_len == 128 and state.queries == 3000
-    assert m.bytes_per_client(D) == 8 * (64 * (D + 2) + 128 + 2 * D)
+    params = QueryParams(max_set=64, max_distances=128, min_distances=100, window=32)
+    m = ExtractionMonitor(params=params)
+    m.observe("c", PROFILE, PROFILE.query_space(natural(3000, 7)), now=0.0)
+    state = m.state("m", "c")
+    axes = PROFILE.reference.projection.shape[1]
+    assert state.g.shape == (64, D) and state.d.shape == (128,) and state.p.shape == (32, axes)
+    assert state.distinct > 64 and state.d_count > 128 and state.queries == 3000
+    numeric = state.g.nbytes + state.g_sq.nbytes + state.d.nbytes + state.p.nbytes + state.cells.nbytes
+    assert numeric <= m.bytes_per_client(D, axes)
 
 
 def test_clients_are_bounded_and_separate() -> None:
     m = ExtractionMonitor(max_clients=3)
     for c in "abcd":
-        m.observe(c, PROFILE, PROFILE.standardise(natural(5, 1)), now=0.0)
-    assert len(m) == 3 and ("m", "a") not in m._clients
+        m.observe(c, PROFILE, PROFILE.query_space(natural(5, 1)), now=0.0)
+    assert len(m) == 3
+    with pytest.raises(KeyError):
+        m.state("m", "a")
 
 
 def test_batches_are_split_per_client_and_bad_rows_skipped() -> None:
@@ -124,8 +132,8 @@ def test_batches_are_split_per_client_and_bad_rows_skipped() -> None:
         )
     records.append(PredictionRecord(client="user", features={"f0": None}, prediction=0))
     alerts = m.observe_batch(PredictionBatch(model="m", records=records), PROFILE, now=0.0)
-    assert [a.client for a in alerts] == ["thief"]
-    assert m._clients[("m", "user")].queries == 300
+    assert {a.client for a in alerts} == {"thief"}
+    assert m.state("m", "user").queries == 300
 
 
 def test_constant_distances_score_zero() -> None:
@@ -135,13 +143,20 @@ def test_constant_distances_score_zero() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"w_threshold": 1.0}, {"min_queries": 5}, {"max_distances": 10}, {"max_set": 0}, {"max_clients": 0}],
+    [
+        {"w_threshold": 1.0},
+        {"params": QueryParams(min_distances=5)},
+        {"params": QueryParams(max_distances=10)},
+        {"params": QueryParams(max_set=0)},
+        {"params": QueryParams(chain_reach=0.1)},
+        {"max_clients": 0},
+    ],
 )
-def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
+def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         ExtractionMonitor(**kwargs)  # type: ignore[arg-type]
 
 
 def test_profile_standardisation_is_what_the_detector_sees() -> None:
     p = ReferenceProfile.from_dict(PROFILE.to_dict())
-    assert np.allclose(p.standardise(TRAIN[:5]), PROFILE.standardise(TRAIN[:5]))
+    assert np.allclose(p.query_space(TRAIN[:5]), PROFILE.query_space(TRAIN[:5]))

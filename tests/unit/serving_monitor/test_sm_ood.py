@@ -154,3 +154,10 @@ def test_reference_is_not_updated_by_the_traffic() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         OodMonitor(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_profile_of_an_older_format_is_refused_with_how_to_refit() -> None:
+    old = PROFILE.to_dict() | {"format": 1}
+    del old["queries"]
+    with pytest.raises(ValueError, match="refit it with `mlwarden serving fit-profile"):
+        ReferenceProfile.from_dict(old)

@@ -69,6 +69,10 @@ def test_uniform_probe_is_alarmed_and_exit_code_is_1(
     report = orjson.loads(capsys.readouterr().out)
     assert report["decision"] == "fail"
     assert report["profile"]["model"] == MODEL
+    # Each detector states its calibrated per-client false-alarm rate (issue 9).
+    rates = report["profile"]["per_client_false_alarm_rate"]
+    assert set(rates) == {"ood", "prada", "distribution", "coverage"}
+    assert all(0 <= r <= report["profile"]["target_per_client_rate"] for r in rates.values())
     kinds = {a["kind"] for a in report["clients"]["probe-u0"]["alerts"]}
     assert "serving.ood" in kinds
     assert report["clients"]["probe-u0"]["queries"] == TRAFFIC.clients.count("probe-u0")
@@ -84,6 +88,8 @@ def test_quiet_client_exits_0(ref_csv: Path, tmp_path: Path, capsys: pytest.Capt
     report = orjson.loads(capsys.readouterr().out)
     assert report["decision"] == "pass"
     assert report["clients"] == {"shop-00": {"queries": 5, "alerts": []}}
+    assert main(["check", "traffic", str(log), "--reference", str(ref_csv), "--label", "label"]) == 0
+    assert "calibrated per-client false-alarm rate: ood" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
