@@ -40,9 +40,10 @@ from services.audit_log.query import run_query
 from services.audit_log.store import AuditStore, IncomingEvent
 from services.audit_log.writer import ProcessWriter
 from shared.bus import ServiceRuntime
+from shared.canonical import canonical_json
 from shared.embedded import EmbeddedNats
 from shared.events import AuditCheckpoint, AuditQuery
-from shared.signing import SigningKey
+from shared.signing import SigningKey, TrustStore
 from shared.topology import ConsumerSpec, Subjects, ensure_topology
 
 T0 = 1_700_000_000.0
@@ -93,6 +94,30 @@ def envelope(i: int, rng: random.Random, *, type_: str | None = None) -> bytes:
     return orjson.dumps(body)
 
 
+def sign_body(body: bytes, key: SigningKey) -> bytes:
+    """`body` with `signer` and the Ed25519 signature over its canonical JSON (docs/signatures.md)."""
+    event = orjson.loads(body)
+    event["signer"] = key.key_id
+    event["signature"] = key.sign(canonical_json(event))
+    return orjson.dumps(event)
+
+
+@dataclass
+class BenchRuntime:
+    """What the Ingestor asks of a runtime when every event is valid and the database healthy:
+    the trust store, and the outage bookkeeping (nothing to report here)."""
+
+    trust: TrustStore
+    metrics: None = None
+
+    async def infrastructure_recovered(self) -> None:
+        """Nothing was failing."""
+
+    async def infrastructure_failed(self, failure: object) -> None:
+        """A benchmark stops at the first failure."""
+        raise RuntimeError(f"audit-log ingestion failed during the benchmark: {failure!r}")
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -111,8 +136,13 @@ async def bench_ingestion(messages: int, workdir: Path, rows: list[Row]) -> None
 
     rng = random.Random(1)
     # Published on mlw.dataset.uploaded, so of that type: audit-log refuses a type that is not
-    # the subject (issue 8).
-    bodies = [envelope(i, rng, type_=Subjects.DATASET_UPLOADED) for i in range(messages)]
+    # the subject (issue 8). Signed by one of eight actors, as producer events are: audit-log's
+    # writer verifies every signature before it labels the entry (issue 8).
+    actors = [SigningKey.generate(f"actor{k}") for k in range(8)]
+    trust = TrustStore()
+    for actor in actors:
+        trust.add(actor.key_id, actor.public_b64(), kind="actor")
+    bodies = [sign_body(envelope(i, rng, type_=Subjects.DATASET_UPLOADED), actors[i % 8]) for i in range(messages)]
     server = EmbeddedNats(workdir / "nats").start()
     try:
         nc = await nats.connect(server.url)
@@ -168,13 +198,19 @@ async def bench_ingestion(messages: int, workdir: Path, rows: list[Row]) -> None
         async def on_commit() -> None:
             await checkpointer.maybe_issue()
 
-        # The runtime is only used for dead letters, which valid events never produce.
+        # The runtime gives the trust store; its dead-letter and alert paths are never taken
+        # by valid events.
         writer = ProcessWriter(store_url)
         await writer.start()
-        ingestor = Ingestor(writer, cast(ServiceRuntime, None), batch=BATCH, on_commit=on_commit)
+        runtime = cast(ServiceRuntime, BenchRuntime(trust))
+        ingestor = Ingestor(writer, runtime, batch=BATCH, on_commit=on_commit)
         start = time.perf_counter()
         await ingestor.start(js)
         while ingestor.stored < messages:
+            if not ingestor.running:  # a fetch loop died: say why instead of waiting forever
+                for task in ingestor._tasks:
+                    if task.done() and task.exception() is not None:
+                        raise RuntimeError("audit-log ingestion stopped") from task.exception()
             await asyncio.sleep(0.01)
         audit_s = time.perf_counter() - start
         await ingestor.stop()
