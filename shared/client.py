@@ -32,12 +32,14 @@ from shared.events import (
     DatasetRecallRequested,
     DatasetRef,
     DatasetUploaded,
+    DemotionRequested,
     ErrorReply,
     ModelBuilt,
     ObjectRef,
     PredictionBatch,
     PredictionRecord,
     PromotionRequested,
+    RollbackRequested,
     Sensitivity,
 )
 from shared.service import reply_or_error
@@ -237,6 +239,24 @@ class Client:
             reason=reason,
         )
         return await self.publish(Subjects.PROMOTION_REQUESTED, data, about=f"model:{model}:{version}", key=key)
+
+    async def request_demotion(
+        self, key: SigningKey, *, model: str, version: str, stage: str, reason: str
+    ) -> Envelope[Any]:
+        """A demotion request (take `version`, the current one, out of `stage`) signed with the
+        requester's own key; approved like a promotion to that stage (issue 11)."""
+        data = DemotionRequested(model=model, version=version, stage=stage, requester=key.key_id, reason=reason)
+        return await self.publish(Subjects.DEMOTION_REQUESTED, data, about=f"model:{model}:{version}", key=key)
+
+    async def request_rollback(
+        self, key: SigningKey, *, model: str, version: str, stage: str, root_digest: str, reason: str
+    ) -> Envelope[Any]:
+        """A rollback request (put back `version`, promoted to `stage` before with `root_digest`)
+        signed with the requester's own key; approved and checked like a promotion (issue 11)."""
+        data = RollbackRequested(
+            model=model, version=version, stage=stage, requester=key.key_id, root_digest=root_digest, reason=reason
+        )
+        return await self.publish(Subjects.ROLLBACK_REQUESTED, data, about=f"model:{model}:{version}", key=key)
 
     async def approve(
         self, key: SigningKey, *, request_id: str, model: str, version: str, stage: str, comment: str = ""
