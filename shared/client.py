@@ -36,6 +36,7 @@ from shared.events import (
     ErrorReply,
     ModelBuilt,
     ObjectRef,
+    PolicyChangeRequested,
     PredictionBatch,
     PredictionRecord,
     PromotionRequested,
@@ -280,6 +281,16 @@ class Client:
             dataset=dataset, version=version, sha256=sha256, requester=key.key_id, reason=reason
         )
         return await self.publish(Subjects.RECALL_REQUESTED, data, about=f"dataset:{dataset}:{version}", key=key)
+
+    async def change_registry_policy(
+        self, key: SigningKey, document: str, *, reason: str, expected_version: int | None = None
+    ) -> Envelope[Any]:
+        """A registry policy change (the whole policy YAML) signed with the key of an actor holding
+        the `policy-admin` role; registry-gate answers on `mlw.verdict.policy` (issue 11)."""
+        data = PolicyChangeRequested(
+            document=document, requester=key.key_id, reason=reason, expected_version=expected_version
+        )
+        return await self.publish(Subjects.POLICY_CHANGE, data, about="policy:registry", key=key)
 
     async def log_predictions(
         self, model: str, records: list[PredictionRecord], *, server: str | None = None
