@@ -254,15 +254,19 @@ class Gate:
             )
 
     async def close(self, decision: GateDecision, now: float) -> list[str]:
-        """Record and journal the fact a final decision leaves, once; return the requests it affects."""
+        """Journal and record the fact a final decision leaves, once; return the requests it affects.
+
+        Journaled first: once recorded, the request is closed and no later event leaves the fact
+        again, so a fact recorded but not journaled (a failed write) would be lost at the next
+        restart, and the request decided anew, perhaps after a rival (issue 11's race test).
+        """
         match closing_fact(decision, self.state, now):
             case StageChange() as change:
-                affected = self.state.record_change(change)
                 await self.journal("change", change.request_id, change)
-                return affected
+                return self.state.record_change(change)
             case RequestExpired() as fact:
-                self.state.record_expiry(fact)
                 await self.journal("expiry", fact.request_id, fact)
+                self.state.record_expiry(fact)
                 return []
             case None:
                 return []
@@ -352,8 +356,9 @@ class Gate:
         `recall`, alert, and re-evaluate the pending requests of the same model and stage."""
         affected: list[str] = []
         for change in changes:
-            affected += self.state.record_change(change)
+            # Journaled first, as in `close`: a recall is derived once, from state in memory.
             await self.journal("change", change.request_id, change)
+            affected += self.state.record_change(change)
             version = change.replaced or ""
             artifact = self.state.artifact_verdict(change.model, version)
             verdict = PromotionVerdict(
@@ -451,11 +456,19 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         state.record_artifact_verdict(ArtifactVerdict.model_validate_json(raw))
     for raw in facts["dataset"]:
         state.record_dataset_verdict(DatasetVerdict.model_validate_json(raw))
-    for raw in facts["request"]:
-        req = RecordedRequest.model_validate_json(raw)
+    # In arrival order, as they were recorded (the journal's keys are unordered): the approvers
+    # of a decision are listed in that order, and a restart must not reorder them.
+    requests = sorted(
+        (RecordedRequest.model_validate_json(raw) for raw in facts["request"]),
+        key=lambda r: (r.opened_at or 0.0, r.request_id),
+    )
+    for req in requests:
         state.record_request(req.request_id, req.request, req.signer, opened_at=req.opened_at)
-    for raw in facts["approval"]:
-        appr = RecordedApproval.model_validate_json(raw)
+    approvals = sorted(
+        (RecordedApproval.model_validate_json(raw) for raw in facts["approval"]),
+        key=lambda a: (a.received_at or 0.0, a.event_id),
+    )
+    for appr in approvals:
         state.record_approval(appr.event_id, appr.approval, appr.signer, received_at=appr.received_at)
     for change in sorted((StageChange.model_validate_json(raw) for raw in facts["change"]), key=lambda c: c.seq):
         state.record_change(change)
@@ -551,6 +564,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             # The request counts from the earlier of its signed time and its arrival: a requester
             # cannot postdate it to stay open longer (issue 11).
             opened_at = min(event.time.timestamp(), g.clock())
+            # A redelivery keeps (and journals again) the first arrival's time: journaling the
+            # later one would move the request's expiry at the next restart.
+            seen = g.state.request(event.id)
+            if seen is not None and seen.opened_at is not None:
+                opened_at = seen.opened_at
             record = partial(g.state.record_request, event.id, data, signer, opened_at=opened_at)
             fact = RecordedRequest(request_id=event.id, signer=signer, action=action, request=data, opened_at=opened_at)  # type: ignore[arg-type]
             await g.apply(event.id, "request", record, fact, always=True)
@@ -577,6 +595,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
                 return  # alerted by verify_actor; a forged approval counts for nothing
             # Registry-gate's own clock: an approver could backdate the signed time.
             received_at = g.clock()
+            # A redelivery keeps (and journals again) the first arrival's time: journaling the
+            # later one could make an approval that counted arrive "after expiry" at the next
+            # restart (issue 11's race test caught it).
+            seen = g.state.approval(event.id)
+            if seen is not None and seen.received_at is not None:
+                received_at = seen.received_at
             fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data, received_at=received_at)
             record = partial(g.state.record_approval, event.id, event.data, signer, received_at=received_at)
             await g.apply(event.id, "approval", record, fact, always=True)

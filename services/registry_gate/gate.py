@@ -397,6 +397,13 @@ class RegistryState:
         """The digests data-guard has judged for (dataset, version)."""
         return [digest for (name, ver, digest) in self._datasets if (name, ver) == (dataset, version)]
 
+    def approval(self, event_id: str) -> RecordedApproval | None:
+        """The recorded approval event `event_id`, if any."""
+        for approvals in self._approvals.values():
+            if event_id in approvals:
+                return approvals[event_id]
+        return None
+
     def approvals(self, request_id: str) -> list[RecordedApproval]:
         """Every distinct approval event naming `request_id`, in arrival order."""
         return list(self._approvals.get(request_id, {}).values())
