@@ -343,6 +343,9 @@ class RecallVerdict(Frozen):
     request_id: str = Field(description="id of the recall request event")
     in_reply_to: str
     recalled: list[RecalledVersion] = Field(default_factory=list, description="what the recall took out")
+    policy_version: int | None = Field(
+        default=None, description="the registry policy version it was decided under (None: before versions)"
+    )
 
 
 class PolicyVerdict(Frozen):

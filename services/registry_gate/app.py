@@ -324,6 +324,7 @@ class Gate:
                 RecalledVersion(model=c.model, version=c.replaced or "", stage=c.stage, root_digest=c.root_digest)
                 for c in done
             ],
+            policy_version=self.policy.version or None,
         )
         await self.runtime.emit(
             Subjects.VERDICT_RECALL,
@@ -346,6 +347,7 @@ class Gate:
             requester=data.requester,
             request_id=event.id,
             in_reply_to=event.id,
+            policy_version=self.policy.version or None,
         )
         await self.runtime.emit(
             Subjects.VERDICT_RECALL, verdict, in_reply_to=event.id, about=f"dataset:{data.dataset}:{data.version}"

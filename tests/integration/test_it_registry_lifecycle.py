@@ -279,10 +279,12 @@ async def test_operator_recall_pulls_production_not_staging_across_restarts(bus:
         answer = await watcher.wait(lambda e: e.type == Subjects.VERDICT_RECALL, 20)
         assert answer is not None and answer.signer == "registry-gate"
         assert answer.data.decision == "recalled" and answer.data.requester == "olga"
+        assert answer.data.policy_version == 1  # decided under the policy file, version 1
         # The policy says recall for production only (staging's default is recall: false).
         assert [(r.model, r.version, r.stage) for r in answer.data.recalled] == [("churn", "1", "production")]
         pulled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
         assert pulled is not None and (pulled.data.version, pulled.data.decision) == ("1", "demoted")
+        assert pulled.data.policy_version == 1
         alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
         assert alert is not None and alert.data.evidence["dataset"] == "train"
 
