@@ -278,7 +278,10 @@ def _names(value: Any) -> list[str]:
 def consistency_problems(data: Mapping[str, Any]) -> list[str]:
     """The cross-field rules a (raw or validated) policy breaks, read leniently: a part that is
     malformed is skipped here (it is a field error), a part left out has its default."""
-    declared = set(_names(data.get("roles", list(RegistryPolicy.model_fields["roles"].get_default()))))
+    raw_roles = data.get("roles", list(RegistryPolicy.model_fields["roles"].get_default()))
+    if not isinstance(raw_roles, list | tuple):
+        return []  # a malformed `roles` is a field error; every role would read as undeclared
+    declared = set(_names(raw_roles))
     actors = data.get("actors") or {}
     actors = actors if isinstance(actors, Mapping) else {}
     stages = data["stages"] if "stages" in data else {n: s.model_dump(mode="json") for n, s in default_stages().items()}

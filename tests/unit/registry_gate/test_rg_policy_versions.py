@@ -106,3 +106,9 @@ def test_decisions_and_stage_changes_name_the_policy_version() -> None:
     change = closing_fact(done, state, T0)
     assert isinstance(change, StageChange) and change.policy_version == 4
     assert change.current().policy_version == 4
+
+
+def test_a_malformed_roles_list_is_one_problem_not_one_per_role() -> None:
+    with pytest.raises(PolicyError) as info:
+        RegistryPolicy.from_dict({"roles": "reviewer"})
+    assert [p.split(":")[0] for p in info.value.problems] == ["roles"]
