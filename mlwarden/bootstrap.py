@@ -18,7 +18,7 @@ from shared.trust import ROOT_ID, ROOT_KEY_FILE, TrustError, root_public_path
 #: Demo actors (dev profile): alice requests promotions, bob and carol review, mallory holds no
 #: role (the attacker); pipeline uploads data, ci-bot builds models, model-server logs
 #: predictions, dana approves data access, idp is the identity provider that asserts MFA and
-#: olga may recall a dataset (registry-gate, issue 11).
+#: olga may recall a dataset and paula may change the registry policy (registry-gate, issue 11).
 DEMO_ACTORS: dict[str, list[str]] = {
     "alice": ["ml-engineer"],
     "bob": ["reviewer"],
@@ -30,6 +30,7 @@ DEMO_ACTORS: dict[str, list[str]] = {
     "dana": ["data-steward"],
     "idp": ["identity-provider"],
     "olga": ["recall-officer"],
+    "paula": ["policy-admin"],
 }
 
 

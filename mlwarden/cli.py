@@ -152,7 +152,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """Publish a dataset, model, promotion or approval event."""
+    """Publish a dataset, model, promotion, demotion, rollback or approval event."""
     from mlwarden.ops import publish, published_facts
 
     settings = _settings(args)
@@ -233,7 +233,11 @@ PUBLISH_HELP = {
     "scan and sign.",
     "promotion": "Request that a model version (by its root digest) enter a stage; registry-gate decides once "
     "the verdicts and approvals are in.",
-    "approval": "Approve a promotion request (by its id), signed by a reviewer.",
+    "approval": "Approve a promotion, demotion or rollback request (by its id), signed by a reviewer.",
+    "demotion": "Request that a model version, the stage's current one, leave the stage (nothing is current there "
+    "afterwards); approved like a promotion to that stage.",
+    "rollback": "Request that a version the stage held before (by the root digest it was promoted with) become "
+    "current again; approved and checked like a promotion.",
 }
 
 
@@ -357,20 +361,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send the folder's local path, not an upload to mlw-artifacts (artifact-signer must see this disk)",
     )
-    for kind in ("promotion", "approval"):
+    versions = {
+        "promotion": "the model version to promote",
+        "approval": "the model version the request names",
+        "demotion": "the version currently in the stage",
+        "rollback": "the earlier version to put back",
+    }
+    for kind in ("promotion", "approval", "demotion", "rollback"):
         p = add(kind, cmd_publish, pub, description=PUBLISH_HELP[kind], help=PUBLISH_HELP[kind])
         signed(p)
         p.add_argument("--model", required=True, help="model name")
-        p.add_argument("--version", required=True, help="model version")
+        p.add_argument("--version", required=True, help=versions[kind])
         p.add_argument("--stage", default="production", help="a stage the registry policy declares")
         if kind == "promotion":
             p.add_argument(
                 "--root-digest", required=True, help="the artifact's root digest (`publish model --format json`)"
             )
-        else:
+        elif kind == "rollback":
             p.add_argument(
-                "--request-id", required=True, help="the promotion request's id (`publish promotion --format json`)"
+                "--root-digest",
+                required=True,
+                help="the root digest that version was promoted with (`registry status --format json`)",
             )
+        elif kind == "approval":
+            p.add_argument(
+                "--request-id",
+                required=True,
+                help="the request's id (`publish promotion|demotion|rollback --format json`)",
+            )
+        if kind in ("demotion", "rollback"):
+            p.add_argument("--reason", required=True, help="why (audited; required)")
 
     p = add("watch", cmd_watch)
     common(p)

@@ -70,6 +70,19 @@ async def publish(settings: Settings, args: argparse.Namespace) -> Envelope[Any]
             return await client.request_promotion(
                 key, model=args.model, version=args.version, stage=args.stage, root_digest=args.root_digest
             )
+        if args.kind == "demotion":
+            return await client.request_demotion(
+                key, model=args.model, version=args.version, stage=args.stage, reason=args.reason
+            )
+        if args.kind == "rollback":
+            return await client.request_rollback(
+                key,
+                model=args.model,
+                version=args.version,
+                stage=args.stage,
+                root_digest=args.root_digest,
+                reason=args.reason,
+            )
         return await client.approve(
             key, request_id=args.request_id, model=args.model, version=args.version, stage=args.stage
         )
@@ -86,7 +99,7 @@ def published_facts(event: Envelope[Any], args: argparse.Namespace) -> dict[str,
         # The OMS subject digest artifact-signer signs when the bytes it stored are these bytes
         # (same walk, same order): the promotion request names it.
         facts["root_digest"] = hash_model(args.path).root_digest
-    elif args.kind == "promotion":
+    elif args.kind in ("promotion", "demotion", "rollback"):
         facts["request_id"] = event.id
     else:
         facts["request_id"] = args.request_id

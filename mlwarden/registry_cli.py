@@ -1,8 +1,13 @@
-"""`mlwarden registry status | bom`: where each model stands in registry-gate, and what a
-promoted version is made of (issue 11).
+"""`mlwarden registry status | bom | policy apply`: where each model stands in registry-gate, what
+a promoted version is made of, and the registry policy's versions (issue 11).
 
-`status` asks registry-gate over `mlw.registry.status` and prints the current version per stage
-and the requests still pending (`--format json` for the whole `RegistryStatus`).
+`status` asks registry-gate over `mlw.registry.status` and prints the policy version in force, the
+current version per stage and the requests still pending (`--format json` for the whole
+`RegistryStatus`).
+
+`policy apply FILE` publishes the file as a signed `mlw.registry.policy` change (the actor needs
+the `policy-admin` role); registry-gate answers on `mlw.verdict.policy` with the new version and
+the document's sha256, or with every problem that refused it.
 
 `bom MODEL:VERSION` writes a CycloneDX 1.6 ML-BOM (`--format cyclonedx-json`, to stdout or
 `--out FILE`). Its facts come from the audit trail and `mlw-artifacts`, each signature checked
@@ -169,6 +174,41 @@ def cmd_recall_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def apply_policy(
+    settings: Settings, args: argparse.Namespace, document: str, reason: str, expected_version: int | None
+) -> Envelope[Any]:
+    """Publish a registry policy change signed by the actor's key (`--key`, or the settings' actor key)."""
+    from mlwarden.cliutil import bus_client
+    from mlwarden.ops import publishing_keys
+
+    async with bus_client(settings, source="mlwarden/cli", keys=publishing_keys(settings, args)) as client:
+        key = client.actor(args.actor)
+        return await client.change_registry_policy(key, document, reason=reason, expected_version=expected_version)
+
+
+def cmd_registry_policy_apply(args: argparse.Namespace) -> int:
+    """Publish a registry policy file as the next version (signed; needs the policy-admin role):
+    registry-gate validates and applies it, or refuses it with every problem."""
+    from services.registry_gate.policy import document_sha256
+    from shared.errors import InputError
+
+    try:
+        document = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {args.file}: {exc}") from exc
+    event = asyncio.run(apply_policy(_settings(args), args, document, args.reason, args.expected_version))
+    facts = {"id": event.id, "type": event.type, "request_id": event.id, "sha256": document_sha256(document)}
+    if args.format == "json":
+        _print_json(facts)
+    else:
+        out.print(
+            f"published {event.type} id={event.id} sha256={facts['sha256']}"
+            " (registry-gate answers on mlw.verdict.policy)",
+            markup=False,
+        )
+    return EXIT_OK
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
@@ -181,6 +221,13 @@ def cmd_registry_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
+    if status.policy is not None:
+        rules = status.policy
+        out.print(
+            f"policy version {rules.version} (sha256 {rules.sha256[:16]}…) applied by {printable(rules.applied_by)}"
+            f" at {_when(rules.since)}" + (f": {printable(rules.reason)}" if rules.reason else ""),
+            markup=False,
+        )
     current = Table("model", "stage", "version", "root digest", "by", "since", "why", title="current version per stage")
     for c in status.current:
         current.add_row(
@@ -230,6 +277,28 @@ def add_registry_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
         help="CycloneDX 1.6 JSON (the only format so far)",
     )
     p.add_argument("--out", type=Path, help="write it to this file (default: stdout)")
+    policy = registry.add_parser("policy", help="the registry policy's versions").add_subparsers(
+        dest="policy_cmd", required=True
+    )
+    p = add("apply", cmd_registry_policy_apply, policy)
+    common(p)
+    p.add_argument("file", type=Path, metavar="FILE", help="the whole policy, YAML (as registry-policy.yaml)")
+    p.add_argument("--reason", required=True, help="why (audited; `registry status` shows it)")
+    p.add_argument(
+        "--expected-version",
+        type=int,
+        help="apply only while this version is in force (default: whatever is in force)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object with the event id, the request id and the document's sha256",
+    )
+    p.add_argument(
+        "--key", type=Path, help="your actor's Ed25519 private key, PEM (default $MLW_ACTOR_KEY; dev: demo actors)"
+    )
+    p.add_argument("--actor", help="your actor id in the trust store (default: the key file's name)")
 
 
 def add_recall_commands(sub: Any, add: Callable[..., argparse.ArgumentParser], common: Callable[..., None]) -> None:

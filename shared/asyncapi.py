@@ -30,12 +30,14 @@ _FLOWS: dict[str, tuple[str, list[str]]] = {
     Subjects.DEMOTION_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.ROLLBACK_REQUESTED: ("people (signed)", ["registry-gate", "audit-log"]),
     Subjects.RECALL_REQUESTED: ("recall officers (signed)", ["registry-gate", "audit-log"]),
+    Subjects.POLICY_CHANGE: ("policy admins (signed)", ["registry-gate", "audit-log"]),
     Subjects.PREDICTION_LOGGED: ("model servers (signed)", ["serving-monitor", "audit-log"]),
     Subjects.VERDICT_DATASET: ("data-guard", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_ACCESS: ("data-guard", ["audit-log", "data owners"]),
     Subjects.VERDICT_ARTIFACT: ("artifact-signer", ["registry-gate", "audit-log", "subscribers"]),
     Subjects.VERDICT_PROMOTION: ("registry-gate", ["audit-log", "subscribers"]),
     Subjects.VERDICT_RECALL: ("registry-gate", ["audit-log", "subscribers"]),
+    Subjects.VERDICT_POLICY: ("registry-gate", ["audit-log", "operators"]),
     Subjects.VERDICT_ADMISSION: ("serving-monitor", ["audit-log"]),
 }
 

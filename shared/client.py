@@ -32,12 +32,15 @@ from shared.events import (
     DatasetRecallRequested,
     DatasetRef,
     DatasetUploaded,
+    DemotionRequested,
     ErrorReply,
     ModelBuilt,
     ObjectRef,
+    PolicyChangeRequested,
     PredictionBatch,
     PredictionRecord,
     PromotionRequested,
+    RollbackRequested,
     Sensitivity,
 )
 from shared.service import reply_or_error
@@ -238,6 +241,24 @@ class Client:
         )
         return await self.publish(Subjects.PROMOTION_REQUESTED, data, about=f"model:{model}:{version}", key=key)
 
+    async def request_demotion(
+        self, key: SigningKey, *, model: str, version: str, stage: str, reason: str
+    ) -> Envelope[Any]:
+        """A demotion request (take `version`, the current one, out of `stage`) signed with the
+        requester's own key; approved like a promotion to that stage (issue 11)."""
+        data = DemotionRequested(model=model, version=version, stage=stage, requester=key.key_id, reason=reason)
+        return await self.publish(Subjects.DEMOTION_REQUESTED, data, about=f"model:{model}:{version}", key=key)
+
+    async def request_rollback(
+        self, key: SigningKey, *, model: str, version: str, stage: str, root_digest: str, reason: str
+    ) -> Envelope[Any]:
+        """A rollback request (put back `version`, promoted to `stage` before with `root_digest`)
+        signed with the requester's own key; approved and checked like a promotion (issue 11)."""
+        data = RollbackRequested(
+            model=model, version=version, stage=stage, requester=key.key_id, root_digest=root_digest, reason=reason
+        )
+        return await self.publish(Subjects.ROLLBACK_REQUESTED, data, about=f"model:{model}:{version}", key=key)
+
     async def approve(
         self, key: SigningKey, *, request_id: str, model: str, version: str, stage: str, comment: str = ""
     ) -> Envelope[Any]:
@@ -260,6 +281,16 @@ class Client:
             dataset=dataset, version=version, sha256=sha256, requester=key.key_id, reason=reason
         )
         return await self.publish(Subjects.RECALL_REQUESTED, data, about=f"dataset:{dataset}:{version}", key=key)
+
+    async def change_registry_policy(
+        self, key: SigningKey, document: str, *, reason: str, expected_version: int | None = None
+    ) -> Envelope[Any]:
+        """A registry policy change (the whole policy YAML) signed with the key of an actor holding
+        the `policy-admin` role; registry-gate answers on `mlw.verdict.policy` (issue 11)."""
+        data = PolicyChangeRequested(
+            document=document, requester=key.key_id, reason=reason, expected_version=expected_version
+        )
+        return await self.publish(Subjects.POLICY_CHANGE, data, about="policy:registry", key=key)
 
     async def log_predictions(
         self, model: str, records: list[PredictionRecord], *, server: str | None = None

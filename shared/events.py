@@ -204,6 +204,24 @@ class DatasetRecallRequested(Frozen):
     reason: str = Field(min_length=1, max_length=2000, description="why (audited, shown by `registry status`)")
 
 
+class PolicyChangeRequested(Frozen):
+    """`mlw.registry.policy`: an operator publishes a new registry policy (issue 11); signed by an
+    actor holding the `policy-admin` role. registry-gate validates it and applies it as the next
+    version, or refuses it with every problem listed (the version in force stays); it answers on
+    `mlw.verdict.policy` either way."""
+
+    document: str = Field(
+        min_length=1, max_length=65536, description="the whole policy, YAML (or JSON), as in registry-policy.yaml"
+    )
+    requester: Name = Field(description="actor id; must match the signing key's owner")
+    reason: str = Field(min_length=1, max_length=2000, description="why (audited, shown by `registry status`)")
+    expected_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="apply only while this version is in force (two operators cannot overwrite each other unseen)",
+    )
+
+
 class ApprovalGiven(Frozen):
     """`mlw.registry.approval`: a reviewer approves a promotion, demotion or rollback request;
     signed by the reviewer."""
@@ -298,6 +316,9 @@ class PromotionVerdict(Frozen):
     expires_at: float | None = Field(
         default=None, description="unix seconds after which the request can no longer be approved"
     )
+    policy_version: int | None = Field(
+        default=None, description="the registry policy version the decision was made under (None: before versions)"
+    )
 
 
 class RecalledVersion(Frozen):
@@ -322,6 +343,35 @@ class RecallVerdict(Frozen):
     request_id: str = Field(description="id of the recall request event")
     in_reply_to: str
     recalled: list[RecalledVersion] = Field(default_factory=list, description="what the recall took out")
+    policy_version: int | None = Field(
+        default=None, description="the registry policy version it was decided under (None: before versions)"
+    )
+
+
+class PolicyVerdict(Frozen):
+    """`mlw.verdict.policy`: registry-gate's answer to a policy change: `applied` as `version`, or
+    `rejected` with every problem (unsigned, forged, role-less, stale or malformed)."""
+
+    decision: Literal["applied", "rejected"]
+    version: int = Field(ge=1, description="the version in force now: the new one, or the unchanged one")
+    sha256: Sha256Hex = Field(description="sha256 of the submitted document's UTF-8 bytes")
+    previous_version: int | None = Field(default=None, description="the version an applied change replaced")
+    problems: list[str] = Field(default_factory=list, description="every reason it was refused")
+    requester: str = Field(description="the verified signer; for a refused signature, who the change claimed")
+    reason: str = Field(default="", description="the change's reason")
+    request_id: str = Field(description="id of the policy change event")
+    in_reply_to: str
+
+
+class PolicyInForce(Frozen):
+    """The registry policy registry-gate applies now."""
+
+    version: int = Field(ge=1, description="1 for the initial policy file, then +1 per applied change")
+    sha256: str = Field(description="sha256 of the policy document's UTF-8 bytes")
+    applied_by: str = Field(description="the actor who applied it, or `policy-file` for version 1")
+    request_id: str | None = Field(default=None, description="the change event's id (None for the file)")
+    reason: str = Field(default="", description="the change's reason")
+    since: float = Field(description="unix seconds registry-gate applied it")
 
 
 class AdmissionVerdict(Frozen):
@@ -482,6 +532,9 @@ class StageCurrent(Frozen):
     request_id: str = Field(description="that request's event id")
     since: float = Field(description="unix seconds when registry-gate decided it")
     reason: str = Field(default="", description="why, for a recall (the fact that turned bad)")
+    policy_version: int | None = Field(
+        default=None, description="the registry policy version it was decided under (None: before versions)"
+    )
 
 
 class RegistryStatus(Frozen):
@@ -491,6 +544,7 @@ class RegistryStatus(Frozen):
     promotions: list[PromotionVerdict] = Field(description="latest decision on every matching request")
     current: list[StageCurrent] = Field(default_factory=list, description="current version per (model, stage)")
     pending: list[PromotionVerdict] = Field(default_factory=list, description="requests still open")
+    policy: PolicyInForce | None = Field(default=None, description="the registry policy version in force")
 
 
 class ArtifactVerifyRequest(Frozen):

@@ -35,6 +35,8 @@ from shared.events import (
     DeadLetter,
     DemotionRequested,
     ModelBuilt,
+    PolicyChangeRequested,
+    PolicyVerdict,
     PredictionBatch,
     PromotionRequested,
     PromotionVerdict,
@@ -55,6 +57,7 @@ class Subjects:
     DEMOTION_REQUESTED = "mlw.registry.demotion"
     ROLLBACK_REQUESTED = "mlw.registry.rollback"
     RECALL_REQUESTED = "mlw.registry.recall"
+    POLICY_CHANGE = "mlw.registry.policy"
     PREDICTION_LOGGED = "mlw.prediction.logged"
 
     VERDICT_DATASET = "mlw.verdict.dataset"
@@ -62,6 +65,7 @@ class Subjects:
     VERDICT_ARTIFACT = "mlw.verdict.artifact"
     VERDICT_PROMOTION = "mlw.verdict.promotion"
     VERDICT_RECALL = "mlw.verdict.recall"
+    VERDICT_POLICY = "mlw.verdict.policy"
     VERDICT_ADMISSION = "mlw.verdict.admission"
     ALERT_PREFIX = "mlw.alert"
     DEADLETTER_PREFIX = "mlw.deadletter"
@@ -102,6 +106,7 @@ VERDICT_SIGNERS: dict[str, str] = {
     Subjects.VERDICT_ARTIFACT: "artifact-signer",
     Subjects.VERDICT_PROMOTION: "registry-gate",
     Subjects.VERDICT_RECALL: "registry-gate",
+    Subjects.VERDICT_POLICY: "registry-gate",
     Subjects.VERDICT_ADMISSION: "serving-monitor",
 }
 
@@ -205,6 +210,7 @@ REGISTRY_EVENTS: tuple[str, ...] = (
     Subjects.DEMOTION_REQUESTED,
     Subjects.ROLLBACK_REQUESTED,
     Subjects.RECALL_REQUESTED,
+    Subjects.POLICY_CHANGE,
 )
 EVENTS = StreamSpec("MLW_EVENTS", ("mlw.dataset.>", "mlw.model.>", *REGISTRY_EVENTS))
 PREDICTIONS = StreamSpec(
@@ -340,11 +346,13 @@ _MODELS: dict[str, type[BaseModel]] = {
     Subjects.DEMOTION_REQUESTED: DemotionRequested,
     Subjects.ROLLBACK_REQUESTED: RollbackRequested,
     Subjects.RECALL_REQUESTED: DatasetRecallRequested,
+    Subjects.POLICY_CHANGE: PolicyChangeRequested,
     Subjects.PREDICTION_LOGGED: PredictionBatch,
     Subjects.VERDICT_DATASET: DatasetVerdict,
     Subjects.VERDICT_ARTIFACT: ArtifactVerdict,
     Subjects.VERDICT_PROMOTION: PromotionVerdict,
     Subjects.VERDICT_RECALL: RecallVerdict,
+    Subjects.VERDICT_POLICY: PolicyVerdict,
     Subjects.VERDICT_ADMISSION: AdmissionVerdict,
     Subjects.DATASET_ACCESS: DataAccessRequested,
     Subjects.DATASET_APPROVAL: DataAccessApproved,

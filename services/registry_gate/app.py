@@ -1,6 +1,10 @@
 """registry-gate's wiring: signed promotion, demotion and rollback requests and approvals in,
 verified verdicts from data-guard and artifact-signer in, `mlw.verdict.promotion` out. The decision
 is `gate.evaluate`; a periodic tick re-evaluates open requests so expiry needs no event (issue 11).
+
+The policy in force is journaled like every other fact: the policy file is version 1 at the first
+start only; later versions are signed `mlw.registry.policy` changes (`policy.change_policy`),
+answered on `mlw.verdict.policy`, and a restart resumes with the latest applied version.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from pydantic import BaseModel
 
 from services.registry_gate.gate import (
@@ -35,7 +39,15 @@ from services.registry_gate.gate import (
     recall_prefix,
     recalls,
 )
-from services.registry_gate.policy import RegistryPolicy, load_policy
+from services.registry_gate.policy import (
+    AppliedPolicy,
+    PolicyError,
+    RegistryPolicy,
+    change_policy,
+    document_sha256,
+    initial_policy,
+    read_policy_file,
+)
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
 from shared.errors import SignatureError
@@ -46,6 +58,8 @@ from shared.events import (
     DatasetVerdict,
     Decision,
     DemotionRequested,
+    PolicyChangeRequested,
+    PolicyVerdict,
     PromotionRequested,
     PromotionVerdict,
     RecalledVersion,
@@ -63,6 +77,11 @@ from shared.topology import STATE_BUCKET, Subjects
 SERVICE = "registry-gate"
 #: The trust-store role an actor needs to recall a dataset (`mlwarden recall dataset`, issue 11).
 RECALL_ROLE = "recall-officer"
+#: The trust-store role an actor needs to change the registry policy (`mlwarden registry policy
+#: apply`, issue 11). Not a policy role: the policy cannot grant the right to change itself.
+POLICY_ROLE = "policy-admin"
+#: The CloudEvents subject of policy changes and their verdicts (`audit query --subject`).
+POLICY_SUBJECT = "policy:registry"
 JOURNAL_PREFIX = "registry-gate."
 log = logging.getLogger("mlwarden.registry-gate")
 
@@ -95,15 +114,108 @@ class Gate:
         actor's request or approval stops counting at once)."""
         return self.policy.with_trust(self.runtime.trust)
 
-    async def journal(self, kind: str, ident: str, fact: BaseModel) -> None:
+    async def journal(self, kind: str, ident: str, fact: BaseModel, *, once: bool = False) -> None:
         """Persist one recorded fact before acking the event that carried it.
 
         The state is a journal of facts, one key each (written once, O(1) per event); start-up
         replays them through the same `record_*` methods, whose merge rules are order-free.
+        With `once` the key must be new or hold exactly this fact (a policy version is never
+        rewritten, also not by a second registry-gate racing this one): ConflictingEvent if not.
         """
         kv = await self.runtime.js.key_value(STATE_BUCKET)
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:40]
-        await kv.put(f"{JOURNAL_PREFIX}{kind}.{digest}", fact.model_dump_json().encode())
+        key, value = _journal_key(kind, ident), fact.model_dump_json().encode()
+        if not once:
+            await kv.put(key, value)
+            return
+        try:
+            await kv.create(key, value)
+        except KeyWrongLastSequenceError:
+            if (await kv.get(key)).value != value:
+                raise ConflictingEvent(kind, ident) from None
+
+    async def journaled(self, kind: str, ident: str) -> bytes | None:
+        """The journaled fact `kind`/`ident`, if there is one."""
+        kv = await self.runtime.js.key_value(STATE_BUCKET)
+        try:
+            return (await kv.get(_journal_key(kind, ident))).value
+        except KeyNotFoundError:
+            return None
+
+    def policy_in_force(self) -> AppliedPolicy:
+        """The applied policy version in force (recorded at start, so there always is one)."""
+        applied = self.state.policy()
+        assert applied is not None, "registry-gate records version 1 at start"
+        return applied
+
+    async def change_policy(self, event: Envelope[PolicyChangeRequested], signer: str) -> None:
+        """A verified change by `signer` (who holds the policy-admin role): apply it as the next
+        version, journal it, answer `applied`, and re-evaluate the open requests under it; or
+        refuse it with every problem (the version in force stays)."""
+        data = event.data
+        applied = self.state.policy_applied_by(event.id)  # a redelivery applies nothing again
+        if applied is None:
+            try:
+                applied = change_policy(
+                    self.policy_in_force(),
+                    data.document,
+                    signer=signer,
+                    request_id=event.id,
+                    reason=data.reason,
+                    expected_version=data.expected_version,
+                    at=self.clock(),
+                )
+            except PolicyError as exc:
+                await self.refuse_policy(event, signer, exc.problems)
+                return
+        try:
+            await self.journal("policy", f"v{applied.version}", applied, once=True)
+            affected = self.state.record_policy(applied)
+        except ConflictingEvent as exc:
+            await self.runtime.alert("conflicting_event", Severity.FAIL, str(exc), in_reply_to=event.id)
+            await self.refuse_policy(event, signer, [f"version {applied.version} was applied by another change"])
+            return
+        self.policy = self.policy_in_force().rules()
+        verdict = PolicyVerdict(
+            decision="applied",
+            version=applied.version,
+            sha256=applied.sha256,
+            previous_version=applied.version - 1,
+            requester=signer,
+            reason=data.reason,
+            request_id=event.id,
+            in_reply_to=event.id,
+        )
+        await self.runtime.emit(Subjects.VERDICT_POLICY, verdict, in_reply_to=event.id, about=POLICY_SUBJECT)
+        await self.decide(affected, event.id)
+
+    async def refuse_policy(self, event: Envelope[PolicyChangeRequested], requester: str, problems: list[str]) -> None:
+        """A signed `rejected` policy verdict listing every problem; nothing changes. A change
+        whose signature held also raises a `policy_rejected` alert (a refused signature was
+        alerted as `forged_identity` already)."""
+        data = event.data
+        current = self.policy_in_force()
+        verdict = PolicyVerdict(
+            decision="rejected",
+            version=current.version,
+            sha256=document_sha256(data.document),
+            problems=problems,
+            requester=requester,
+            reason=data.reason,
+            request_id=event.id,
+            in_reply_to=event.id,
+        )
+        await self.runtime.emit(Subjects.VERDICT_POLICY, verdict, in_reply_to=event.id, about=POLICY_SUBJECT)
+        if not any(p.startswith("signature: ") for p in problems):
+            await self.runtime.alert(
+                "policy_rejected",
+                Severity.FAIL,
+                f"policy change {event.id} by {requester} refused; version {current.version} stays: "
+                + "; ".join(problems),
+                in_reply_to=event.id,
+                requester=requester,
+                problems=len(problems),
+                version=current.version,
+            )
 
     async def apply(
         self, event_id: str, kind: str, record: Callable[[], list[str]], fact: BaseModel, *, always: bool
@@ -142,15 +254,19 @@ class Gate:
             )
 
     async def close(self, decision: GateDecision, now: float) -> list[str]:
-        """Record and journal the fact a final decision leaves, once; return the requests it affects."""
+        """Journal and record the fact a final decision leaves, once; return the requests it affects.
+
+        Journaled first: once recorded, the request is closed and no later event leaves the fact
+        again, so a fact recorded but not journaled (a failed write) would be lost at the next
+        restart, and the request decided anew, perhaps after a rival (issue 11's race test).
+        """
         match closing_fact(decision, self.state, now):
             case StageChange() as change:
-                affected = self.state.record_change(change)
                 await self.journal("change", change.request_id, change)
-                return affected
+                return self.state.record_change(change)
             case RequestExpired() as fact:
-                self.state.record_expiry(fact)
                 await self.journal("expiry", fact.request_id, fact)
+                self.state.record_expiry(fact)
                 return []
             case None:
                 return []
@@ -208,6 +324,7 @@ class Gate:
                 RecalledVersion(model=c.model, version=c.replaced or "", stage=c.stage, root_digest=c.root_digest)
                 for c in done
             ],
+            policy_version=self.policy.version or None,
         )
         await self.runtime.emit(
             Subjects.VERDICT_RECALL,
@@ -230,6 +347,7 @@ class Gate:
             requester=data.requester,
             request_id=event.id,
             in_reply_to=event.id,
+            policy_version=self.policy.version or None,
         )
         await self.runtime.emit(
             Subjects.VERDICT_RECALL, verdict, in_reply_to=event.id, about=f"dataset:{data.dataset}:{data.version}"
@@ -240,8 +358,9 @@ class Gate:
         `recall`, alert, and re-evaluate the pending requests of the same model and stage."""
         affected: list[str] = []
         for change in changes:
-            affected += self.state.record_change(change)
+            # Journaled first, as in `close`: a recall is derived once, from state in memory.
             await self.journal("change", change.request_id, change)
+            affected += self.state.record_change(change)
             version = change.replaced or ""
             artifact = self.state.artifact_verdict(change.model, version)
             verdict = PromotionVerdict(
@@ -257,6 +376,7 @@ class Gate:
                 root_digest=change.root_digest,
                 manifest_key=artifact.manifest_key if artifact is not None else None,
                 provenance_key=artifact.provenance_key if artifact is not None else None,
+                policy_version=change.policy_version,
             )
             await self.runtime.emit(
                 Subjects.VERDICT_PROMOTION,
@@ -294,10 +414,15 @@ class Gate:
             in_reply_to=event.id,
             action=action,  # type: ignore[arg-type]
             root_digest=getattr(data, "root_digest", ""),
+            policy_version=self.policy.version or None,
         )
         await self.runtime.emit(
             Subjects.VERDICT_PROMOTION, verdict, in_reply_to=event.id, about=f"model:{data.model}:{data.version}"
         )
+
+
+def _journal_key(kind: str, ident: str) -> str:
+    return f"{JOURNAL_PREFIX}{kind}.{hashlib.sha256(ident.encode()).hexdigest()[:40]}"
 
 
 def _same(a: PromotionVerdict, b: PromotionVerdict) -> bool:
@@ -316,6 +441,7 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         "change": [],
         "expiry": [],
         "recall": [],
+        "policy": [],
     }
     try:
         # (nats-py 2.16's `keys(filters=...)` finds nothing for a wildcard filter: filter here.)
@@ -332,11 +458,19 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         state.record_artifact_verdict(ArtifactVerdict.model_validate_json(raw))
     for raw in facts["dataset"]:
         state.record_dataset_verdict(DatasetVerdict.model_validate_json(raw))
-    for raw in facts["request"]:
-        req = RecordedRequest.model_validate_json(raw)
+    # In arrival order, as they were recorded (the journal's keys are unordered): the approvers
+    # of a decision are listed in that order, and a restart must not reorder them.
+    requests = sorted(
+        (RecordedRequest.model_validate_json(raw) for raw in facts["request"]),
+        key=lambda r: (r.opened_at or 0.0, r.request_id),
+    )
+    for req in requests:
         state.record_request(req.request_id, req.request, req.signer, opened_at=req.opened_at)
-    for raw in facts["approval"]:
-        appr = RecordedApproval.model_validate_json(raw)
+    approvals = sorted(
+        (RecordedApproval.model_validate_json(raw) for raw in facts["approval"]),
+        key=lambda a: (a.received_at or 0.0, a.event_id),
+    )
+    for appr in approvals:
         state.record_approval(appr.event_id, appr.approval, appr.signer, received_at=appr.received_at)
     for change in sorted((StageChange.model_validate_json(raw) for raw in facts["change"]), key=lambda c: c.seq):
         state.record_change(change)
@@ -344,7 +478,41 @@ async def _load_state(runtime: ServiceRuntime) -> RegistryState:
         state.record_expiry(RequestExpired.model_validate_json(raw))
     for raw in facts["recall"]:
         state.record_recall(RecordedRecall.model_validate_json(raw))
+    for raw in facts["policy"]:
+        state.record_policy(AppliedPolicy.model_validate_json(raw))
     return state
+
+
+async def _policy_at_start(g: Gate, settings: Settings) -> None:
+    """The policy in force at start: the latest journaled version, or (first start) the policy
+    file as version 1, journaled. A file that differs from every applied version later is not
+    read as a change (that takes a signed `mlw.registry.policy`): it is alerted and ignored."""
+    path = settings.registry_policy_path
+    if g.state.policy() is None:
+        applied = initial_policy(read_policy_file(path), path=str(path), at=g.clock())
+        try:
+            await g.journal("policy", "v1", applied, once=True)
+        except ConflictingEvent:
+            # Another registry-gate journaled version 1 first (a start race): that one is in force.
+            raw = await g.journaled("policy", "v1")
+            assert raw is not None
+            applied = AppliedPolicy.model_validate_json(raw)
+        g.state.record_policy(applied)
+    else:
+        with contextlib.suppress(PolicyError):
+            digest = document_sha256(read_policy_file(path))
+            if all(p.sha256 != digest for p in g.state.policies()):
+                in_force = g.policy_in_force()
+                await g.runtime.alert(
+                    "policy_file_ignored",
+                    Severity.WARN,
+                    f"{path} differs from every applied registry policy; version {in_force.version} stays in force"
+                    " (publish a change with `mlwarden registry policy apply`)",
+                    in_reply_to=f"policy-file:{digest}",
+                    sha256=digest,
+                    version=in_force.version,
+                )
+    g.policy = g.policy_in_force().rules()
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock = time.time) -> ServiceApp:
@@ -356,9 +524,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
     def gate() -> Gate:
         return svc.get("gate", Gate)
 
-    async def tick(g: Gate, every_s: float) -> None:
+    async def tick(g: Gate) -> None:
         while True:
-            await asyncio.sleep(every_s)
+            # Read each time: a policy change may shorten the TTLs.
+            await asyncio.sleep(tick_interval(g.policy))
             try:
                 async with g.lock:
                     for rid in g.open_requests():
@@ -368,14 +537,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
 
     @svc.on_start
     async def start(runtime: ServiceRuntime) -> None:
-        policy = load_policy(settings.registry_policy_path)
-        g = Gate(runtime, policy, await _load_state(runtime), clock)
+        g = Gate(runtime, RegistryPolicy(), await _load_state(runtime), clock)
+        await _policy_at_start(g, settings)
         svc.state["gate"] = g
         # Keys revoked while registry-gate was down recall now; later revocations as they come.
         async with g.lock:
             await g.recall_revoked()
         runtime.trust_listeners.append(g.on_trust_change)
-        ticker.append(asyncio.create_task(tick(g, tick_interval(policy))))
+        ticker.append(asyncio.create_task(tick(g)))
 
     @svc.on_stop
     async def stop() -> None:
@@ -397,6 +566,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             # The request counts from the earlier of its signed time and its arrival: a requester
             # cannot postdate it to stay open longer (issue 11).
             opened_at = min(event.time.timestamp(), g.clock())
+            # A redelivery keeps (and journals again) the first arrival's time: journaling the
+            # later one would move the request's expiry at the next restart.
+            seen = g.state.request(event.id)
+            if seen is not None and seen.opened_at is not None:
+                opened_at = seen.opened_at
             record = partial(g.state.record_request, event.id, data, signer, opened_at=opened_at)
             fact = RecordedRequest(request_id=event.id, signer=signer, action=action, request=data, opened_at=opened_at)  # type: ignore[arg-type]
             await g.apply(event.id, "request", record, fact, always=True)
@@ -423,6 +597,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
                 return  # alerted by verify_actor; a forged approval counts for nothing
             # Registry-gate's own clock: an approver could backdate the signed time.
             received_at = g.clock()
+            # A redelivery keeps (and journals again) the first arrival's time: journaling the
+            # later one could make an approval that counted arrive "after expiry" at the next
+            # restart (issue 11's race test caught it).
+            seen = g.state.approval(event.id)
+            if seen is not None and seen.received_at is not None:
+                received_at = seen.received_at
             fact = RecordedApproval(event_id=event.id, signer=signer, approval=event.data, received_at=received_at)
             record = partial(g.state.record_approval, event.id, event.data, signer, received_at=received_at)
             await g.apply(event.id, "approval", record, fact, always=True)
@@ -469,12 +649,27 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             recorded = RecordedRecall(request_id=event.id, signer=signer, recall=event.data, at=g.clock())
             await g.recall_dataset(recorded)
 
+    async def on_policy(event: Envelope[PolicyChangeRequested]) -> None:
+        """A registry policy change, signed by an actor holding the policy-admin role: validated,
+        applied as the next version and answered on mlw.verdict.policy; refused with every
+        problem otherwise (the version in force stays)."""
+        g = gate()
+        async with g.lock:
+            try:
+                # The identity and the role come from the verified key, never from `requester`.
+                signer = await g.runtime.verify_actor(event, event.data.requester, role=POLICY_ROLE)
+            except SignatureError as exc:
+                await g.refuse_policy(event, event.data.requester, [f"signature: {exc.reason}"])
+                return
+            await g.change_policy(event, signer)
+
     routes_events: dict[str, tuple[type[Any], Any]] = {
         Subjects.PROMOTION_REQUESTED: (PromotionRequested, on_promotion),
         Subjects.APPROVAL_GIVEN: (ApprovalGiven, on_approval),
         Subjects.DEMOTION_REQUESTED: (DemotionRequested, on_demotion),
         Subjects.ROLLBACK_REQUESTED: (RollbackRequested, on_rollback),
         Subjects.RECALL_REQUESTED: (DatasetRecallRequested, on_recall),
+        Subjects.POLICY_CHANGE: (PolicyChangeRequested, on_policy),
     }
     # One at a time, in stream order. The decisions would come out the same in any order (the
     # state is order-free), but the sequence of published verdicts would not: people read it.
@@ -505,6 +700,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             # A decided request re-evaluated after its facts changed (an approver's key revoked)
             # may read `pending` again; it is closed all the same (issue 11).
             pending = [v for v in found if v.decision == "pending" and not g.state.closed(v.request_id)]
-        return RegistryStatus(promotions=found, current=current, pending=pending)
+            policy_now = g.policy_in_force().in_force()
+        return RegistryStatus(promotions=found, current=current, pending=pending, policy=policy_now)
 
     return svc

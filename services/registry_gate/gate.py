@@ -28,7 +28,7 @@ from typing import Any, Literal, assert_never
 
 from pydantic import Field, ValidationError, model_validator
 
-from services.registry_gate.policy import RegistryPolicy, Stage, StagePolicy
+from services.registry_gate.policy import AppliedPolicy, RegistryPolicy, Stage, StagePolicy
 from shared.errors import MlwardenError
 from shared.events import (
     ApprovalGiven,
@@ -164,6 +164,9 @@ class StageChange(Frozen):
         description="the verified actors the decision relied on: requester, then the approvers that counted"
         " (empty in changes recorded before issue 11's key recall)",
     )
+    policy_version: int | None = Field(
+        default=None, description="the registry policy version it was decided under (None: before versions)"
+    )
 
     def current(self) -> StageCurrent:
         """The status form."""
@@ -176,6 +179,7 @@ class StageChange(Frozen):
             request_id=self.request_id,
             since=self.at,
             reason=self.reason,
+            policy_version=self.policy_version,
         )
 
 
@@ -218,6 +222,7 @@ class _StateDoc(Frozen):
     changes: list[StageChange] = Field(default_factory=list)
     expired: list[RequestExpired] = Field(default_factory=list)
     recalls: list[RecordedRecall] = Field(default_factory=list)
+    policies: list[AppliedPolicy] = Field(default_factory=list)
 
 
 def _rank(decision: Decision) -> int:
@@ -252,6 +257,7 @@ class RegistryState:
         self._changes: dict[str, StageChange] = {}
         self._expired: dict[str, RequestExpired] = {}
         self._recalls: dict[str, RecordedRecall] = {}
+        self._policies: dict[int, AppliedPolicy] = {}
 
     # --- recording --------------------------------------------------------------------------
 
@@ -339,6 +345,26 @@ class RegistryState:
             raise ConflictingEvent("recall", recorded.request_id)
         return [rid for rid in self.trained_on(recorded) if not self.closed(rid)]
 
+    def record_policy(self, applied: AppliedPolicy) -> list[str]:
+        """Record a policy version (once per version: a version is never rewritten); return the
+        open requests, which the new rules may decide differently."""
+        old = self._policies.setdefault(applied.version, applied)
+        if old != applied:
+            raise ConflictingEvent(f"policy version {applied.version}", applied.request_id or "policy-file")
+        return [rid for rid in self._requests if not self.closed(rid)]
+
+    def policy(self) -> AppliedPolicy | None:
+        """The policy version in force: the highest recorded (None before the first)."""
+        return self._policies[max(self._policies)] if self._policies else None
+
+    def policy_applied_by(self, request_id: str) -> AppliedPolicy | None:
+        """The version change event `request_id` applied, if it did (a redelivery applies nothing)."""
+        return next((p for p in self._policies.values() if p.request_id == request_id), None)
+
+    def policies(self) -> list[AppliedPolicy]:
+        """Every recorded policy version, oldest first."""
+        return [self._policies[v] for v in sorted(self._policies)]
+
     def trained_on(self, recorded: RecordedRecall) -> list[str]:
         """The requests whose artifact names a training dataset `recorded` covers."""
         judged = self.dataset_digests(recorded.recall.dataset, recorded.recall.version)
@@ -370,6 +396,13 @@ class RegistryState:
     def dataset_digests(self, dataset: str, version: str) -> list[str]:
         """The digests data-guard has judged for (dataset, version)."""
         return [digest for (name, ver, digest) in self._datasets if (name, ver) == (dataset, version)]
+
+    def approval(self, event_id: str) -> RecordedApproval | None:
+        """The recorded approval event `event_id`, if any."""
+        for approvals in self._approvals.values():
+            if event_id in approvals:
+                return approvals[event_id]
+        return None
 
     def approvals(self, request_id: str) -> list[RecordedApproval]:
         """Every distinct approval event naming `request_id`, in arrival order."""
@@ -435,6 +468,7 @@ class RegistryState:
             changes=sorted(self._changes.values(), key=lambda c: c.seq),
             expired=list(self._expired.values()),
             recalls=list(self._recalls.values()),
+            policies=self.policies(),
         )
         return doc.model_dump(mode="json")
 
@@ -461,6 +495,8 @@ class RegistryState:
             state.record_expiry(fact)
         for recorded in doc.recalls:
             state.record_recall(recorded)
+        for applied in doc.policies:
+            state.record_policy(applied)
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -486,6 +522,7 @@ class GateDecision(Frozen):
     manifest_key: str | None = Field(default=None, description="its signature bundle in mlw-artifacts")
     provenance_key: str | None = Field(default=None, description="its provenance statement in mlw-artifacts")
     expires_at: float | None = Field(default=None, description="unix seconds the request expires")
+    policy_version: int | None = Field(default=None, description="the registry policy version it was made under")
 
     def to_verdict(self, in_reply_to: str) -> PromotionVerdict:
         """The `mlw.verdict.promotion` body, answering event `in_reply_to`."""
@@ -504,6 +541,7 @@ class GateDecision(Frozen):
             manifest_key=self.manifest_key,
             provenance_key=self.provenance_key,
             expires_at=self.expires_at,
+            policy_version=self.policy_version,
         )
 
 
@@ -562,6 +600,7 @@ def closing_fact(decision: GateDecision, state: RegistryState, now: float) -> St
             seq=state.next_seq(),
             replaced=decision.version if decision.action == "demotion" else None,
             relied_on=[decision.requester, *decision.approvers],
+            policy_version=decision.policy_version,
         )
     if decision.decision == "expired":
         return RequestExpired(request_id=decision.request_id, at=now)
@@ -607,6 +646,7 @@ def _pull(
                 seq=seq,
                 reason=reason,
                 replaced=current.version,
+                policy_version=policy.version or None,
             )
         )
         seq += 1
@@ -735,7 +775,9 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy, *, n
             f"stage {request.stage!r} is not declared in the registry policy ({', '.join(policy.stages)})",
             stage=request.stage,
         )
-        return _decision(recorded, out, [], root_digest=_root_of(recorded, state), artifact=None, expires_at=None)
+        return _decision(
+            recorded, out, [], root_digest=_root_of(recorded, state), artifact=None, expires_at=None, policy=policy
+        )
     expires_at = recorded.opened_at + stage.request_ttl_s if recorded.opened_at is not None else None
 
     # (1) The identity is the key that signed the envelope, never the `requester` field.
@@ -799,7 +841,13 @@ def evaluate(request_id: str, state: RegistryState, policy: RegistryPolicy, *, n
             needed=stage.approvals,
         )
     return _decision(
-        recorded, out, approvers, root_digest=_root_of(recorded, state), artifact=artifact, expires_at=expires_at
+        recorded,
+        out,
+        approvers,
+        root_digest=_root_of(recorded, state),
+        artifact=artifact,
+        expires_at=expires_at,
+        policy=policy,
     )
 
 
@@ -822,6 +870,7 @@ def _decision(
     root_digest: str,
     artifact: ArtifactVerdict | None,
     expires_at: float | None,
+    policy: RegistryPolicy,
 ) -> GateDecision:
     findings = list(out.ordered())
     request = recorded.request
@@ -843,6 +892,7 @@ def _decision(
         manifest_key=bundle.manifest_key if bundle is not None else None,
         provenance_key=bundle.provenance_key if bundle is not None else None,
         expires_at=expires_at,
+        policy_version=policy.version or None,
     )
 
 

@@ -13,20 +13,25 @@ Validation is strict because a loose policy silently disables a control:
   which is exactly what the two-person rule forbids (the requester plus >= 1 distinct approver);
 - public keys must be raw 32-byte Ed25519 keys in base64, and no two actors may share one (two
   ids with one key would let one person count as two approvers).
+
+A policy in force has a version (issue 11: policy changes are versioned and audited). The file is
+only version 1; each later version is a signed change an actor holding the `policy-admin` role
+publishes, which `change_policy` turns into the next `AppliedPolicy` or refuses with every problem.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
 
 from shared.errors import MlwardenError, SignatureError
-from shared.events import Frozen, Name
+from shared.events import Frozen, Name, PolicyInForce, Sha256Hex
 from shared.signing import TrustStore, load_public_key
 
 #: A stage name as requests carry it; only the stages the policy declares exist.
@@ -159,30 +164,26 @@ class RegistryPolicy(Frozen):
         " a verdict one of them signed no longer counts (issue 11)",
     )
 
+    _version: int = PrivateAttr(default=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> RegistryPolicy:
-        declared = set(self.roles)
-        problems: list[str] = []
-        for actor_id, actor in self.actors.items():
-            problems += [f"actor {actor_id!r} holds undeclared role {r!r}" for r in actor.roles if r not in declared]
-        if not self.stages:
-            problems.append("no stages declared: nothing could ever be promoted")
-        for stage_name, stage in self.stages.items():
-            for role in (*stage.request_roles, *stage.approver_roles):
-                if role not in declared:
-                    problems.append(f"stage {stage_name!r} names undeclared role {role!r}")
-        # Two-person rule: the requester alone must never be enough for production.
-        production = self.stages.get(PRODUCTION)
-        if production is not None and production.approvals < 1:
-            problems.append("production needs at least 1 approval (two-person rule)")
-        owners: dict[str, str] = {}
-        for actor_id, actor in self.actors.items():
-            other = owners.setdefault(actor.public_key, actor_id)
-            if other != actor_id:
-                problems.append(f"actors {other!r} and {actor_id!r} share one public key")
+        problems = consistency_problems(self.model_dump(mode="json"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _Inconsistent("; ".join(problems))
         return self
+
+    @property
+    def version(self) -> int:
+        """The version this policy is in force as (0: not applied by registry-gate, e.g. a file
+        read offline)."""
+        return self._version
+
+    def at_version(self, version: int) -> RegistryPolicy:
+        """This policy as version `version`."""
+        copy = self.model_copy()
+        copy._version = version
+        return copy
 
     def stage(self, name: Stage) -> StagePolicy | None:
         """The requirements of stage `name`, or None when the policy declares no such stage."""
@@ -228,23 +229,25 @@ class RegistryPolicy(Frozen):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str | None = None) -> RegistryPolicy:
-        """Validate a parsed policy; raise PolicyError listing every problem."""
+        """Validate a parsed policy; raise PolicyError listing every problem: each malformed
+        field, and every cross-field rule the well-formed parts break."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in err['loc']) or '<policy>'}: {err['msg']}" for err in exc.errors()]
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '<policy>'}: {err['msg']}"
+                for err in exc.errors()
+                if not isinstance(err.get("ctx", {}).get("error"), _Inconsistent)
+            ]
+            # The cross-field rules run on the raw data too: a pydantic model validator never
+            # runs when a field failed, and "every problem" means both kinds at once.
+            problems += [f"<policy>: {p}" for p in consistency_problems(data)]
             raise PolicyError("invalid registry policy", path=path, problems=problems) from exc
 
     @classmethod
     def from_yaml(cls, text: str, *, path: str | None = None) -> RegistryPolicy:
         """Parse and validate policy YAML (safe loader only: no arbitrary Python objects)."""
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"not valid YAML: {exc}", path=path) from exc
-        if not isinstance(data, dict):
-            raise PolicyError("a policy must be a YAML mapping", path=path)
-        return cls.from_dict(data, path=path)
+        return cls.from_dict(parse_yaml(text, path=path), path=path)
 
     def to_yaml(self) -> str:
         """The policy as YAML that `from_yaml` reads back to an equal policy."""
@@ -252,13 +255,164 @@ class RegistryPolicy(Frozen):
         return text
 
 
-def load_policy(path: Path) -> RegistryPolicy:
-    """Read and validate the policy file at `path`."""
+class _Inconsistent(ValueError):
+    """Cross-field rules broken (`consistency_problems`); `from_dict` lists them one by one."""
+
+
+def parse_yaml(text: str, *, path: str | None = None) -> dict[str, Any]:
+    """The mapping a policy document holds (safe loader only: no arbitrary Python objects)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"not valid YAML: {exc}", path=path, problems=[f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise PolicyError("a policy must be a YAML mapping", path=path, problems=["a policy must be a YAML mapping"])
+    return data
+
+
+def _names(value: Any) -> list[str]:
+    # Leniently, the role names a raw list holds: malformed entries are field errors already.
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
+
+
+def consistency_problems(data: Mapping[str, Any]) -> list[str]:
+    """The cross-field rules a (raw or validated) policy breaks, read leniently: a part that is
+    malformed is skipped here (it is a field error), a part left out has its default."""
+    raw_roles = data.get("roles", list(RegistryPolicy.model_fields["roles"].get_default()))
+    if not isinstance(raw_roles, list | tuple):
+        return []  # a malformed `roles` is a field error; every role would read as undeclared
+    declared = set(_names(raw_roles))
+    actors = data.get("actors") or {}
+    actors = actors if isinstance(actors, Mapping) else {}
+    stages = data["stages"] if "stages" in data else {n: s.model_dump(mode="json") for n, s in default_stages().items()}
+    stages = stages if isinstance(stages, Mapping) else {}
+    problems: list[str] = []
+    for actor_id, actor in actors.items():
+        roles = _names(actor.get("roles", [])) if isinstance(actor, Mapping) else []
+        problems += [f"actor {actor_id!r} holds undeclared role {r!r}" for r in roles if r not in declared]
+    if not stages:
+        problems.append("no stages declared: nothing could ever be promoted")
+    stage_defaults = StagePolicy.model_fields
+    for stage_name, stage in stages.items():
+        stage = stage if isinstance(stage, Mapping) else {}
+        for field in ("request_roles", "approver_roles"):
+            for role in _names(stage.get(field, list(stage_defaults[field].get_default()))):
+                if role not in declared:
+                    problems.append(f"stage {stage_name!r} names undeclared role {role!r}")
+    # Two-person rule: the requester alone must never be enough for production.
+    production = stages.get(PRODUCTION)
+    if isinstance(production, Mapping):
+        approvals = production.get("approvals", stage_defaults["approvals"].get_default())
+        if isinstance(approvals, int) and approvals < 1:
+            problems.append("production needs at least 1 approval (two-person rule)")
+    owners: dict[str, str] = {}
+    for actor_id, actor in actors.items():
+        key = actor.get("public_key") if isinstance(actor, Mapping) else None
+        if isinstance(key, str):
+            other = owners.setdefault(key, str(actor_id))
+            if other != actor_id:
+                problems.append(f"actors {other!r} and {actor_id!r} share one public key")
+    return problems
+
+
+def document_sha256(document: str) -> str:
+    """The sha256 of a policy document's UTF-8 bytes: what `sha256sum FILE` prints."""
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+#: `applied_by` of version 1, the policy file registry-gate first started with.
+FROM_FILE = "policy-file"
+
+
+class AppliedPolicy(Frozen):
+    """One version of the registry policy as registry-gate applied it (a journaled fact)."""
+
+    version: int = Field(ge=1, description="1 for the initial file, then +1 per applied change")
+    sha256: Sha256Hex = Field(description="sha256 of `document`'s UTF-8 bytes")
+    document: str = Field(description="the policy YAML exactly as applied")
+    applied_by: str = Field(description="the verified signer of the change, or `policy-file` for version 1")
+    request_id: str | None = Field(default=None, description="id of the change event (None for version 1)")
+    reason: str = Field(default="", description="the change's reason")
+    at: float = Field(description="unix seconds registry-gate applied it")
+
+    def rules(self) -> RegistryPolicy:
+        """The policy this version holds (it validated when it was applied)."""
+        return RegistryPolicy.from_yaml(self.document).at_version(self.version)
+
+    def in_force(self) -> PolicyInForce:
+        """The status form."""
+        return PolicyInForce(
+            version=self.version,
+            sha256=self.sha256,
+            applied_by=self.applied_by,
+            request_id=self.request_id,
+            reason=self.reason,
+            since=self.at,
+        )
+
+
+def initial_policy(document: str, *, path: str | None = None, at: float) -> AppliedPolicy:
+    """Version 1 from the policy file's text (raise PolicyError listing every problem)."""
+    RegistryPolicy.from_yaml(document, path=path)
+    return AppliedPolicy(version=1, sha256=document_sha256(document), document=document, applied_by=FROM_FILE, at=at)
+
+
+def change_policy(
+    current: AppliedPolicy,
+    document: str,
+    *,
+    signer: str,
+    request_id: str,
+    reason: str,
+    expected_version: int | None,
+    at: float,
+) -> AppliedPolicy:
+    """The next version from a verified change by `signer`, or PolicyError listing every problem
+    (the current version then stays). The signer's identity and role were checked by the caller
+    from the signature; nothing here is taken from a field of the document."""
+    problems: list[str] = []
+    if expected_version is not None and expected_version != current.version:
+        problems.append(
+            f"expected_version: the change was made against version {expected_version},"
+            f" but version {current.version} is in force"
+        )
+    try:
+        data = parse_yaml(document)
+    except PolicyError as exc:
+        problems += exc.problems
+    else:
+        if data.get("actors"):
+            # Roles come from the root-signed trust store; an actor section in a published
+            # policy would read as a grant and grant nothing (`with_trust` replaces it).
+            problems.append("actors: a published policy names no actors (their keys and roles live in the trust store)")
+        try:
+            RegistryPolicy.from_dict(data)
+        except PolicyError as exc:
+            problems += exc.problems
+    if problems:
+        raise PolicyError("policy change refused", problems=problems)
+    return AppliedPolicy(
+        version=current.version + 1,
+        sha256=document_sha256(document),
+        document=document,
+        applied_by=signer,
+        request_id=request_id,
+        reason=reason,
+        at=at,
+    )
+
+
+def read_policy_file(path: Path) -> str:
+    """The policy file's text (raise PolicyError when it cannot be read)."""
+    try:
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"cannot read policy: {exc}", path=str(path)) from exc
-    return RegistryPolicy.from_yaml(text, path=str(path))
+
+
+def load_policy(path: Path) -> RegistryPolicy:
+    """Read and validate the policy file at `path`."""
+    return RegistryPolicy.from_yaml(read_policy_file(path), path=str(path))
 
 
 def policy_for_actors(

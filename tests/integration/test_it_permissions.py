@@ -373,6 +373,16 @@ async def test_producer_cannot_forge_service_subjects_or_snoop_requests(secured:
         await refusals.wait_for(Subjects.alert("serving-monitor"))
 
 
+async def test_only_registry_gate_may_publish_a_policy_verdict(secured: Secured) -> None:
+    # A forged "applied" policy verdict would tell operators a policy is in force that is not.
+    async with AsyncExitStack() as stack:
+        for identity in ("producer", "data-guard"):
+            nc, refusals = await _raw(secured, identity, stack)
+            await nc.publish(Subjects.VERDICT_POLICY, orjson.dumps({"decision": "applied"}))
+            await refusals.wait_for(Subjects.VERDICT_POLICY)
+            assert (identity, "Publish", Subjects.VERDICT_POLICY) in secured.violations()
+
+
 async def test_one_identity_cannot_read_the_replies_meant_for_another(secured: Secured) -> None:
     async with AsyncExitStack() as stack:
         nc, refusals = await _raw(secured, "producer", stack)

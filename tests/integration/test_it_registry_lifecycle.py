@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from mlwarden.bootstrap import actor_key, load_root_key
 from mlwarden.cli import main
@@ -278,10 +279,12 @@ async def test_operator_recall_pulls_production_not_staging_across_restarts(bus:
         answer = await watcher.wait(lambda e: e.type == Subjects.VERDICT_RECALL, 20)
         assert answer is not None and answer.signer == "registry-gate"
         assert answer.data.decision == "recalled" and answer.data.requester == "olga"
+        assert answer.data.policy_version == 1  # decided under the policy file, version 1
         # The policy says recall for production only (staging's default is recall: false).
         assert [(r.model, r.version, r.stage) for r in answer.data.recalled] == [("churn", "1", "production")]
         pulled = await watcher.wait(lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall", 20)
         assert pulled is not None and (pulled.data.version, pulled.data.decision) == ("1", "demoted")
+        assert pulled.data.policy_version == 1
         alert = await watcher.wait(lambda e: e.type == "mlw.alert.registry-gate" and e.data.kind == "recall", 20)
         assert alert is not None and alert.data.evidence["dataset"] == "train"
 
@@ -457,3 +460,64 @@ async def test_a_revocation_not_signed_by_the_root_pulls_nothing(bus: Any) -> No
     await until(running.settled, what="registry-gate settled")
     assert await _current(running) == {"production": "1"}
     assert not any(_pulled("1")(e) for e in watcher.events)
+
+
+async def _cli(running: Any, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    """Run `mlwarden ARGV --format json` in-process against the test's bus; its JSON output."""
+    common = ["--nats", running.settings.nats_url, "--data-dir", str(running.settings.data_dir), "--format", "json"]
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, [*argv, *common])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    return orjson.loads(printed)
+
+
+async def test_demotion_and_rollback_through_the_cli(bus: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    running = await bus("audit-log", "registry-gate")
+    async with running.client.watch() as watcher:
+        await _verdicts(running)
+        await _promote(running, watcher, "1")
+        await _promote(running, watcher, "2")
+
+        # `mlwarden publish demotion` signed by alice, approved by bob and carol through the CLI.
+        where = ("--model", "churn", "--stage", "production")
+        demotion = await _cli(
+            running, capsys, "publish", "demotion", *where, "--version", "2", "--reason", "drift", "--actor", "alice"
+        )
+        assert demotion["type"] == Subjects.DEMOTION_REQUESTED and demotion["request_id"] == demotion["id"]
+        for reviewer in ("bob", "carol"):
+            approval = await _cli(
+                running, capsys, "publish", "approval", *where, "--version", "2", "--request-id", demotion["id"],
+                "--actor", reviewer,
+            )  # fmt: skip
+            assert approval["request_id"] == demotion["id"] and approval["type"] == Subjects.APPROVAL_GIVEN
+        demoted = await watcher.wait(_about(demotion["id"], "demoted"), 20)
+        assert demoted is not None and demoted.data.requester == "alice"
+        assert sorted(demoted.data.approvers) == ["bob", "carol"]
+
+        # `mlwarden publish rollback` to version 1, by the root digest it was promoted with.
+        rollback = await _cli(
+            running, capsys, "publish", "rollback", *where, "--version", "1", "--root-digest", ROOTS["1"],
+            "--reason", "v2 drifted", "--actor", "alice",
+        )  # fmt: skip
+        assert rollback["type"] == Subjects.ROLLBACK_REQUESTED and rollback["request_id"] == rollback["id"]
+        for reviewer in ("bob", "carol"):
+            await _cli(
+                running, capsys, "publish", "approval", *where, "--version", "1", "--request-id", rollback["id"],
+                "--actor", reviewer,
+            )  # fmt: skip
+        done = await watcher.wait(_about(rollback["id"], "promoted"), 20)
+        assert done is not None and done.data.action == "rollback" and done.data.root_digest == ROOTS["1"]
+
+    status = RegistryStatus.model_validate(await _cli(running, capsys, "registry", "status", "--model", "churn"))
+    (current,) = status.current
+    assert (current.stage, current.version, current.action, current.request_id) == (
+        "production",
+        "1",
+        "rollback",
+        rollback["id"],
+    )
+    assert current.root_digest == ROOTS["1"] and status.pending == []
+    decided = {p.request_id: (p.action, p.decision) for p in status.promotions}
+    assert decided[demotion["id"]] == ("demotion", "demoted")
+    assert decided[rollback["id"]] == ("rollback", "promoted")

@@ -38,9 +38,10 @@ def test_every_option_has_help_and_shows_its_default(path: str) -> None:
 
 def test_each_publish_kind_has_its_own_description() -> None:
     descriptions = {
-        COMMANDS[f"mlwarden publish {kind}"].description for kind in ("dataset", "model", "promotion", "approval")
+        COMMANDS[f"mlwarden publish {kind}"].description
+        for kind in ("dataset", "model", "promotion", "approval", "demotion", "rollback")
     }
-    assert len(descriptions) == 4 and None not in descriptions
+    assert len(descriptions) == 6 and None not in descriptions
 
 
 def test_stage_shows_its_default() -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from mlwarden import registry_cli
 from mlwarden.cli import main
-from shared.events import PromotionVerdict, RegistryStatus, StageCurrent
+from shared.envelope import new_event
+from shared.events import PolicyChangeRequested, PolicyInForce, PromotionVerdict, RegistryStatus, StageCurrent
 
 STATUS = RegistryStatus(
     promotions=[],
@@ -39,6 +40,9 @@ STATUS = RegistryStatus(
             expires_at=1_800_600_000.0,
         )
     ],
+    policy=PolicyInForce(
+        version=3, sha256="cd" * 32, applied_by="paula", request_id="chg-3", reason="tighten", since=1_800_000_000.0
+    ),
 )
 
 
@@ -67,6 +71,7 @@ def test_status_text_shows_current_versions_and_pending_requests(
     assert asked == [None]
     text = capsys.readouterr().out
     assert "production" in text and "req-4" in text and "bob" in text
+    assert "policy version 3" in text and "paula" in text and "tighten" in text
 
 
 @pytest.fixture
@@ -101,3 +106,39 @@ def test_bom_and_recall_need_name_and_version(target: str, bom_asked: list[tuple
 
 def test_recall_needs_a_reason() -> None:
     assert main(["recall", "dataset", "train:1"]) == 2
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int | None]]:
+    sent: list[tuple[str, str, int | None]] = []
+
+    async def fake(settings: Any, args: Any, document: str, reason: str, expected: int | None) -> Any:
+        sent.append((document, reason, expected))
+        body = PolicyChangeRequested(document=document, requester="paula", reason=reason, expected_version=expected)
+        return new_event("mlw.registry.policy", body, source="mlwarden/cli", subject="policy:registry")
+
+    monkeypatch.setattr(registry_cli, "apply_policy", fake)
+    return sent
+
+
+def test_policy_apply_sends_the_file_and_prints_its_sha256(
+    applied: list[tuple[str, str, int | None]], capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    import hashlib
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("roles: [ml-engineer, reviewer]\n")
+    argv = ["registry", "policy", "apply", str(path), "--reason", "r", "--expected-version", "2", "--format", "json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert printed["request_id"] == printed["id"] and printed["type"] == "mlw.registry.policy"
+    assert applied == [(path.read_text(), "r", 2)]
+
+
+def test_policy_apply_needs_a_readable_file_and_a_reason(
+    applied: list[tuple[str, str, int | None]], tmp_path: Any
+) -> None:
+    assert main(["registry", "policy", "apply", str(tmp_path / "absent.yaml"), "--reason", "r"]) == 2
+    assert main(["registry", "policy", "apply", str(tmp_path / "absent.yaml")]) == 2
+    assert applied == []

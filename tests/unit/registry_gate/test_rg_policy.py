@@ -193,12 +193,8 @@ def test_every_stage_problem_is_listed_at_once(demo_yaml: str) -> None:
     with pytest.raises(PolicyError) as info:
         RegistryPolicy.from_dict(data)
     problems = " | ".join(info.value.problems)
+    # A malformed field and the cross-field rules the rest breaks, all in one refusal.
     assert "request_ttl_s" in problems
-    # The cross-field problems are listed once the fields themselves are valid.
-    data["stages"]["staging"]["request_ttl_s"] = 60
-    with pytest.raises(PolicyError) as info:
-        RegistryPolicy.from_dict(data)
-    problems = " | ".join(info.value.problems)
     assert "undeclared role 'ops'" in problems
     assert "undeclared role 'intern'" in problems
     assert "two-person rule" in problems
