@@ -103,7 +103,9 @@ async def _promote(running: Any, watcher: Any, version: str) -> Any:
     return done
 
 
-async def test_pending_request_expires_and_a_late_approval_does_not_count(bus: Any, settings: Any) -> None:
+async def test_pending_request_expires_and_a_late_approval_does_not_count_across_a_restart(
+    bus: Any, settings: Any
+) -> None:
     _with_stage_rules(settings, request_ttl_s=1.5)
     running = await bus("audit-log", "registry-gate")
     client = running.client
@@ -118,6 +120,9 @@ async def test_pending_request_expires_and_a_late_approval_does_not_count(bus: A
         expired = await watcher.wait(_about(request.id, "expired"), 20)
         assert expired is not None
         assert any("request expired at" in r for r in expired.data.reasons)
+        # A restart replays the expiry from the journal: the late approval still does not count.
+        await running.stop("registry-gate")
+        await running.start("registry-gate")
         await client.approve(carol, request_id=request.id, model="churn", version="1", stage="production")
         status: PromotionVerdict = await until(
             lambda: _late_refused(running, request.id),
