@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,9 +173,37 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from mlwarden.ops import WatchFilter, watch
 
     wanted = WatchFilter(types=tuple(args.type), subjects=tuple(args.subject))
+
+    async def until_stopped() -> None:
+        # Ctrl-C and SIGTERM end the loop instead of cancelling it half-way: the subscriptions
+        # and the connection close in order, and the exit is bounded even when they hang (a
+        # loaded machine once kept a cancelled `watch` alive for over 60 s).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(
+            watch(_settings(args), out, args.seconds, wanted=wanted, as_json=args.format == "json", stop=stop)
+        )
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task}, timeout=WATCH_STOP_S)
+        stopped.cancel()
+        if not done:
+            err.print(f"watch: not closed within {WATCH_STOP_S:g} s of the stop request; exiting")
+            sys.stdout.flush()
+            # asyncio.run would wait for the stuck task's cancellation too: leave now (the server
+            # drops the subscriptions with the connection).
+            os._exit(EXIT_OK)
+        task.result()  # a failure (NATS unreachable) is raised here
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch(_settings(args), out, args.seconds, wanted=wanted, as_json=args.format == "json"))
+        asyncio.run(until_stopped())
     return EXIT_OK
+
+
+#: How long `watch` may take to close its subscriptions and connection once asked to stop.
+WATCH_STOP_S = 10.0
 
 
 # --- offline checks for CI pipelines ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fnmatch
 import sys
 import time
@@ -137,9 +138,12 @@ async def watch(
     *,
     wanted: WatchFilter | None = None,
     as_json: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Print verdicts, alerts and dead letters live, each checked against the trust store."""
+    """Print verdicts, alerts and dead letters live, each checked against the trust store,
+    until `seconds` have passed or `stop` is set."""
     wanted = wanted or WatchFilter()
+    stop = stop or asyncio.Event()
     from shared.trust import load_root_public
 
     async with bus_client(settings, source="mlwarden/watch") as client:
@@ -150,8 +154,9 @@ async def watch(
             status.print(f"watching {settings.nats_url_redacted} (Ctrl-C to stop)")
             seen = 0
             deadline = None if seconds is None else time.monotonic() + seconds
-            while deadline is None or time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
                 for event in watcher.events[seen:]:
                     if not wanted(event):
                         continue
