@@ -48,6 +48,24 @@ class Watch:
         async for line in self.proc.stdout:
             self.lines.append(line.decode())
 
+    @classmethod
+    async def started(cls, settings: Any, *args: str, stderr: bool = False) -> Watch:
+        """`mlwarden watch ARGS` once it has subscribed (it prints "watching" when its
+        subscriptions are flushed to the server); with `stderr`, stderr is read with stdout."""
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "mlwarden", "watch", *args),
+            env=_env(settings),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if stderr else None,
+        )
+        watch = cls(proc)
+        try:
+            await until(lambda: watch.saw("watching"), what=f"the watcher to subscribe: {watch.lines}")
+        except BaseException:
+            await watch.interrupt()
+            raise
+        return watch
+
     def saw(self, *parts: str) -> str | None:
         """The first line so far containing every part."""
         return next((line for line in self.lines if all(p in line for p in parts)), None)
@@ -66,13 +84,8 @@ async def test_publish_watch_and_query_from_the_command_line(bus: Any, tmp_path:
     x, y = load_iris(return_X_y=True)
     data = tmp_path / "iris.csv"
     data.write_text("a,b,c,d,label\n" + "\n".join(",".join(map(str, r)) + f",{t}" for r, t in zip(x, y, strict=True)))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mlwarden", "watch", env=_env(running.settings), stdout=asyncio.subprocess.PIPE
-    )
-    watch = Watch(proc)
+    watch = await Watch.started(running.settings)
     try:
-        # `watch` prints this line once its subscriptions are flushed to the server.
-        await until(lambda: watch.saw("watching"), what=f"the watcher to subscribe: {watch.lines}")
         code, out = await _mlwarden(
             running.settings,
             "publish",
@@ -171,16 +184,11 @@ async def test_commands_chain_through_json_output(bus: Any, tmp_path: Path) -> N
     folder.mkdir()
     (folder / "model.pkl").write_bytes(pickle.dumps(LogisticRegression(max_iter=300).fit(x, y)))
     (folder / "requirements.txt").write_text(LOCK)
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "mlwarden", "watch", "--format", "json"),
-        *("--type", "mlw.verdict.*", "--subject", "model:chain:*"),
-        env=_env(running.settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,  # the "watching" status line is on stderr
+    # Under --format json the "watching" status line is on stderr, read here with stdout.
+    watch = await Watch.started(
+        running.settings, "--format", "json", "--type", "mlw.verdict.*", "--subject", "model:chain:*", stderr=True
     )
-    watch = Watch(proc)
     try:
-        await until(lambda: watch.saw("watching"), what=f"the watcher to subscribe: {watch.lines}")
         code, out = await _mlwarden(
             running.settings,
             "publish",

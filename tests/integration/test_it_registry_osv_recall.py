@@ -52,19 +52,7 @@ async def test_osv_update_recalls_the_build_that_locks_a_now_vulnerable_version(
     alice, bob, carol = (actor_key(settings, n) for n in ("alice", "bob", "carol"))
     folder = _model_dir(settings.files_dir / "artifacts" / "churn-1")
     async with client.watch() as watcher:
-        dataset = DatasetVerdict(
-            dataset="train",
-            version="1",
-            sha256=TRAIN.sha256,
-            decision=Decision.PASS,
-            in_reply_to="u",
-            label_checked=True,
-        )
-        await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
-        build = await client.model_built(
-            folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
-        )
-        built = await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
+        built = await _build_on_passed_data(client, watcher, guard, folder)
         assert built is not None and built.data.decision == "pass", built and built.data.findings
         root = built.data.root_digest
         request = await client.request_promotion(
@@ -139,19 +127,7 @@ async def test_osv_database_replaced_while_artifact_signer_was_down_recalls_at_i
     alice, bob, carol = (actor_key(settings, n) for n in ("alice", "bob", "carol"))
     folder = _model_dir(settings.files_dir / "artifacts" / "churn-1")
     async with client.watch() as watcher:
-        dataset = DatasetVerdict(
-            dataset="train",
-            version="1",
-            sha256=TRAIN.sha256,
-            decision=Decision.PASS,
-            in_reply_to="u",
-            label_checked=True,
-        )
-        await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
-        build = await client.model_built(
-            folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
-        )
-        built = await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
+        built = await _build_on_passed_data(client, watcher, guard, folder)
         assert built is not None and built.data.decision == "pass"
         request = await client.request_promotion(
             alice, model="churn", version="1", stage="production", root_digest=built.data.root_digest
@@ -166,3 +142,20 @@ async def test_osv_database_replaced_while_artifact_signer_was_down_recalls_at_i
             lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall" and e.data.version == "1", 30
         )
         assert pulled is not None and any("GHSA-new" in r for r in pulled.data.reasons)
+
+
+async def _build_on_passed_data(client: Any, watcher: Any, guard: SigningKey, folder: Path) -> Any:
+    """data-guard's `pass` on the training data, then the build; artifact-signer's verdict on it."""
+    dataset = DatasetVerdict(
+        dataset="train",
+        version="1",
+        sha256=TRAIN.sha256,
+        decision=Decision.PASS,
+        in_reply_to="u",
+        label_checked=True,
+    )
+    await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
+    build = await client.model_built(
+        folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
+    )
+    return await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
