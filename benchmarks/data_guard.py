@@ -343,7 +343,7 @@ async def _bus_latency(uploads: int = 3) -> list[float]:
                             raise RuntimeError("no verdict within 30 s")
                         latencies.append(time.perf_counter() - start)
             finally:
-                await svc.app.stop()
+                await svc.stop()
         finally:
             server.stop()
     return latencies

@@ -139,7 +139,7 @@ async def bus_rows(n: int) -> list[Row]:
             while len(watcher.events) < n:
                 await asyncio.sleep(0.01)
             gate_rate = n / (time.perf_counter() - start)
-        await svc.app.stop()
+        await svc.stop()
         await nc.drain()
     return [
         Row("promotion requests -> signed verdicts (in order)", gate_rate, "bare JetStream relay", relay_rate, "req/s")

@@ -166,7 +166,7 @@ async def bus_rows(n: int) -> list[Row]:
             await drive("mlw.serving.admit")
             echo_rate = await drive("bench.echo")
             admit_rate = await drive("mlw.serving.admit")
-        await svc.app.stop()
+        await svc.stop()
         await nc.drain()
     return [Row("mlw.serving.admit round trips (64 in flight)", admit_rate, "bare NATS echo", echo_rate, "req/s")]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import sys
 import time
@@ -22,7 +21,7 @@ from nats.aio.client import Client as Nats
 from rich.console import Console
 from rich.markup import escape
 
-from shared.bus import connect_options, open_nats
+from shared.bus import close_nats, connect_options, open_nats
 from shared.client import Client, actor_keys
 from shared.errors import MlwardenError
 from shared.permissions import ENDPOINTS
@@ -223,11 +222,7 @@ async def _open(settings: Settings, source: str, refusals: _Refusals) -> Nats:
 
 
 async def _close(nc: Nats) -> None:
-    try:
-        await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S)
-    except (OSError, TimeoutError, nats.errors.Error):
-        with contextlib.suppress(Exception):
-            await nc.close()
+    await close_nats(nc, timeout=CLOSE_TIMEOUT_S)
 
 
 @asynccontextmanager

@@ -23,13 +23,13 @@ T = TypeVar("T")
 
 def _on_bus(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
-        from shared.bus import connect
+        from shared.bus import close_nats, connect
 
         nc = await connect(settings, name="mlwarden/keys")
         try:
             return await work(nc.jetstream())
         finally:
-            await nc.drain()
+            await close_nats(nc)
 
     return asyncio.run(run())
 

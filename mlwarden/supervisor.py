@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlwarden.bootstrap import bootstrap, init_keys, root_key_path
-from shared.bus import connect
+from shared.bus import close_nats, connect
 from shared.cluster import EmbeddedCluster
 from shared.embedded import EmbeddedNats
 from shared.errors import MlwardenError
@@ -23,7 +23,7 @@ from shared.settings import Settings
 from shared.topology import SERVICES
 
 READY_TIMEOUT_S = 60.0
-#: How long `stop` waits for the services (each stops within `mlwarden.services.STOP_GRACE_S`).
+#: How long `stop` waits for the services (each stops within `shared.service.STOP_GRACE_S`).
 STOP_TIMEOUT_S = 15.0
 
 
@@ -36,7 +36,7 @@ async def _bootstrap(settings: Settings) -> None:
     try:
         await bootstrap(nc.jetstream(), settings)
     finally:
-        await nc.drain()
+        await close_nats(nc)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from shared import tracing
+from shared.aio import TASK_STOP_S, cancel_and_wait, finish_within
 from shared.envelope import Envelope, decode, derived_id, new_event, preview_b64
 from shared.errors import FailureClass, InvalidMessage, MlwardenError, SignatureError, classify_failure
 from shared.events import Alert, DeadLetter, Severity
@@ -98,6 +99,25 @@ async def open_nats(**options: Any) -> Client:
             await nc.close()
         raise
     return nc
+
+
+#: How long closing a connection may take: draining its subscriptions and flushing, then closing.
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def close_nats(nc: Client, *, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    """Drain `nc` for at most `timeout` seconds, then close it for at most `timeout` more.
+
+    Returns whether the drain finished. nats-py's `drain()` swallows a cancellation and then
+    flushes (up to 10 s) before closing: `await nc.drain()` eats the caller's own cancellation
+    (a stop deadline, Ctrl-C) and `wait_for(nc.drain(), t)` outlives `t`; this does neither.
+    """
+    if nc.is_closed:
+        return True
+    drained = await finish_within(asyncio.create_task(nc.drain(), name="nats-drain"), timeout)
+    if not nc.is_closed and not await finish_within(asyncio.create_task(nc.close(), name="nats-close"), timeout):
+        log.warning("a NATS connection did not close within %g s", timeout)
+    return drained
 
 
 async def connect(settings: Settings, *, name: str = "mlwarden") -> Client:
@@ -421,15 +441,9 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop following the trust store (and waiting to confirm a recovery)."""
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._recovery
-        if self._trust_task is not None:
-            self._trust_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._trust_task
-            self._trust_task = None
+        tasks = [task for task in (self._recovery, self._trust_task) if task is not None]
+        await cancel_and_wait(tasks, timeout=TASK_STOP_S)
+        self._trust_task = None
 
     async def _follow_trust(self) -> None:
         kv = await self.js.key_value(TRUST_BUCKET)
@@ -654,9 +668,7 @@ async def keep_in_progress(*msgs: Msg, every_s: float | None = None) -> AsyncIte
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task], timeout=TASK_STOP_S)
 
 
 def _message_key(msg: Msg) -> str:

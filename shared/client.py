@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared.artifacts import upload_lockfile, upload_model
-from shared.bus import connect, load_trust, publish_event
+from shared.bus import close_nats, connect, load_trust, publish_event
 from shared.crypto import encrypt_object
 from shared.envelope import Envelope, decode, decode_any, new_event
 from shared.errors import InputError, SignatureError
@@ -98,7 +98,7 @@ class Client:
         try:
             yield cls(nc, source=source, keys=actor_keys(settings) if keys is None else keys)
         finally:
-            await nc.drain()
+            await close_nats(nc)
 
     def actor(self, claimed: str | None) -> SigningKey:
         """The key to sign as `claimed` (or as this client's only actor when None)."""

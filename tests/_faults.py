@@ -274,7 +274,7 @@ async def audit_outage(
     finally:
         with contextlib.suppress(Exception):
             await fault.lift()
-        await svc.app.stop()
+        await svc.stop()
         # audit-log's own handle (queries, checkpoints): its pooled connections were cut.
         svc.get("store", AuditStore).close()
         reader.close()

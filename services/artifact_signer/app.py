@@ -9,7 +9,6 @@ Hashing and scanning are file and CPU work: they run in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from services.artifact_signer.osv import OsvDatabase
 from services.artifact_signer.recheck import build_facts, database_fingerprint, newly_vulnerable, recheck_verdict
 from services.artifact_signer.scanner import ScanReport
 from services.artifact_signer.stored import check_against_index, fetch_model
+from shared.aio import TASK_STOP_S, cancel_and_wait
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
 from shared.errors import InputError, SignatureError
@@ -367,10 +367,7 @@ def create_app(settings: Settings | None = None, cfg: SignerSettings | None = No
 
     @svc.on_stop
     async def stop() -> None:
-        for task in watchers:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(watchers, timeout=TASK_STOP_S)
         watchers.clear()
 
     @svc.consume(Subjects.MODEL_BUILT, ModelBuilt, batch=2)

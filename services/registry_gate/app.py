@@ -48,6 +48,7 @@ from services.registry_gate.policy import (
     initial_policy,
     read_policy_file,
 )
+from shared.aio import TASK_STOP_S, cancel_and_wait
 from shared.bus import ServiceRuntime
 from shared.envelope import Envelope
 from shared.errors import SignatureError
@@ -548,10 +549,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
 
     @svc.on_stop
     async def stop() -> None:
-        for task in ticker:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(ticker, timeout=TASK_STOP_S)
         ticker.clear()
 
     async def on_request(event: Envelope[Any], action: str) -> None:

@@ -38,7 +38,7 @@ class Running:
     async def stop(self, name: str) -> None:
         """Stop one service gracefully."""
         svc = self.apps.pop(name)
-        await svc.app.stop()
+        await svc.stop()
 
     async def settled(self) -> bool:
         """Whether every durable consumer of the running services has nothing left to deliver

@@ -117,7 +117,7 @@ async def test_each_failure_class_is_settled_by_its_rule(settings: Settings) -> 
             assert letter_for("outage") is None
             assert attempts["input"] == 1
     finally:
-        await svc.app.stop()
+        await svc.stop()
 
 
 def _payload(event: Envelope[Any]) -> str:

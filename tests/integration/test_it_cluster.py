@@ -287,7 +287,7 @@ async def test_cluster_survives_a_node_kill_a_leader_kill_and_an_audit_writer_ki
             load.stopping.set()
             load_task.cancel()
         for guard in guards:
-            await guard.app.stop()
+            await guard.stop()
         for proc in audit_logs.values():
             if proc.poll() is None:
                 proc.terminate()

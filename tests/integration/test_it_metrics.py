@@ -202,7 +202,7 @@ async def test_readyz_is_503_without_nats_and_200_once_connected(tmp_path: Path,
         if not starting.done():
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
-        await svc.app.stop()
+        await svc.stop()
     assert svc.probes is None
     with pytest.raises(ConnectionRefusedError):
         await http_get(f"{url}/healthz")

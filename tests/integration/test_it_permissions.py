@@ -152,7 +152,7 @@ async def secured(secured_server: tuple[NatsConfig, Path, int], tmp_path: Path) 
         yield system
     finally:
         for svc in system.apps.values():
-            await svc.app.stop()
+            await svc.stop()
 
 
 class Refusals:
