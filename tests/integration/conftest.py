@@ -11,7 +11,7 @@ import pytest
 
 from mlwarden.bootstrap import bootstrap
 from mlwarden.services import factory
-from shared.bus import connect
+from shared.bus import close_nats, connect
 from shared.client import Client
 from shared.embedded import EmbeddedNats
 from shared.service import ServiceApp
@@ -59,11 +59,20 @@ def settings(tmp_path: Path, nats_server: EmbeddedNats) -> Settings:
 
 
 @pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[Callable[..., object]]:
-    """Bootstrapped bus (topology, keys, policy); yields a starter for services."""
+async def bootstrapped(settings: Settings) -> Settings:
+    """The test's settings, with the bus bootstrapped: topology, keys, trust store, policy."""
     nc = await connect(settings)
-    await bootstrap(nc.jetstream(), settings)
-    await nc.drain()
+    try:
+        await bootstrap(nc.jetstream(), settings)
+    finally:
+        await close_nats(nc)
+    return settings
+
+
+@pytest.fixture
+async def bus(bootstrapped: Settings) -> AsyncIterator[Callable[..., object]]:
+    """Bootstrapped bus (topology, keys, policy); yields a starter for services."""
+    settings = bootstrapped
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(Client.connect(settings, source="tests/producer"))
         running = Running(settings, client, stack)

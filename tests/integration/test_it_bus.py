@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 import shared.bus
-from mlwarden.bootstrap import bootstrap
 from mlwarden.services import factory
-from shared.bus import BUG_ATTEMPTS, connect
+from shared.bus import BUG_ATTEMPTS
 from shared.client import Client
 from shared.envelope import Envelope
 from shared.errors import InvalidMessage
@@ -57,10 +56,8 @@ def test_consumers_have_no_delivery_limit() -> None:
     assert all(spec.ack_wait_s <= 30.0 for specs in CONSUMERS.values() for spec in specs)
 
 
-async def test_each_failure_class_is_settled_by_its_rule(settings: Settings) -> None:
-    nc = await connect(settings)
-    await bootstrap(nc.jetstream(), settings)
-    await nc.drain()
+async def test_each_failure_class_is_settled_by_its_rule(bootstrapped: Settings) -> None:
+    settings = bootstrapped
     attempts: dict[str, int] = {}
     done: list[str] = []
     database_up = False
@@ -129,13 +126,11 @@ def _alerts(events: list[Envelope[Any]], kind: str) -> list[Envelope[Any]]:
 
 
 async def test_a_start_up_that_fails_after_connecting_closes_its_connection(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    bootstrapped: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # FastStream runs no shutdown hook when an after-startup hook (or starting the consumers)
     # fails: the service's NATS connection stayed open in the caller's process.
-    nc = await connect(settings)
-    await bootstrap(nc.jetstream(), settings)
-    await nc.drain()
+    settings = bootstrapped
 
     async def refuse(self: ServiceApp) -> None:
         raise RuntimeError("health endpoint refused")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 
 import pytest
+from nats.aio.client import Client as Nats
 
-from mlwarden.bootstrap import bootstrap
-from shared.bus import close_nats, connect, open_nats
+from shared.bus import close_nats, open_nats
 from shared.embedded import EmbeddedNats
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -19,11 +20,9 @@ from tests._poll import until
 
 
 async def test_a_stop_hook_that_hangs_is_given_up_on_and_the_connection_closed(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    bootstrapped: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    nc = await connect(settings)
-    await bootstrap(nc.jetstream(), settings)
-    await nc.drain()
+    settings = bootstrapped
     release = asyncio.Event()
 
     svc = ServiceApp("data-guard", settings)
@@ -52,46 +51,41 @@ async def test_a_stop_hook_that_hangs_is_given_up_on_and_the_connection_closed(
         await asyncio.wait({stopping}, timeout=10)
 
 
-async def test_a_stop_that_ends_by_itself_reports_a_clean_stop(settings: Settings) -> None:
-    nc = await connect(settings)
-    await bootstrap(nc.jetstream(), settings)
-    await nc.drain()
-    svc = ServiceApp("data-guard", settings)
+async def test_a_stop_that_ends_by_itself_reports_a_clean_stop(bootstrapped: Settings) -> None:
+    svc = ServiceApp("data-guard", bootstrapped)
     await svc.start()
     connection = svc.broker.connection
     assert await svc.stop() is True
     assert connection.is_closed
 
 
-async def test_closing_a_connection_to_a_frozen_server_is_bounded(nats_server: EmbeddedNats) -> None:
-    # A frozen server (SIGSTOP: a long GC pause, a wedged VM) never answers the drain's
-    # unsubscribes nor its flush; nats-py's drain swallows the cancellation of a wait_for.
+@pytest.fixture
+async def frozen(nats_server: EmbeddedNats) -> AsyncIterator[Nats]:
+    """A connection with a subscription to a server that is then frozen (SIGSTOP: a long GC
+    pause, a wedged VM): it never answers the drain's unsubscribes nor its flush."""
     nc = await open_nats(servers=[nats_server.url], allow_reconnect=False)
     await nc.subscribe("anything")
     assert nats_server.process is not None
     nats_server.process.send_signal(signal.SIGSTOP)
     try:
-        closing = asyncio.create_task(close_nats(nc, timeout=0.5))
-        done, _ = await asyncio.wait({closing}, timeout=60)
-        assert closing in done, "close_nats hung"
-        assert nc.is_closed
-    finally:
-        nats_server.process.send_signal(signal.SIGCONT)
-
-
-async def test_cancelling_a_close_is_not_swallowed_by_the_drain(nats_server: EmbeddedNats) -> None:
-    # `wait_for(nc.drain(), t)` returned normally when its caller was cancelled: the stop
-    # deadline of whoever was closing was lost with it.
-    nc = await open_nats(servers=[nats_server.url], allow_reconnect=False)
-    await nc.subscribe("anything")
-    assert nats_server.process is not None
-    nats_server.process.send_signal(signal.SIGSTOP)
-    try:
-        closing = asyncio.create_task(close_nats(nc, timeout=30))
-        await until(lambda: nc.is_draining, what="the drain to start")
-        closing.cancel()
-        done, _ = await asyncio.wait({closing}, timeout=60)
-        assert closing in done and closing.cancelled()
+        yield nc
     finally:
         nats_server.process.send_signal(signal.SIGCONT)
         await close_nats(nc, timeout=5)
+
+
+async def test_closing_a_connection_to_a_frozen_server_is_bounded(frozen: Nats) -> None:
+    closing = asyncio.create_task(close_nats(frozen, timeout=0.5))
+    done, _ = await asyncio.wait({closing}, timeout=60)
+    assert closing in done, "close_nats hung"
+    assert frozen.is_closed
+
+
+async def test_cancelling_a_close_is_not_swallowed_by_the_drain(frozen: Nats) -> None:
+    # nats-py's drain catches the cancellation: `await nc.drain()` returned normally when its
+    # caller was cancelled, and the stop deadline of whoever was closing was lost with it.
+    closing = asyncio.create_task(close_nats(frozen, timeout=30))
+    await until(lambda: frozen.is_draining, what="the drain to start")
+    closing.cancel()
+    done, _ = await asyncio.wait({closing}, timeout=60)
+    assert closing in done and closing.cancelled()
