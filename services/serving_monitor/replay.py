@@ -132,54 +132,72 @@ def _records(obj: Any, line: int, source: str) -> Iterable[tuple[Any, Any, Any, 
 def read_traffic(lines: Iterable[bytes], features: Sequence[str], *, source: str = "traffic") -> TrafficLog:
     """Parse a traffic log against the reference's `features`; one clear error for bad input."""
     names = list(features)
+    width = len(names)
     known = frozenset(names)
     nan = math.nan
     clients: list[str] = []
     ts: list[float] = []
     models: list[str] = []
-    rows: list[list[float | None]] = []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
-        for client, t, model, feats in _records(obj, line_no, source):
-            if not isinstance(client, str) or not client:
-                raise TrafficInputError("'client' must be a non-empty string", source=source, line=line_no)
-            if type(t) not in _NUMERIC or not math.isfinite(t):
-                raise TrafficInputError("'ts' must be a finite number of seconds", source=source, line=line_no)
-            if not isinstance(model, str) or not model:
-                raise TrafficInputError("'model' must be a non-empty string", source=source, line=line_no)
-            if not isinstance(feats, dict):
-                raise TrafficInputError("'features' must be an object", source=source, line=line_no)
-            if list(feats) == names:
-                # The common case, a producer writing every feature in the reference's order: the
-                # values are the row (a per-name lookup was most of the parse time, issue 9).
-                row = list(feats.values())
-            else:
-                if not feats.keys() <= known:
-                    extra = sorted(set(feats) - known)[0]
-                    raise TrafficInputError(f"feature {extra!r} is not in the reference", source=source, line=line_no)
-                row = [feats.get(n, nan) for n in names]
-            # None (JSON null) reads as a missing value; anything else must be a JSON number
-            # (bool is a subclass of int in Python, so compare exact types).
-            if not set(map(type, row)) <= _NUMERIC_OR_NONE:
-                bad = next(n for n, v in zip(names, row, strict=True) if type(v) not in _NUMERIC_OR_NONE)
-                raise TrafficInputError(f"feature {bad!r} is not a number", source=source, line=line_no)
-            clients.append(client)
-            ts.append(float(t))
-            models.append(model)
-            rows.append(row)
-    if not rows:
+    # Every record's values in one flat list (issue 9): no list per record for the collector to
+    # trace, one conversion to an array at the end. Their types are checked in bulk (`_numbers`).
+    values: list[Any] = []
+    line_of: list[int] = []
+    line_no = 0
+    try:
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
+            for client, t, model, feats in _records(obj, line_no, source):
+                if not isinstance(client, str) or not client:
+                    raise TrafficInputError("'client' must be a non-empty string", source=source, line=line_no)
+                if type(t) not in _NUMERIC or not math.isfinite(t):
+                    raise TrafficInputError("'ts' must be a finite number of seconds", source=source, line=line_no)
+                if not isinstance(model, str) or not model:
+                    raise TrafficInputError("'model' must be a non-empty string", source=source, line=line_no)
+                if not isinstance(feats, dict):
+                    raise TrafficInputError("'features' must be an object", source=source, line=line_no)
+                if list(feats) == names:
+                    # The common case, a producer writing every feature in the reference's order: the
+                    # values are the row (a per-name lookup was most of the parse time, issue 9).
+                    values.extend(feats.values())
+                else:
+                    if not feats.keys() <= known:
+                        extra = sorted(set(feats) - known)[0]
+                        raise TrafficInputError(
+                            f"feature {extra!r} is not in the reference", source=source, line=line_no
+                        )
+                    values.extend([feats.get(n, nan) for n in names])
+                clients.append(client)
+                ts.append(t)
+                models.append(model)
+                line_of.append(line_no)
+    except TrafficInputError:
+        # A value of an earlier line that is not a number is the first error in the file.
+        _numbers(values, names, line_of, source)
+        raise
+    _numbers(values, names, line_of, source)
+    if not clients:
         raise TrafficInputError("no prediction records", source=source)
     with np.errstate(over="ignore"):
-        x = np.array(rows, dtype=np.float64)
-    return TrafficLog(clients, np.asarray(ts, dtype=np.float64), models, x)
+        x = np.array(values, dtype=np.float64).reshape(len(clients), width)
+    return TrafficLog(clients, np.array(ts, dtype=np.float64), models, x)
 
 
 _NUMERIC_OR_NONE = frozenset({int, float, type(None)})
+
+
+def _numbers(values: list[Any], names: Sequence[str], line_of: Sequence[int], source: str) -> None:
+    """Refuse a feature value that is not a JSON number or null (None reads as a missing value;
+    bool is a subclass of int in Python, so exact types are compared)."""
+    if set(map(type, values)) <= _NUMERIC_OR_NONE:
+        return
+    at = next(i for i, v in enumerate(values) if type(v) not in _NUMERIC_OR_NONE)
+    record, column = divmod(at, len(names))
+    raise TrafficInputError(f"feature {names[column]!r} is not a number", source=source, line=line_of[record])
 
 
 @dataclass

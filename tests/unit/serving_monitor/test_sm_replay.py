@@ -158,6 +158,37 @@ def test_missing_feature_is_an_invalid_record_not_an_error() -> None:
     assert np.isnan(log.x).all()
 
 
+def test_bulk_parse_reads_each_record_as_a_per_record_parse_does() -> None:
+    # `read_traffic` collects every value in one flat list and checks their types in bulk (issue
+    # 9): the rows must be what reading each record's features by name gives.
+    lines = list(TRAFFIC.jsonl())[:300]
+    shuffled = orjson.loads(lines[1])
+    shuffled["features"] = dict(reversed(list(shuffled["features"].items())))
+    partial = orjson.loads(lines[2])
+    partial["features"] = {NAMES[3]: None, NAMES[0]: 7}
+    lines[1], lines[2] = orjson.dumps(shuffled), orjson.dumps(partial)
+    log = read_traffic(lines, NAMES)
+    records = [orjson.loads(line) for line in lines]
+    expected = np.array([[r["features"].get(n, np.nan) for n in NAMES] for r in records], dtype=np.float64)
+    assert np.array_equal(log.x, expected, equal_nan=True)
+    assert log.clients == [r["client"] for r in records]
+    assert np.array_equal(log.ts, [r["ts"] for r in records])
+
+
+def test_first_bad_line_is_reported_whichever_check_finds_it() -> None:
+    ok = orjson.loads(next(TRAFFIC.jsonl()))
+    not_number = ok | {"features": ok["features"] | {NAMES[2]: "1.5"}}
+    no_client = ok | {"client": ""}
+    for lines, line, reason in (
+        ([ok, not_number, no_client], 2, f"feature {NAMES[2]!r} is not a number"),
+        ([ok, no_client, not_number], 2, "'client' must be a non-empty string"),
+        ([ok, ok | {"features": ok["features"] | {NAMES[0]: True}}], 2, f"feature {NAMES[0]!r} is not a number"),
+    ):
+        with pytest.raises(TrafficInputError) as info:
+            read_traffic([orjson.dumps(r) for r in lines], NAMES)
+        assert (info.value.line, info.value.reason) == (line, reason)
+
+
 def test_batches_follow_log_time_and_the_batch_limit() -> None:
     ts = np.array([0.1, 0.5, 1.2, 1.3, 1.4, 7.0])
     assert batch_bounds(ts, 1.0) == [(0, 2), (2, 5), (5, 6)]
