@@ -292,23 +292,31 @@ def replay(
     dets = detectors or Detectors.from_settings(settings or ServingSettings())
     order = np.argsort(log.ts, kind="stable")
     ts = log.ts[order]
-    x = log.x[order]
     codes, client_names = _codes(log.clients)
     client_code = codes[order]
     codes, model_names = _codes(log.models)
     model_code = codes[order]
     n = len(order)
     batch, clock = batch_index(ts, batch_s)
-    invalid = invalid_rows(x).astype(np.int64)
     ours_code = model_names.index(profile.model) if profile.model in model_names else -1
-    ours = model_code == ours_code
-    # Scoring and the query space are row-wise: once for the whole log, for the profile's model.
+    # Invalid inputs, scoring and the query space are row-wise: once for the whole log, in file
+    # order (no sorted copy of the features), for the profile's model.
+    x = log.x
+    invalid = invalid_rows(x)[order].astype(np.int64)
+    ours_in_file = codes == ours_code
     flagged = np.zeros(n, dtype=np.int64)
-    q = np.full(x.shape, np.nan)
-    if ours.any():
-        xo = x[ours]
-        flagged[ours] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
-        q[ours] = profile.query_space(xo)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if ours_in_file.all():  # one model in the log, the common case: no gathers
+            flagged[:] = profile.scores_standardised(profile.standardise(x)) > profile.threshold
+            q = profile.query_space(x)
+        else:
+            q = np.full(x.shape, np.nan)
+            if ours_in_file.any():
+                xo = x[ours_in_file]
+                flagged[ours_in_file] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
+                q[ours_in_file] = profile.query_space(xo)
+    flagged = flagged[order]
+    ours = model_code == ours_code
     report: dict[str, ClientReport] = {name: ClientReport() for name in client_names}
     counts = np.bincount(client_code, minlength=len(client_names))
     for name, count in zip(client_names, counts.tolist(), strict=True):
@@ -324,7 +332,7 @@ def replay(
             for m in np.unique(model_code[rows]).tolist():
                 mine = rows[model_code[rows] == m]
                 alerts = _observe(
-                    dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, m == ours_code, profile
+                    dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, order, m == ours_code, profile
                 )
                 found.setdefault(name, []).extend(alerts)
             owner = owner_of(name)
@@ -345,6 +353,7 @@ def replay(
                 invalid,
                 flagged,
                 q,
+                order,
                 True,
                 profile,
                 abuse=False,
@@ -368,12 +377,14 @@ def _observe(
     invalid: npt.NDArray[np.int64],
     flagged: npt.NDArray[np.int64],
     q: FloatArray,
+    order: npt.NDArray[np.int64],
     ours: bool,
     profile: ReferenceProfile,
     *,
     abuse: bool = True,
 ) -> list[tuple[float, AlertSpec]]:
-    """One client's rows of one model (time order), as one batch per log batch."""
+    """One client's rows of one model (positions in time order; `q` is in file order, `order`
+    maps the one to the other), as one batch per log batch."""
     starts = np.concatenate([[0], np.flatnonzero(np.diff(batch[rows])) + 1])
     runs = ClientRuns(
         now=clock[rows[starts]],
@@ -383,7 +394,7 @@ def _observe(
     )
     if not ours:
         return dets.observe_client(client, model, runs, None, None, None, abuse=abuse)
-    return dets.observe_client(client, model, runs, q[rows], clock[rows], profile, abuse=abuse)
+    return dets.observe_client(client, model, runs, q[order[rows]], clock[rows], profile, abuse=abuse)
 
 
 def _codes(names: Sequence[str]) -> tuple[npt.NDArray[np.int64], list[str]]:
