@@ -399,9 +399,10 @@ def _observe(
 
 def _codes(names: Sequence[str]) -> tuple[npt.NDArray[np.int64], list[str]]:
     """Integer codes of `names`, and the distinct names in order of first appearance."""
-    index: dict[str, int] = {}
-    codes = [index.setdefault(name, len(index)) for name in names]
-    return np.asarray(codes, dtype=np.int64), list(index)
+    # dict.fromkeys and map run in C: a per-name Python loop was a tenth of the replay (issue 9).
+    distinct = list(dict.fromkeys(names))
+    index = {name: i for i, name in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=len(names)), distinct
 
 
 def _by_model(models: Sequence[str], a: int, b: int) -> Mapping[str, list[int]]:
