@@ -37,7 +37,6 @@ from services.serving_monitor.settings import ServingSettings
 PREDICTION_LOGGED = "mlw.prediction.logged"
 #: A logged batch holds at most this many records (`shared.events.PredictionBatch`).
 MAX_BATCH = 10_000
-_NUMERIC = frozenset({int, float})
 
 
 class TrafficInputError(ServingMonitorError, ValueError):
@@ -133,71 +132,128 @@ def read_traffic(lines: Iterable[bytes], features: Sequence[str], *, source: str
     """Parse a traffic log against the reference's `features`; one clear error for bad input."""
     names = list(features)
     width = len(names)
-    known = frozenset(names)
-    nan = math.nan
-    clients: list[str] = []
-    ts: list[float] = []
-    models: list[str] = []
-    # Every record's values in one flat list (issue 9): no list per record for the collector to
-    # trace, one conversion to an array at the end. Their types are checked in bulk (`_numbers`).
-    values: list[Any] = []
+    # Per record only what parsing needs; the checks of every field run in bulk at the end
+    # (`_Fields.check`) and still name the first bad line (issue 9: per-record checks and
+    # lists were most of the parse time beside orjson's own).
+    clients: list[Any] = []
+    ts: list[Any] = []
+    models: list[Any] = []
+    values: list[Any] = []  # every record's feature values, one flat list
     line_of: list[int] = []
-    line_no = 0
+    fields = _Fields(clients, ts, models, values, line_of, names, source)
     try:
         for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if not line.strip():
+                    continue
                 raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
-            for client, t, model, feats in _records(obj, line_no, source):
-                if not isinstance(client, str) or not client:
-                    raise TrafficInputError("'client' must be a non-empty string", source=source, line=line_no)
-                if type(t) not in _NUMERIC or not math.isfinite(t):
-                    raise TrafficInputError("'ts' must be a finite number of seconds", source=source, line=line_no)
-                if not isinstance(model, str) or not model:
-                    raise TrafficInputError("'model' must be a non-empty string", source=source, line=line_no)
-                if not isinstance(feats, dict):
-                    raise TrafficInputError("'features' must be an object", source=source, line=line_no)
-                if list(feats) == names:
-                    # The common case, a producer writing every feature in the reference's order: the
-                    # values are the row (a per-name lookup was most of the parse time, issue 9).
+            if type(obj) is dict and obj.get("type") is None:
+                # A plain record, the common case: its fields straight into the lists.
+                records: Iterable[tuple[Any, Any, Any, Any]] = ()
+                clients.append(obj.get("client"))
+                ts.append(obj.get("ts"))
+                models.append(obj.get("model"))
+                line_of.append(line_no)
+                feats = obj.get("features")
+                if type(feats) is dict and list(feats) == names:
+                    # Every feature in the reference's order: the values are the row (a
+                    # per-name lookup was most of the parse time, issue 9).
                     values.extend(feats.values())
                 else:
-                    if not feats.keys() <= known:
-                        extra = sorted(set(feats) - known)[0]
-                        raise TrafficInputError(
-                            f"feature {extra!r} is not in the reference", source=source, line=line_no
-                        )
-                    values.extend([feats.get(n, nan) for n in names])
+                    values.extend(_row(feats, names, line_no, source))
+            else:
+                records = _records(obj, line_no, source)
+            for client, t, model, feats in records:  # the records of an event
                 clients.append(client)
                 ts.append(t)
                 models.append(model)
                 line_of.append(line_no)
+                values.extend(_row(feats, names, line_no, source))
     except TrafficInputError:
-        # A value of an earlier line that is not a number is the first error in the file.
-        _numbers(values, names, line_of, source)
+        # A bad field of an earlier record is the first error in the file.
+        fields.check()
         raise
-    _numbers(values, names, line_of, source)
+    fields.check()
     if not clients:
         raise TrafficInputError("no prediction records", source=source)
     with np.errstate(over="ignore"):
         x = np.array(values, dtype=np.float64).reshape(len(clients), width)
-    return TrafficLog(clients, np.array(ts, dtype=np.float64), models, x)
+    return TrafficLog(clients, fields.times, models, x)
 
 
+def _row(feats: Any, names: Sequence[str], line: int, source: str) -> list[Any]:
+    """A record's values in `names`' order, a missing one NaN."""
+    if type(feats) is dict and list(feats) == names:
+        return list(feats.values())
+    if not isinstance(feats, dict):
+        raise TrafficInputError("'features' must be an object", source=source, line=line)
+    if not feats.keys() <= set(names):
+        extra = sorted(set(feats) - set(names))[0]
+        raise TrafficInputError(f"feature {extra!r} is not in the reference", source=source, line=line)
+    return [feats.get(n, math.nan) for n in names]
+
+
+_NUMERIC = frozenset({int, float})
 _NUMERIC_OR_NONE = frozenset({int, float, type(None)})
 
 
-def _numbers(values: list[Any], names: Sequence[str], line_of: Sequence[int], source: str) -> None:
-    """Refuse a feature value that is not a JSON number or null (None reads as a missing value;
-    bool is a subclass of int in Python, so exact types are compared)."""
-    if set(map(type, values)) <= _NUMERIC_OR_NONE:
-        return
-    at = next(i for i, v in enumerate(values) if type(v) not in _NUMERIC_OR_NONE)
-    record, column = divmod(at, len(names))
-    raise TrafficInputError(f"feature {names[column]!r} is not a number", source=source, line=line_of[record])
+@dataclass
+class _Fields:
+    """The parsed records' fields, checked in bulk: `check` raises the error the first bad record
+    would have raised checked on its own, fields in the order client, ts, model, features."""
+
+    clients: list[Any]
+    ts: list[Any]
+    models: list[Any]
+    values: list[Any]
+    line_of: list[int]
+    names: list[str]
+    source: str
+    times: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    def check(self) -> None:
+        """Raise for the first bad record (by position, then field); set `times`."""
+        n = len(self.clients)
+        bad: list[tuple[int, int, str]] = []  # (record, field order, reason)
+        if not set(map(type, self.clients)) <= {str} or not all(self.clients):
+            i = next(i for i, c in enumerate(self.clients) if type(c) is not str or not c)
+            bad.append((i, 0, "'client' must be a non-empty string"))
+        times = None
+        if set(map(type, self.ts)) <= _NUMERIC:
+            try:
+                times = np.array(self.ts, dtype=np.float64)
+            except OverflowError:  # an integer beyond any float
+                times = None
+        finite = times is not None and bool(np.isfinite(times).all())
+        if not finite:
+            i = next(i for i, t in enumerate(self.ts) if not _finite_number(t))
+            bad.append((i, 1, "'ts' must be a finite number of seconds"))
+        if not set(map(type, self.models)) <= {str} or not all(self.models):
+            i = next(i for i, m in enumerate(self.models) if type(m) is not str or not m)
+            bad.append((i, 2, "'model' must be a non-empty string"))
+        values = self.values
+        if len(values) % len(self.names):  # only whole rows: a record whose features failed has none
+            values = values[: len(values) - len(values) % len(self.names)]
+        if not set(map(type, values)) <= _NUMERIC_OR_NONE:
+            at = next(i for i, v in enumerate(values) if type(v) not in _NUMERIC_OR_NONE)
+            record, column = divmod(at, len(self.names))
+            bad.append((record, 3, f"feature {self.names[column]!r} is not a number"))
+        if bad:
+            record, _, reason = min(bad)
+            raise TrafficInputError(reason, source=self.source, line=self.line_of[record])
+        self.times = times if times is not None and n else np.zeros(0)
+
+
+def _finite_number(t: Any) -> bool:
+    """A JSON number (not a bool) of finite value."""
+    if type(t) not in _NUMERIC:
+        return False
+    try:
+        return math.isfinite(t)
+    except OverflowError:
+        return False
 
 
 @dataclass
