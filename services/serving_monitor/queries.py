@@ -114,10 +114,17 @@ def shapiro_w(distances: FloatArray) -> float:
     what `scipy.stats.shapiro` runs), cached per sample size: the test runs on every client every
     `test_every` distinct queries, and scipy's per-call overhead was most of its cost (issue 9)."""
     n = len(distances)
-    spread = float(np.ptp(distances))
-    if n < 3 or spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
+    if n < 3:
         return 0.0
     x = np.sort(distances)
+    spread = float(x[-1] - x[0])
+    # Degenerate below _DEGENERATE_SPREAD * max(1, mean |x|); mean |x| is at most the largest |x|,
+    # so the mean is only computed when that bound cannot decide (issue 9: a pass per test).
+    largest = max(abs(float(x[0])), abs(float(x[-1])))
+    if spread <= _DEGENERATE_SPREAD * max(1.0, largest) and spread <= _DEGENERATE_SPREAD * max(
+        1.0, float(np.abs(distances).mean())
+    ):
+        return 0.0
     centred = x - x.mean()
     return float(min(1.0, float(_royston(n) @ x) ** 2 / float(centred @ centred)))
 
@@ -313,10 +320,12 @@ class ClientQueries:
 
     def _prada_tests(self, d_new: FloatArray, rows: Sequence[int]) -> list[StatValue]:
         prm = self.params
-        history = np.concatenate([self.distances(), d_new])
+        due = _due(self.d_count, len(d_new), self.d_tested, prm.min_distances, prm.test_every)
+        # D in arrival order only when a test reads it (most blocks have none).
+        history = np.concatenate([self.distances(), d_new]) if len(due) else d_new
         before = min(self.d_count, prm.max_distances)
         tests: list[StatValue] = []
-        for j in _due(self.d_count, len(d_new), self.d_tested, prm.min_distances, prm.test_every):
+        for j in due:
             self.d_tested = self.d_count + j + 1
             end = before + j + 1
             sample = history[max(0, end - prm.max_distances) : end]
@@ -329,11 +338,14 @@ class ClientQueries:
     def _distribution_tests(self, proj: FloatArray, rows: Sequence[int], ref: Reference) -> list[StatValue]:
         prm = self.params
         cross = to_sample(proj, ref)
-        history = np.concatenate([self.window(), proj])
-        cross_history = np.concatenate([_ring(self.p_cross, self.g_count), cross])
+        due = _due(self.g_count, len(proj), self.e_tested, prm.energy_min, prm.energy_every)
+        history, cross_history = proj, cross
+        if len(due):  # the window in arrival order only when a test reads it
+            history = np.concatenate([self.window(), proj])
+            cross_history = np.concatenate([_ring(self.p_cross, self.g_count), cross])
         before = min(self.g_count, prm.window)
         tests: list[StatValue] = []
-        for j in _due(self.g_count, len(proj), self.e_tested, prm.energy_min, prm.energy_every):
+        for j in due:
             self.e_tested = self.g_count + j + 1
             end = before + j + 1
             start = max(0, end - prm.window)

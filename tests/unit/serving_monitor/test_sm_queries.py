@@ -141,3 +141,12 @@ def test_transposed_distances_are_the_distances() -> None:
     written_out = a_sq[:, None] - 2.0 * (a @ b.T) + b_sq[None, :]
     assert np.array_equal(sq_distances(a, a_sq, b, b_sq), written_out)
     assert np.allclose(sq_distances_t(a, a_sq, b, b_sq), written_out.T, rtol=1e-12, atol=1e-12)
+
+
+def test_shapiro_w_scores_a_constant_sample_zero_relative_to_its_size() -> None:
+    rng = np.random.default_rng(0)
+    assert shapiro_w(np.full(100, 5.0)) == 0.0
+    # Spread below 1e-9 of the values' size: a fixed-step sample seen through rounding.
+    assert shapiro_w(1e6 + 1e-4 * rng.normal(size=100)) == 0.0
+    # The same spread around small values is a real sample.
+    assert shapiro_w(1e-4 * rng.normal(size=100)) > 0.9
