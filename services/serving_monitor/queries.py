@@ -156,8 +156,7 @@ def sq_distances(a: FloatArray, a_sq: FloatArray, b: FloatArray, b_sq: FloatArra
     """Squared distances of rows of `a` to rows of `b` (`a_sq`, `b_sq`: their squared norms), as
     a_sq[i] - 2 a_i.b_j + b_sq[j] computed in place on the product: the same numbers as the
     expression written out, without its three temporaries (issue 9: the blocks' cost)."""
-    d = a @ b.T
-    d *= -2.0
+    d = _minus_twice_products(a, b)
     d += a_sq[:, None]
     d += b_sq[None, :]
     return d
@@ -168,11 +167,21 @@ def sq_distances_t(a: FloatArray, a_sq: FloatArray, b: FloatArray, b_sq: FloatAr
     order; BLAS may round the product's transpose differently in the last bit), laid out so that
     a minimum over `b`'s rows is an elementwise minimum of contiguous rows, numpy's fast
     direction."""
-    d = b @ a.T
-    d *= -2.0
+    d = _minus_twice_products(b, a)
     d += a_sq[None, :]
     d += b_sq[:, None]
     return d
+
+
+def _minus_twice_products(a: FloatArray, b: FloatArray) -> FloatArray:
+    """-2 a_i.b_j. Scaling by -2 is exact, so the small factor is scaled rather than the product
+    (one pass fewer); a product of rows with themselves keeps BLAS's symmetric routine."""
+    if a is b:
+        d = a @ b.T
+        d *= -2.0
+        return d
+    out: FloatArray = (-2.0 * a) @ b.T
+    return out
 
 
 def _mean_distance(d2: FloatArray, axis: int | None = None) -> FloatArray:
