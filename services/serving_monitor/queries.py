@@ -298,8 +298,10 @@ class ClientQueries:
         q_sq = (q * q).sum(axis=1)
         if n_g:
             order = _ring_order(self.g_count, prm.max_set)
-            # [entry, row], oldest entry first (`sq_distances_t`).
-            suffix = SuffixMinima(sq_distances_t(q, q_sq, self.g[order], self.g_sq[order]))
+            # [entry, row], oldest entry first (`sq_distances_t`); only the oldest `need` entries
+            # can go during this block.
+            need = max(0, n_g + m - prm.max_set)
+            suffix = SuffixMinima(sq_distances_t(q, q_sq, self.g[order], self.g_sq[order]), need)
         else:
             suffix = None
         # [j, i]: row j's squared distance to row i, +inf unless j < i (only earlier rows count).
@@ -425,37 +427,41 @@ class ClientQueries:
 
 
 class SuffixMinima:
-    """min(d[g:, i]) for any entry g and column i of `d` (entries x columns), from minima over
-    chunks of `CHUNK` entries: one pass over `d`, where suffix minima of every entry took a
-    scan numpy runs slowly along that axis (issue 9). Minima are exact, so the values are the
-    ones a scan gives."""
+    """min(d[g:, i]) for column i of `d` (entries x columns) and any entry g below `need` (or 0),
+    from minima over chunks of `CHUNK` entries and one over the entries from `need` on: one pass
+    over `d`, where suffix minima of every entry took a scan numpy runs slowly along that axis
+    (issue 9). Minima are exact, so the values are the ones a scan gives."""
 
     CHUNK = 16
 
-    def __init__(self, d: FloatArray) -> None:
+    def __init__(self, d: FloatArray, need: int) -> None:
         n, m = d.shape
+        need = min(need, n)
         c = self.CHUNK
-        full = n // c
-        chunks = np.empty((full + (n > full * c) + 1, m))
+        full = need // c
+        chunks = np.empty((full + (need > full * c) + 1, m))
         chunks[:full] = d[: full * c].reshape(full, c, m).min(axis=1)
-        if n > full * c:
-            chunks[full] = d[full * c :].min(axis=0)
-        chunks[-1] = np.inf
+        if need > full * c:
+            chunks[full] = d[full * c : need].min(axis=0)
+        chunks[-1] = d[need:].min(axis=0) if need < n else np.inf
         # chunks[k] becomes the least over chunks k, k+1, ...: a few rows, one call each.
-        for k in range(len(chunks) - 3, -1, -1):
+        for k in range(len(chunks) - 2, -1, -1):
             np.minimum(chunks[k], chunks[k + 1], out=chunks[k])
         self.d = d
+        self.need = need
         self.chunks = chunks
 
     def at(self, start: IntArray, cols: IntArray) -> FloatArray:
-        """min(d[start[j]:, cols[j]]) for each j (each start below the number of entries)."""
-        n = self.d.shape[0]
+        """min(d[start[j]:, cols[j]]) for each j (each start below `need`, or 0)."""
+        if self.need == 0:  # no entry can go: the minimum over all of them
+            every: FloatArray = self.chunks[0, cols]
+            return every
         c = self.CHUNK
         chunk = start // c
         # The rest of the start's own chunk, entry by entry, then the chunks after it.
         entries = chunk[:, None] * c + np.arange(c)[None, :]
-        head = self.d[np.minimum(entries, n - 1), cols[:, None]]
-        head[(entries < start[:, None]) | (entries >= n)] = np.inf
+        head = self.d[np.minimum(entries, self.need - 1), cols[:, None]]
+        head[(entries < start[:, None]) | (entries >= self.need)] = np.inf
         out: FloatArray = np.minimum(head.min(axis=1), self.chunks[chunk + 1, cols])
         return out
 
