@@ -482,18 +482,28 @@ def _admissions(
     rows = np.arange(m)
     admit = np.ones(m, dtype=np.bool_)
     d_b = d2.min(axis=0)
+    # While no entry of G can go (it is not full yet), each row's distance to G is fixed.
+    fixed: FloatArray | None = None
+    if suffix is None:
+        fixed = np.full(m, np.inf)
+    elif suffix.need == 0:
+        fixed = suffix.at(np.zeros(m, dtype=np.int64), rows)
+    k: IntArray = rows  # admitted rows before each row: all, in the first round
     for _ in range(m + 1):
-        k: IntArray = np.cumsum(admit) - admit
-        gone = np.maximum(0, n_g + k - max_set)
-        in_g = gone < n_g
-        d_g = np.full(m, np.inf)
-        if suffix is not None:
+        if fixed is None:
+            assert suffix is not None
+            gone = np.maximum(0, n_g + k - max_set)
+            in_g = gone < n_g
+            d_g = np.full(m, np.inf)
             d_g[in_g] = suffix.at(gone[in_g], rows[in_g])
+        else:
+            d_g = fixed
         best = np.minimum(d_g, d_b)
         again = best >= r2
         if np.array_equal(again, admit):
             return admit, best
         admit = again
+        k = np.cumsum(admit) - admit
         # Distances from the admitted rows only: a gather of whole contiguous rows.
         d_b = d2[admit].min(axis=0, initial=np.inf)
     raise AssertionError("unreachable: the map is lower-triangular")  # pragma: no cover
