@@ -178,8 +178,8 @@ def read_traffic(lines: Iterable[bytes], features: Sequence[str], *, source: str
     fields.check()
     if not clients:
         raise TrafficInputError("no prediction records", source=source)
-    with np.errstate(over="ignore"):
-        x = np.array(values, dtype=np.float64).reshape(len(clients), width)
+    # Numbers and nulls (NaN) only, checked: fromiter converts them in one pass, np.array in two.
+    x = np.fromiter(values, dtype=np.float64, count=len(values)).reshape(len(clients), width)
     return TrafficLog(clients, fields.times, models, x)
 
 
