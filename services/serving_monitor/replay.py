@@ -345,7 +345,14 @@ def replay(
     each client's batches are handed to `Detectors.observe_client` at once: every detector keeps
     per-client state, so this raises the alerts the service raises batch by batch, with
     per-client work done on whole arrays (issue 9: 100,000 records/s on one core)."""
-    dets = detectors or Detectors.from_settings(settings or ServingSettings())
+    # Small matrices: one BLAS thread is faster than a pool contending for cores (and entering
+    # the limit costs milliseconds: once per replay).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _replay(log, profile, detectors or Detectors.from_settings(settings or ServingSettings()), batch_s)
+
+
+def _replay(log: TrafficLog, profile: ReferenceProfile, dets: Detectors, batch_s: float) -> ReplayReport:
+    """`replay` within one BLAS thread."""
     order = np.argsort(log.ts, kind="stable")
     ts = log.ts[order]
     codes, client_names = _codes(log.clients)
@@ -361,16 +368,15 @@ def replay(
     invalid = invalid_rows(x)[order].astype(np.int64)
     ours_in_file = codes == ours_code
     flagged = np.zeros(n, dtype=np.int64)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if ours_in_file.all():  # one model in the log, the common case: no gathers
-            flagged[:] = profile.scores_standardised(profile.standardise(x)) > profile.threshold
-            q = profile.query_space(x)
-        else:
-            q = np.full(x.shape, np.nan)
-            if ours_in_file.any():
-                xo = x[ours_in_file]
-                flagged[ours_in_file] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
-                q[ours_in_file] = profile.query_space(xo)
+    if ours_in_file.all():  # one model in the log, the common case: no gathers
+        flagged[:] = profile.scores_standardised(profile.standardise(x)) > profile.threshold
+        q = profile.query_space(x)
+    else:
+        q = np.full(x.shape, np.nan)
+        if ours_in_file.any():
+            xo = x[ours_in_file]
+            flagged[ours_in_file] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
+            q[ours_in_file] = profile.query_space(xo)
     flagged = flagged[order]
     ours = model_code == ours_code
     report: dict[str, ClientReport] = {name: ClientReport() for name in client_names}
@@ -382,41 +388,40 @@ def replay(
     by_client = np.lexsort((model_code, batch, client_code))
     cuts = np.flatnonzero(np.diff(client_code[by_client])) + 1
     owners: dict[str, list[npt.NDArray[np.int64]]] = {}
-    with threadpool_limits(limits=1, user_api="blas"):
-        for rows in np.split(by_client, cuts):
-            name = client_names[int(client_code[rows[0]])]
-            for m in np.unique(model_code[rows]).tolist():
-                mine = rows[model_code[rows] == m]
-                alerts = _observe(
-                    dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, order, m == ours_code, profile
-                )
-                found.setdefault(name, []).extend(alerts)
-            owner = owner_of(name)
-            if owner != name:
-                owners.setdefault(owner, []).append(rows[ours[rows]])
-        # Sybil: an owner's keys judged together, as `Detectors.observe_scored` does per batch.
-        for owner, parts in owners.items():
-            rows = np.sort(np.concatenate(parts))
-            if len(rows) == 0:
-                continue
+    for rows in np.split(by_client, cuts):
+        name = client_names[int(client_code[rows[0]])]
+        for m in np.unique(model_code[rows]).tolist():
+            mine = rows[model_code[rows] == m]
             alerts = _observe(
-                dets,
-                owner + OWNER_SUFFIX,
-                profile.model,
-                rows,
-                batch,
-                clock,
-                invalid,
-                flagged,
-                q,
-                order,
-                True,
-                profile,
-                abuse=False,
+                dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, order, m == ours_code, profile
             )
-            for name in client_names:
-                if owner_of(name) == owner and name != owner:
-                    found.setdefault(name, []).extend(alerts)
+            found.setdefault(name, []).extend(alerts)
+        owner = owner_of(name)
+        if owner != name:
+            owners.setdefault(owner, []).append(rows[ours[rows]])
+    # Sybil: an owner's keys judged together, as `Detectors.observe_scored` does per batch.
+    for owner, parts in owners.items():
+        rows = np.sort(np.concatenate(parts))
+        if len(rows) == 0:
+            continue
+        alerts = _observe(
+            dets,
+            owner + OWNER_SUFFIX,
+            profile.model,
+            rows,
+            batch,
+            clock,
+            invalid,
+            flagged,
+            q,
+            order,
+            True,
+            profile,
+            abuse=False,
+        )
+        for name in client_names:
+            if owner_of(name) == owner and name != owner:
+                found.setdefault(name, []).extend(alerts)
     for name, alerts in found.items():
         alerts.sort(key=lambda pair: pair[0])
         report[name].alerts = [a for _, a in alerts]
