@@ -94,6 +94,11 @@ class Reference:
     projection: FloatArray
     sample: FloatArray
     sample_self: float
+    sample_sq: FloatArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The sample's squared norms, once: every distance to the sample needs them.
+        object.__setattr__(self, "sample_sq", (self.sample * self.sample).sum(axis=1))
 
     def project(self, q: FloatArray) -> FloatArray:
         """Whitened principal coordinates of copula rows."""
@@ -109,10 +114,17 @@ def shapiro_w(distances: FloatArray) -> float:
     what `scipy.stats.shapiro` runs), cached per sample size: the test runs on every client every
     `test_every` distinct queries, and scipy's per-call overhead was most of its cost (issue 9)."""
     n = len(distances)
-    spread = float(np.ptp(distances))
-    if n < 3 or spread <= _DEGENERATE_SPREAD * max(1.0, float(np.abs(distances).mean())):
+    if n < 3:
         return 0.0
     x = np.sort(distances)
+    spread = float(x[-1] - x[0])
+    # Degenerate below _DEGENERATE_SPREAD * max(1, mean |x|); mean |x| is at most the largest |x|,
+    # so the mean is only computed when that bound cannot decide (issue 9: a pass per test).
+    largest = max(abs(float(x[0])), abs(float(x[-1])))
+    if spread <= _DEGENERATE_SPREAD * max(1.0, largest) and spread <= _DEGENERATE_SPREAD * max(
+        1.0, float(np.abs(distances).mean())
+    ):
+        return 0.0
     centred = x - x.mean()
     return float(min(1.0, float(_royston(n) @ x) ** 2 / float(centred @ centred)))
 
@@ -140,18 +152,58 @@ def _royston(n: int) -> FloatArray:
     return out
 
 
+def sq_distances(a: FloatArray, a_sq: FloatArray, b: FloatArray, b_sq: FloatArray) -> FloatArray:
+    """Squared distances of rows of `a` to rows of `b` (`a_sq`, `b_sq`: their squared norms), as
+    a_sq[i] - 2 a_i.b_j + b_sq[j] computed in place on the product: the same numbers as the
+    expression written out, without its three temporaries (issue 9: the blocks' cost)."""
+    d = _minus_twice_products(a, b)
+    d += a_sq[:, None]
+    d += b_sq[None, :]
+    return d
+
+
+def sq_distances_t(a: FloatArray, a_sq: FloatArray, b: FloatArray, b_sq: FloatArray) -> FloatArray:
+    """`sq_distances(a, ..)` transposed, [j, i] for row i of `a` (the terms added in the same
+    order; BLAS may round the product's transpose differently in the last bit), laid out so that
+    a minimum over `b`'s rows is an elementwise minimum of contiguous rows, numpy's fast
+    direction."""
+    d = _minus_twice_products(b, a)
+    d += a_sq[None, :]
+    d += b_sq[:, None]
+    return d
+
+
+def _minus_twice_products(a: FloatArray, b: FloatArray) -> FloatArray:
+    """-2 a_i.b_j. Scaling by -2 is exact, so the small factor is scaled rather than the product
+    (one pass fewer); a product of rows with themselves keeps BLAS's symmetric routine."""
+    if a is b:
+        d = a @ b.T
+        d *= -2.0
+        return d
+    out: FloatArray = (-2.0 * a) @ b.T
+    return out
+
+
+def _mean_distance(d2: FloatArray, axis: int | None = None) -> FloatArray:
+    """Mean of sqrt(max(d2, 0)) (in place on `d2`)."""
+    np.maximum(d2, 0.0, out=d2)
+    np.sqrt(d2, out=d2)
+    out: FloatArray = d2.mean(axis=axis)
+    return out
+
+
 def mean_pairwise(a: FloatArray, b: FloatArray) -> float:
     """Mean Euclidean distance over all pairs of rows of `a` and `b`."""
-    d2 = (a * a).sum(axis=1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(axis=1)[None, :]
-    return float(np.sqrt(np.maximum(d2, 0.0)).mean())
+    b_sq = a_sq = (a * a).sum(axis=1)
+    if b is not a:
+        b_sq = (b * b).sum(axis=1)
+    return float(_mean_distance(sq_distances(a, a_sq, b, b_sq)))
 
 
 def to_sample(x: FloatArray, ref: Reference) -> FloatArray:
     """Each projected row's mean distance to the reference sample (kept per row, so a test sums
     them instead of recomputing the window against the whole sample)."""
-    d2 = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ ref.sample.T) + (ref.sample * ref.sample).sum(axis=1)[None, :]
-    out: FloatArray = np.sqrt(np.maximum(d2, 0.0)).mean(axis=1)
-    return out
+    return _mean_distance(sq_distances(x, (x * x).sum(axis=1), ref.sample, ref.sample_sq), axis=1)
 
 
 def energy_statistic(x: FloatArray, ref: Reference, x_to_sample: FloatArray | None = None) -> float:
@@ -246,17 +298,15 @@ class ClientQueries:
         q_sq = (q * q).sum(axis=1)
         if n_g:
             order = _ring_order(self.g_count, prm.max_set)
-            d1 = q_sq[:, None] - 2.0 * (q @ self.g[order].T) + self.g_sq[order][None, :]
-            # Only the oldest `need` entries can go during this block: suffix minima over those,
-            # then one minimum over the rest (+inf when every entry can go).
-            need = min(n_g, max(0, n_g + m - prm.max_set))
-            tail = d1[:, need:].min(axis=1) if need < n_g else np.full(m, np.inf)
-            suffix = np.concatenate([d1[:, :need], tail[:, None]], axis=1)
-            if need:
-                suffix = np.minimum.accumulate(suffix[:, ::-1], axis=1)[:, ::-1]
+            # [entry, row], oldest entry first (`sq_distances_t`); only the oldest `need` entries
+            # can go during this block.
+            need = max(0, n_g + m - prm.max_set)
+            suffix = SuffixMinima(sq_distances_t(q, q_sq, self.g[order], self.g_sq[order]), need)
         else:
-            suffix = np.empty((m, 0))
-        d2 = q_sq[:, None] - 2.0 * (q @ q.T) + q_sq[None, :]
+            suffix = None
+        # [j, i]: row j's squared distance to row i, +inf unless j < i (only earlier rows count).
+        d2 = sq_distances_t(q, q_sq, q, q_sq)
+        d2[_not_earlier(m)] = np.inf
         admit, best = _admissions(suffix, d2, n_g, prm.max_set, prm.repeat_radius**2)
         admitted = np.flatnonzero(admit).tolist()
         self.repeats += m - len(admitted)
@@ -281,10 +331,12 @@ class ClientQueries:
 
     def _prada_tests(self, d_new: FloatArray, rows: Sequence[int]) -> list[StatValue]:
         prm = self.params
-        history = np.concatenate([self.distances(), d_new])
+        due = _due(self.d_count, len(d_new), self.d_tested, prm.min_distances, prm.test_every)
+        # D in arrival order only when a test reads it (most blocks have none).
+        history = np.concatenate([self.distances(), d_new]) if len(due) else d_new
         before = min(self.d_count, prm.max_distances)
         tests: list[StatValue] = []
-        for j in _due(self.d_count, len(d_new), self.d_tested, prm.min_distances, prm.test_every):
+        for j in due:
             self.d_tested = self.d_count + j + 1
             end = before + j + 1
             sample = history[max(0, end - prm.max_distances) : end]
@@ -297,11 +349,14 @@ class ClientQueries:
     def _distribution_tests(self, proj: FloatArray, rows: Sequence[int], ref: Reference) -> list[StatValue]:
         prm = self.params
         cross = to_sample(proj, ref)
-        history = np.concatenate([self.window(), proj])
-        cross_history = np.concatenate([_ring(self.p_cross, self.g_count), cross])
+        due = _due(self.g_count, len(proj), self.e_tested, prm.energy_min, prm.energy_every)
+        history, cross_history = proj, cross
+        if len(due):  # the window in arrival order only when a test reads it
+            history = np.concatenate([self.window(), proj])
+            cross_history = np.concatenate([_ring(self.p_cross, self.g_count), cross])
         before = min(self.g_count, prm.window)
         tests: list[StatValue] = []
-        for j in _due(self.g_count, len(proj), self.e_tested, prm.energy_min, prm.energy_every):
+        for j in due:
             self.e_tested = self.g_count + j + 1
             end = before + j + 1
             start = max(0, end - prm.window)
@@ -336,8 +391,11 @@ class ClientQueries:
         prm = self.params
         m = len(q)
         prev = self.prev if self.prev is not None else q[0]
-        steps = np.diff(np.vstack([prev[None, :], q]), axis=0)
-        small = (steps * steps).sum(axis=1) <= prm.chain_step * prm.chain_step
+        steps = np.empty_like(q)
+        np.subtract(q[0], prev, out=steps[0])
+        np.subtract(q[1:], q[:-1], out=steps[1:])
+        steps *= steps
+        small = steps.sum(axis=1) <= prm.chain_step * prm.chain_step
         if self.prev is None:
             small[0] = False
         idx = np.arange(m)
@@ -347,7 +405,9 @@ class ClientQueries:
         start_rows = np.where(
             continuing[:, None], self.chain_start if self.chain_start is not None else q[0], q[np.maximum(starts, 0)]
         )
-        reach = np.sqrt(((q - start_rows) ** 2).sum(axis=1))
+        start_rows -= q
+        start_rows *= start_rows
+        reach = np.sqrt(start_rows.sum(axis=1))
         length = np.where(continuing, self.chain_len + idx + 1, idx - starts)
         seg = np.where(continuing, 0, starts + 1)
         reach = np.where(continuing, np.maximum(reach, self.chain_reach), reach)
@@ -366,41 +426,94 @@ class ClientQueries:
         return tests
 
 
+class SuffixMinima:
+    """min(d[g:, i]) for column i of `d` (entries x columns) and any entry g below `need` (or 0),
+    from minima over chunks of `CHUNK` entries and one over the entries from `need` on: one pass
+    over `d`, where suffix minima of every entry took a scan numpy runs slowly along that axis
+    (issue 9). Minima are exact, so the values are the ones a scan gives."""
+
+    CHUNK = 16
+
+    def __init__(self, d: FloatArray, need: int) -> None:
+        n, m = d.shape
+        need = min(need, n)
+        c = self.CHUNK
+        full = need // c
+        chunks = np.empty((full + (need > full * c) + 1, m))
+        chunks[:full] = d[: full * c].reshape(full, c, m).min(axis=1)
+        if need > full * c:
+            chunks[full] = d[full * c : need].min(axis=0)
+        chunks[-1] = d[need:].min(axis=0) if need < n else np.inf
+        # chunks[k] becomes the least over chunks k, k+1, ...: a few rows, one call each.
+        for k in range(len(chunks) - 2, -1, -1):
+            np.minimum(chunks[k], chunks[k + 1], out=chunks[k])
+        self.d = d
+        self.need = need
+        self.chunks = chunks
+
+    def at(self, start: IntArray, cols: IntArray) -> FloatArray:
+        """min(d[start[j]:, cols[j]]) for each j (each start below `need`, or 0)."""
+        if self.need == 0:  # no entry can go: the minimum over all of them
+            every: FloatArray = self.chunks[0, cols]
+            return every
+        c = self.CHUNK
+        chunk = start // c
+        # The rest of the start's own chunk, entry by entry, then the chunks after it.
+        entries = chunk[:, None] * c + np.arange(c)[None, :]
+        head = self.d[np.minimum(entries, self.need - 1), cols[:, None]]
+        head[(entries < start[:, None]) | (entries >= self.need)] = np.inf
+        out: FloatArray = np.minimum(head.min(axis=1), self.chunks[chunk + 1, cols])
+        return out
+
+
 def _admissions(
-    suffix: FloatArray, d2: FloatArray, n_g: int, max_set: int, r2: float
+    suffix: SuffixMinima | None, d2: FloatArray, n_g: int, max_set: int, r2: float
 ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
     """Which rows of a block are distinct, and each row's squared distance to the nearest earlier
     distinct query still in G (+inf when none).
 
-    Row i is distinct when it is at least `r2` from G less the entries already pushed out by the
-    block's earlier distinct rows, and from those rows themselves. Row i depends on rows j < i
-    only, so the sequential answer is the one fixed point of this map, and iterating the map from
-    any guess reaches it; it does in one or two rounds on real traffic, on whole arrays."""
-    m = d2.shape[0]
+    `suffix` holds each row's squared distances to G's entries, oldest first (None: G is empty);
+    `d2[j, i]` row j's to row i, +inf unless j < i. Row i is distinct when it is at least `r2`
+    from G less the entries already pushed out by the block's earlier distinct rows, and from
+    those rows themselves. Row i depends on rows j < i only, so the sequential answer is the one
+    fixed point of this map, and iterating the map from any guess reaches it; it does in one or
+    two rounds on real traffic, on whole arrays."""
+    m = d2.shape[1]
     rows = np.arange(m)
-    earlier = _earlier(m)
     admit = np.ones(m, dtype=np.bool_)
+    d_b = d2.min(axis=0)
+    # While no entry of G can go (it is not full yet), each row's distance to G is fixed.
+    fixed: FloatArray | None = None
+    if suffix is None:
+        fixed = np.full(m, np.inf)
+    elif suffix.need == 0:
+        fixed = suffix.at(np.zeros(m, dtype=np.int64), rows)
+    k: IntArray = rows  # admitted rows before each row: all, in the first round
     for _ in range(m + 1):
-        k: IntArray = np.cumsum(admit) - admit.astype(np.int64)
-        gone = np.maximum(0, n_g + k - max_set)
-        in_g = gone < n_g
-        d_g = np.full(m, np.inf)
-        if n_g:
-            d_g[in_g] = suffix[rows[in_g], gone[in_g]]
-        d_b = np.where(earlier & admit[None, :], d2, np.inf).min(axis=1)
+        if fixed is None:
+            assert suffix is not None
+            gone = np.maximum(0, n_g + k - max_set)
+            in_g = gone < n_g
+            d_g = np.full(m, np.inf)
+            d_g[in_g] = suffix.at(gone[in_g], rows[in_g])
+        else:
+            d_g = fixed
         best = np.minimum(d_g, d_b)
         again = best >= r2
         if np.array_equal(again, admit):
             return admit, best
         admit = again
+        k = np.cumsum(admit) - admit
+        # Distances from the admitted rows only: a gather of whole contiguous rows.
+        d_b = d2[admit].min(axis=0, initial=np.inf)
     raise AssertionError("unreachable: the map is lower-triangular")  # pragma: no cover
 
 
 @functools.lru_cache(maxsize=8)
-def _earlier(m: int) -> npt.NDArray[np.bool_]:
-    """[i, j] is j < i (read only, shared)."""
+def _not_earlier(m: int) -> npt.NDArray[np.bool_]:
+    """[j, i] is j >= i (read only, shared)."""
     rows = np.arange(m)
-    mask = rows[None, :] < rows[:, None]
+    mask = rows[:, None] >= rows[None, :]
     mask.flags.writeable = False
     return mask
 

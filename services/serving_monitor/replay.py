@@ -37,7 +37,6 @@ from services.serving_monitor.settings import ServingSettings
 PREDICTION_LOGGED = "mlw.prediction.logged"
 #: A logged batch holds at most this many records (`shared.events.PredictionBatch`).
 MAX_BATCH = 10_000
-_NUMERIC = frozenset({int, float})
 
 
 class TrafficInputError(ServingMonitorError, ValueError):
@@ -132,54 +131,129 @@ def _records(obj: Any, line: int, source: str) -> Iterable[tuple[Any, Any, Any, 
 def read_traffic(lines: Iterable[bytes], features: Sequence[str], *, source: str = "traffic") -> TrafficLog:
     """Parse a traffic log against the reference's `features`; one clear error for bad input."""
     names = list(features)
-    known = frozenset(names)
-    nan = math.nan
-    clients: list[str] = []
-    ts: list[float] = []
-    models: list[str] = []
-    rows: list[list[float | None]] = []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
-        for client, t, model, feats in _records(obj, line_no, source):
-            if not isinstance(client, str) or not client:
-                raise TrafficInputError("'client' must be a non-empty string", source=source, line=line_no)
-            if type(t) not in _NUMERIC or not math.isfinite(t):
-                raise TrafficInputError("'ts' must be a finite number of seconds", source=source, line=line_no)
-            if not isinstance(model, str) or not model:
-                raise TrafficInputError("'model' must be a non-empty string", source=source, line=line_no)
-            if not isinstance(feats, dict):
-                raise TrafficInputError("'features' must be an object", source=source, line=line_no)
-            if list(feats) == names:
-                # The common case, a producer writing every feature in the reference's order: the
-                # values are the row (a per-name lookup was most of the parse time, issue 9).
-                row = list(feats.values())
+    width = len(names)
+    # Per record only what parsing needs; the checks of every field run in bulk at the end
+    # (`_Fields.check`) and still name the first bad line (issue 9: per-record checks and
+    # lists were most of the parse time beside orjson's own).
+    clients: list[Any] = []
+    ts: list[Any] = []
+    models: list[Any] = []
+    values: list[Any] = []  # every record's feature values, one flat list
+    line_of: list[int] = []
+    fields = _Fields(clients, ts, models, values, line_of, names, source)
+    try:
+        for line_no, line in enumerate(lines, 1):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if not line.strip():
+                    continue
+                raise TrafficInputError(f"not JSON ({exc})", source=source, line=line_no) from exc
+            if type(obj) is dict and obj.get("type") is None:
+                # A plain record, the common case: its fields straight into the lists.
+                records: Iterable[tuple[Any, Any, Any, Any]] = ()
+                clients.append(obj.get("client"))
+                ts.append(obj.get("ts"))
+                models.append(obj.get("model"))
+                line_of.append(line_no)
+                feats = obj.get("features")
+                if type(feats) is dict and list(feats) == names:
+                    # Every feature in the reference's order: the values are the row (a
+                    # per-name lookup was most of the parse time, issue 9).
+                    values.extend(feats.values())
+                else:
+                    values.extend(_row(feats, names, line_no, source))
             else:
-                if not feats.keys() <= known:
-                    extra = sorted(set(feats) - known)[0]
-                    raise TrafficInputError(f"feature {extra!r} is not in the reference", source=source, line=line_no)
-                row = [feats.get(n, nan) for n in names]
-            # None (JSON null) reads as a missing value; anything else must be a JSON number
-            # (bool is a subclass of int in Python, so compare exact types).
-            if not set(map(type, row)) <= _NUMERIC_OR_NONE:
-                bad = next(n for n, v in zip(names, row, strict=True) if type(v) not in _NUMERIC_OR_NONE)
-                raise TrafficInputError(f"feature {bad!r} is not a number", source=source, line=line_no)
-            clients.append(client)
-            ts.append(float(t))
-            models.append(model)
-            rows.append(row)
-    if not rows:
+                records = _records(obj, line_no, source)
+            for client, t, model, feats in records:  # the records of an event
+                clients.append(client)
+                ts.append(t)
+                models.append(model)
+                line_of.append(line_no)
+                values.extend(_row(feats, names, line_no, source))
+    except TrafficInputError:
+        # A bad field of an earlier record is the first error in the file.
+        fields.check()
+        raise
+    fields.check()
+    if not clients:
         raise TrafficInputError("no prediction records", source=source)
-    with np.errstate(over="ignore"):
-        x = np.array(rows, dtype=np.float64)
-    return TrafficLog(clients, np.asarray(ts, dtype=np.float64), models, x)
+    # Numbers and nulls (NaN) only, checked: fromiter converts them in one pass, np.array in two.
+    x = np.fromiter(values, dtype=np.float64, count=len(values)).reshape(len(clients), width)
+    return TrafficLog(clients, fields.times, models, x)
 
 
+def _row(feats: Any, names: Sequence[str], line: int, source: str) -> list[Any]:
+    """A record's values in `names`' order, a missing one NaN."""
+    if type(feats) is dict and list(feats) == names:
+        return list(feats.values())
+    if not isinstance(feats, dict):
+        raise TrafficInputError("'features' must be an object", source=source, line=line)
+    if not feats.keys() <= set(names):
+        extra = sorted(set(feats) - set(names))[0]
+        raise TrafficInputError(f"feature {extra!r} is not in the reference", source=source, line=line)
+    return [feats.get(n, math.nan) for n in names]
+
+
+_NUMERIC = frozenset({int, float})
 _NUMERIC_OR_NONE = frozenset({int, float, type(None)})
+
+
+@dataclass
+class _Fields:
+    """The parsed records' fields, checked in bulk: `check` raises the error the first bad record
+    would have raised checked on its own, fields in the order client, ts, model, features."""
+
+    clients: list[Any]
+    ts: list[Any]
+    models: list[Any]
+    values: list[Any]
+    line_of: list[int]
+    names: list[str]
+    source: str
+    times: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    def check(self) -> None:
+        """Raise for the first bad record (by position, then field); set `times`."""
+        n = len(self.clients)
+        bad: list[tuple[int, int, str]] = []  # (record, field order, reason)
+        if not set(map(type, self.clients)) <= {str} or not all(self.clients):
+            i = next(i for i, c in enumerate(self.clients) if type(c) is not str or not c)
+            bad.append((i, 0, "'client' must be a non-empty string"))
+        times = None
+        if set(map(type, self.ts)) <= _NUMERIC:
+            try:
+                times = np.array(self.ts, dtype=np.float64)
+            except OverflowError:  # an integer beyond any float
+                times = None
+        finite = times is not None and bool(np.isfinite(times).all())
+        if not finite:
+            i = next(i for i, t in enumerate(self.ts) if not _finite_number(t))
+            bad.append((i, 1, "'ts' must be a finite number of seconds"))
+        if not set(map(type, self.models)) <= {str} or not all(self.models):
+            i = next(i for i, m in enumerate(self.models) if type(m) is not str or not m)
+            bad.append((i, 2, "'model' must be a non-empty string"))
+        values = self.values
+        if len(values) % len(self.names):  # only whole rows: a record whose features failed has none
+            values = values[: len(values) - len(values) % len(self.names)]
+        if not set(map(type, values)) <= _NUMERIC_OR_NONE:
+            at = next(i for i, v in enumerate(values) if type(v) not in _NUMERIC_OR_NONE)
+            record, column = divmod(at, len(self.names))
+            bad.append((record, 3, f"feature {self.names[column]!r} is not a number"))
+        if bad:
+            record, _, reason = min(bad)
+            raise TrafficInputError(reason, source=self.source, line=self.line_of[record])
+        self.times = times if times is not None and n else np.zeros(0)
+
+
+def _finite_number(t: Any) -> bool:
+    """A JSON number (not a bool) of finite value."""
+    if type(t) not in _NUMERIC:
+        return False
+    try:
+        return math.isfinite(t)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -271,26 +345,40 @@ def replay(
     each client's batches are handed to `Detectors.observe_client` at once: every detector keeps
     per-client state, so this raises the alerts the service raises batch by batch, with
     per-client work done on whole arrays (issue 9: 100,000 records/s on one core)."""
-    dets = detectors or Detectors.from_settings(settings or ServingSettings())
+    # Small matrices: one BLAS thread is faster than a pool contending for cores (and entering
+    # the limit costs milliseconds: once per replay).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _replay(log, profile, detectors or Detectors.from_settings(settings or ServingSettings()), batch_s)
+
+
+def _replay(log: TrafficLog, profile: ReferenceProfile, dets: Detectors, batch_s: float) -> ReplayReport:
+    """`replay` within one BLAS thread."""
     order = np.argsort(log.ts, kind="stable")
     ts = log.ts[order]
-    x = log.x[order]
     codes, client_names = _codes(log.clients)
     client_code = codes[order]
     codes, model_names = _codes(log.models)
     model_code = codes[order]
     n = len(order)
     batch, clock = batch_index(ts, batch_s)
-    invalid = invalid_rows(x).astype(np.int64)
     ours_code = model_names.index(profile.model) if profile.model in model_names else -1
-    ours = model_code == ours_code
-    # Scoring and the query space are row-wise: once for the whole log, for the profile's model.
+    # Invalid inputs, scoring and the query space are row-wise: once for the whole log, in file
+    # order (no sorted copy of the features), for the profile's model.
+    x = log.x
+    invalid = invalid_rows(x)[order].astype(np.int64)
+    ours_in_file = codes == ours_code
     flagged = np.zeros(n, dtype=np.int64)
-    q = np.full(x.shape, np.nan)
-    if ours.any():
-        xo = x[ours]
-        flagged[ours] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
-        q[ours] = profile.query_space(xo)
+    if ours_in_file.all():  # one model in the log, the common case: no gathers
+        flagged[:] = profile.scores_standardised(profile.standardise(x)) > profile.threshold
+        q = profile.query_space(x)
+    else:
+        q = np.full(x.shape, np.nan)
+        if ours_in_file.any():
+            xo = x[ours_in_file]
+            flagged[ours_in_file] = profile.scores_standardised(profile.standardise(xo)) > profile.threshold
+            q[ours_in_file] = profile.query_space(xo)
+    flagged = flagged[order]
+    ours = model_code == ours_code
     report: dict[str, ClientReport] = {name: ClientReport() for name in client_names}
     counts = np.bincount(client_code, minlength=len(client_names))
     for name, count in zip(client_names, counts.tolist(), strict=True):
@@ -300,40 +388,40 @@ def replay(
     by_client = np.lexsort((model_code, batch, client_code))
     cuts = np.flatnonzero(np.diff(client_code[by_client])) + 1
     owners: dict[str, list[npt.NDArray[np.int64]]] = {}
-    with threadpool_limits(limits=1, user_api="blas"):
-        for rows in np.split(by_client, cuts):
-            name = client_names[int(client_code[rows[0]])]
-            for m in np.unique(model_code[rows]).tolist():
-                mine = rows[model_code[rows] == m]
-                alerts = _observe(
-                    dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, m == ours_code, profile
-                )
-                found.setdefault(name, []).extend(alerts)
-            owner = owner_of(name)
-            if owner != name:
-                owners.setdefault(owner, []).append(rows[ours[rows]])
-        # Sybil: an owner's keys judged together, as `Detectors.observe_scored` does per batch.
-        for owner, parts in owners.items():
-            rows = np.sort(np.concatenate(parts))
-            if len(rows) == 0:
-                continue
+    for rows in np.split(by_client, cuts):
+        name = client_names[int(client_code[rows[0]])]
+        for m in np.unique(model_code[rows]).tolist():
+            mine = rows[model_code[rows] == m]
             alerts = _observe(
-                dets,
-                owner + OWNER_SUFFIX,
-                profile.model,
-                rows,
-                batch,
-                clock,
-                invalid,
-                flagged,
-                q,
-                True,
-                profile,
-                abuse=False,
+                dets, name, model_names[m], mine, batch, clock, invalid, flagged, q, order, m == ours_code, profile
             )
-            for name in client_names:
-                if owner_of(name) == owner and name != owner:
-                    found.setdefault(name, []).extend(alerts)
+            found.setdefault(name, []).extend(alerts)
+        owner = owner_of(name)
+        if owner != name:
+            owners.setdefault(owner, []).append(rows[ours[rows]])
+    # Sybil: an owner's keys judged together, as `Detectors.observe_scored` does per batch.
+    for owner, parts in owners.items():
+        rows = np.sort(np.concatenate(parts))
+        if len(rows) == 0:
+            continue
+        alerts = _observe(
+            dets,
+            owner + OWNER_SUFFIX,
+            profile.model,
+            rows,
+            batch,
+            clock,
+            invalid,
+            flagged,
+            q,
+            order,
+            True,
+            profile,
+            abuse=False,
+        )
+        for name in client_names:
+            if owner_of(name) == owner and name != owner:
+                found.setdefault(name, []).extend(alerts)
     for name, alerts in found.items():
         alerts.sort(key=lambda pair: pair[0])
         report[name].alerts = [a for _, a in alerts]
@@ -350,12 +438,14 @@ def _observe(
     invalid: npt.NDArray[np.int64],
     flagged: npt.NDArray[np.int64],
     q: FloatArray,
+    order: npt.NDArray[np.int64],
     ours: bool,
     profile: ReferenceProfile,
     *,
     abuse: bool = True,
 ) -> list[tuple[float, AlertSpec]]:
-    """One client's rows of one model (time order), as one batch per log batch."""
+    """One client's rows of one model (positions in time order; `q` is in file order, `order`
+    maps the one to the other), as one batch per log batch."""
     starts = np.concatenate([[0], np.flatnonzero(np.diff(batch[rows])) + 1])
     runs = ClientRuns(
         now=clock[rows[starts]],
@@ -365,14 +455,15 @@ def _observe(
     )
     if not ours:
         return dets.observe_client(client, model, runs, None, None, None, abuse=abuse)
-    return dets.observe_client(client, model, runs, q[rows], clock[rows], profile, abuse=abuse)
+    return dets.observe_client(client, model, runs, q[order[rows]], clock[rows], profile, abuse=abuse)
 
 
 def _codes(names: Sequence[str]) -> tuple[npt.NDArray[np.int64], list[str]]:
     """Integer codes of `names`, and the distinct names in order of first appearance."""
-    index: dict[str, int] = {}
-    codes = [index.setdefault(name, len(index)) for name in names]
-    return np.asarray(codes, dtype=np.int64), list(index)
+    # dict.fromkeys and map run in C: a per-name Python loop was a tenth of the replay (issue 9).
+    distinct = list(dict.fromkeys(names))
+    index = {name: i for i, name in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=len(names)), distinct
 
 
 def _by_model(models: Sequence[str], a: int, b: int) -> Mapping[str, list[int]]:

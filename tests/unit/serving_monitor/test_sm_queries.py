@@ -12,7 +12,15 @@ from scipy.stats import shapiro
 from services.serving_monitor.clients import decayed_sums
 from services.serving_monitor.extraction import KIND_DISTRIBUTION, ExtractionMonitor
 from services.serving_monitor.ood import FloatArray, fit_reference
-from services.serving_monitor.queries import ClientQueries, QueryParams, StatValue, shapiro_w
+from services.serving_monitor.queries import (
+    ClientQueries,
+    QueryParams,
+    StatValue,
+    SuffixMinima,
+    shapiro_w,
+    sq_distances,
+    sq_distances_t,
+)
 
 D = 6
 FEATURES = [f"f{i}" for i in range(D)]
@@ -112,3 +120,33 @@ def test_decayed_counters_on_arrays_equal_the_step_by_step_recurrence() -> None:
         since = t
         expected.append(value)
     assert np.allclose(decayed_sums(times, amounts, 3.0, -5.0, 60.0), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("entries", "need"), [(1, 0), (1, 1), (15, 15), (16, 16), (17, 17), (200, 37), (256, 256)])
+def test_chunked_suffix_minima_are_those_of_every_entry(entries: int, need: int) -> None:
+    # The repeat filter reads each row's least distance to G's newest entries from minima over
+    # chunks of entries (issue 9): the same numbers as the minimum over those entries.
+    rng = np.random.default_rng(entries)
+    d = rng.exponential(size=(entries, 40))
+    start = rng.integers(0, max(need, 1), size=300)
+    cols = rng.integers(0, 40, size=300)
+    expected = [d[s:, c].min() for s, c in zip(start.tolist(), cols.tolist(), strict=True)]
+    assert SuffixMinima(d, need).at(start, cols).tolist() == expected
+
+
+def test_transposed_distances_are_the_distances() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 7)), rng.normal(size=(50, 7))
+    a_sq, b_sq = (a * a).sum(axis=1), (b * b).sum(axis=1)
+    written_out = a_sq[:, None] - 2.0 * (a @ b.T) + b_sq[None, :]
+    assert np.array_equal(sq_distances(a, a_sq, b, b_sq), written_out)
+    assert np.allclose(sq_distances_t(a, a_sq, b, b_sq), written_out.T, rtol=1e-12, atol=1e-12)
+
+
+def test_shapiro_w_scores_a_constant_sample_zero_relative_to_its_size() -> None:
+    rng = np.random.default_rng(0)
+    assert shapiro_w(np.full(100, 5.0)) == 0.0
+    # Spread below 1e-9 of the values' size: a fixed-step sample seen through rounding.
+    assert shapiro_w(1e6 + 1e-4 * rng.normal(size=100)) == 0.0
+    # The same spread around small values is a real sample.
+    assert shapiro_w(1e-4 * rng.normal(size=100)) > 0.9

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -10,6 +13,7 @@ import pytest
 
 from mlwarden.cli import main
 from services.serving_monitor.detectors import Detectors, owner_of
+from services.serving_monitor.ood import FloatArray
 from services.serving_monitor.replay import (
     TrafficInputError,
     batch_bounds,
@@ -18,6 +22,9 @@ from services.serving_monitor.replay import (
     read_reference,
     read_traffic,
     replay,
+)
+from services.serving_monitor.replay import (
+    _records as records_of_line,
 )
 from services.serving_monitor.settings import ServingSettings
 from services.serving_monitor.synthetic_traffic import MODEL, generate, reference_csv
@@ -156,6 +163,114 @@ def test_replay_is_in_time_order_whatever_the_file_order() -> None:
 def test_missing_feature_is_an_invalid_record_not_an_error() -> None:
     log = read_traffic([b'{"client":"a","ts":1,"model":"churn","features":{"mean_radius":null}}'], NAMES)
     assert np.isnan(log.x).all()
+
+
+def test_bulk_parse_reads_each_record_as_a_per_record_parse_does() -> None:
+    # `read_traffic` collects every value in one flat list and checks their types in bulk (issue
+    # 9): the rows must be what reading each record's features by name gives.
+    lines = list(TRAFFIC.jsonl())[:300]
+    shuffled = orjson.loads(lines[1])
+    shuffled["features"] = dict(reversed(list(shuffled["features"].items())))
+    partial = orjson.loads(lines[2])
+    partial["features"] = {NAMES[3]: None, NAMES[0]: 7}
+    lines[1], lines[2] = orjson.dumps(shuffled), orjson.dumps(partial)
+    log = read_traffic(lines, NAMES)
+    records = [orjson.loads(line) for line in lines]
+    expected = np.array([[r["features"].get(n, np.nan) for n in NAMES] for r in records], dtype=np.float64)
+    assert np.array_equal(log.x, expected, equal_nan=True)
+    assert log.clients == [r["client"] for r in records]
+    assert np.array_equal(log.ts, [r["ts"] for r in records])
+
+
+def _read_record_by_record(lines: list[bytes], names: list[str]) -> tuple[list[str], list[float], FloatArray]:
+    """The straightforward parse `read_traffic` must agree with: each record checked on its own,
+    in the order client, ts, model, features, values."""
+    clients, ts, rows = [], [], []
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise TrafficInputError(f"not JSON ({exc})", source="traffic", line=line_no) from exc
+        for client, t, model, feats in records_of_line(obj, line_no, "traffic"):
+
+            def fail(reason: str, line: int = line_no) -> NoReturn:
+                raise TrafficInputError(reason, source="traffic", line=line)
+
+            if not isinstance(client, str) or not client:
+                fail("'client' must be a non-empty string")
+            if type(t) not in (int, float) or not math.isfinite(t):
+                fail("'ts' must be a finite number of seconds")
+            if not isinstance(model, str) or not model:
+                fail("'model' must be a non-empty string")
+            if not isinstance(feats, dict):
+                fail("'features' must be an object")
+            if not feats.keys() <= set(names):
+                fail(f"feature {sorted(set(feats) - set(names))[0]!r} is not in the reference")
+            row = [feats.get(n, math.nan) for n in names]
+            for name, value in zip(names, row, strict=True):
+                if type(value) not in (int, float, type(None)):
+                    fail(f"feature {name!r} is not a number")
+            clients.append(client)
+            ts.append(float(t))
+            rows.append([math.nan if v is None else v for v in row])
+    if not rows:
+        raise TrafficInputError("no prediction records", source="traffic")
+    return clients, ts, np.array(rows, dtype=np.float64)
+
+
+def _outcome(read: Callable[[], tuple[list[str], list[float], FloatArray]]) -> object:
+    try:
+        clients, ts, x = read()
+    except TrafficInputError as exc:
+        return (exc.line, exc.reason)
+    # NaN is not equal to itself: compare missing values as None.
+    return (clients, ts, [[None if math.isnan(v) else v for v in row] for row in x.tolist()])
+
+
+def _features(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's features to corrupt (a throwaway dict once they are no object)."""
+    feats = record["features"]
+    return feats if isinstance(feats, dict) else {}
+
+
+def test_bulk_checks_report_what_checking_each_record_reports() -> None:
+    # `read_traffic` checks every field in bulk at the end (issue 9): on logs with one to three
+    # bad fields anywhere, it must name the same first bad line and reason as checking each
+    # record on its own does, and read the same rows when nothing is bad.
+    rng = np.random.default_rng(0)
+    base = [orjson.loads(line) for line in list(TRAFFIC.jsonl())[:6]]
+    corruptions: list[Callable[[dict[str, Any]], None]] = [
+        lambda r: r.update(client=""),
+        lambda r: r.update(client=7),
+        lambda r: r.update(ts=True),
+        lambda r: r.update(ts="5"),
+        lambda r: r.update(ts=None),
+        lambda r: r.update(model=None),
+        lambda r: r.update(features=[1.0]),
+        lambda r: _features(r).update(nope=1.0),
+        lambda r: _features(r).update({NAMES[4]: "1"}),
+        lambda r: _features(r).update({NAMES[0]: False}),
+        lambda r: _features(r).pop(NAMES[1], None),
+        lambda r: _features(r).update({NAMES[2]: None}),
+    ]
+    for _ in range(1000):
+        records = [dict(r, features=dict(r["features"])) for r in base]
+        for _ in range(int(rng.integers(1, 4))):
+            corruptions[int(rng.integers(len(corruptions)))](records[int(rng.integers(len(records)))])
+        lines = [orjson.dumps(r) for r in records]
+        if rng.random() < 0.2:
+            lines.insert(int(rng.integers(len(lines))), b"  \n")
+        if rng.random() < 0.1:
+            lines.insert(int(rng.integers(len(lines))), b"{not json")
+
+        def bulk(lines: list[bytes] = lines) -> tuple[list[str], list[float], FloatArray]:
+            log = read_traffic(lines, NAMES)
+            return log.clients, log.ts.tolist(), log.x
+
+        expected = _outcome(lambda lines=lines: _read_record_by_record(lines, NAMES))
+        assert _outcome(bulk) == expected
 
 
 def test_batches_follow_log_time_and_the_batch_limit() -> None:
