@@ -26,7 +26,15 @@ from services.serving_monitor.admission import Admission
 from services.serving_monitor.auth import ApiKeyRecord, ApiKeyStore
 from services.serving_monitor.detectors import Detectors
 from services.serving_monitor.errors import ServingMonitorError
-from services.serving_monitor.flags import FLAG_PREFIX, Flag, FlagTable, client_of_key, flag_from_alert, flag_key
+from services.serving_monitor.flags import (
+    FLAG_PREFIX,
+    Flag,
+    FlagTable,
+    client_of_key,
+    flag_from_alert,
+    flag_key,
+    replaces,
+)
 from services.serving_monitor.keystore import PROFILE_PREFIX, SCHEMA_PREFIX, load_pepper, put_flag_on_bus
 from services.serving_monitor.ood import ReferenceProfile
 from services.serving_monitor.ratelimit import GcraLimiter
@@ -153,9 +161,8 @@ class Monitor:
             flag = flag_from_alert(spec, time.time())
             if flag is None:
                 continue
-            known = self.flags.get(flag.client)
-            if known is not None and known.reason == flag.reason:
-                continue  # already flagged for this: keep the first alert's record
+            if not replaces(flag, self.flags.get(flag.client)):
+                continue  # already flagged for this or for something graver
             self.flags.set(flag)
             await put_flag_on_bus(self.runtime.js, flag)
 

@@ -53,6 +53,18 @@ FLAGGING_KINDS: dict[str, FlagReason] = {
 }
 
 
+#: Which reason a client's flag keeps when several detectors fire: extraction is the graver and
+#: more specific finding (a walk far from the data is also out of distribution), so an OOD flag
+#: is upgraded to extraction and never the reverse, whatever order one batch's alerts come in.
+_RANK: dict[FlagReason, int] = {FlagReason.OUT_OF_DISTRIBUTION: 0, FlagReason.SUSPECTED_EXTRACTION: 1}
+
+
+def replaces(flag: Flag, known: Flag | None) -> bool:
+    """Whether a newly raised `flag` should replace the client's `known` one: only a graver reason
+    does (the first alert of a reason keeps its record)."""
+    return known is None or _RANK[flag.reason] > _RANK[known.reason]
+
+
 class NotAClient(ServingMonitorError, ValueError):
     """A client id that cannot be flagged (nor be a key in the state bucket)."""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import nats
 import orjson
 import pytest
+from _poll import DEFAULT_TIMEOUT_S
 from nats.aio.client import Client as Nats
 from nats.js.errors import APIError
 from sklearn.datasets import load_iris
@@ -121,7 +122,7 @@ def secured_server(tmp_path: Path) -> Iterator[tuple[NatsConfig, Path, int]]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEFAULT_TIMEOUT_S
         while True:
             assert process.poll() is None, log.read_text() if log.exists() else "nats-server exited"
             try:
@@ -165,7 +166,7 @@ class Refusals:
         """nats-py error callback."""
         self.errors.append(str(exc))
 
-    async def wait_for(self, subject: str, timeout: float = 5.0) -> str:
+    async def wait_for(self, subject: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         """The violation naming `subject` (fails the test when none arrives)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -246,7 +247,7 @@ async def test_pipeline_runs_end_to_end_with_per_identity_credentials(secured: S
         async with Client.connect(operator, source="tests/operator") as ops:
             await bootstrap(ops.js, operator)
             api_key = await issue_key_on_bus(ops.js, operator, "webapp", ["iris"])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEFAULT_TIMEOUT_S
         while (
             known := await client.admit(AdmitRequest(api_key=api_key, model="iris", inputs=[{"f0": 1.0}]))
         ).client is None:
@@ -261,7 +262,7 @@ async def test_pipeline_runs_end_to_end_with_per_identity_credentials(secured: S
     # signed checkpoints and audit-log's trusted key as `mlwarden audit verify` does.
     wanted = {upload.id, build.id, request.id, dataset.id, artifact.id, promoted.id}
     async with Client.connect(auditor, source="tests/auditor") as audit:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + DEFAULT_TIMEOUT_S
         while True:
             page = await audit.audit_query(AuditQuery(limit=1000))
             missing = wanted - {entry.event_id for entry in page.entries}
@@ -519,7 +520,7 @@ async def test_registry_status_requests_are_not_stored_or_dead_lettered(secured:
         assert (await ojs.stream_info(EVENTS.name)).state.messages == before
         # Whatever registry-gate's durable had to do, it has done: then count the dead letters.
         gate, _ = await _raw(secured, "registry-gate", stack)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + DEFAULT_TIMEOUT_S
         while (info := await gate.jetstream().consumer_info(spec.stream, spec.durable)).num_pending or (
             info.num_ack_pending
         ):
@@ -595,7 +596,7 @@ async def test_a_refused_connection_leaves_no_socket_open(secured: Secured) -> N
 
 async def _connect_when_admitted(system: Secured, identity: str, stack: AsyncExitStack) -> tuple[Nats, Refusals]:
     url = system.settings(identity).nats_url
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + DEFAULT_TIMEOUT_S
     while True:
         try:
             probe = await open_nats(servers=url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)

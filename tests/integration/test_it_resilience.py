@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _poll import DEFAULT_TIMEOUT_S, until
+
 from mlwarden.bootstrap import bootstrap
 from mlwarden.supervisor import System
 from services.audit_log.store import AuditStore
@@ -18,6 +20,10 @@ from shared.bus import connect, publish_event
 from shared.envelope import new_event
 from shared.events import Alert, Severity
 from shared.settings import Settings
+from shared.topology import CONSUMERS
+
+#: A restart of audit-log on a loaded machine, at most (start-up, trust store, lease).
+RECOVERY_S = DEFAULT_TIMEOUT_S
 
 
 def _spawn(name: str, settings: Settings) -> subprocess.Popen[bytes]:
@@ -34,6 +40,10 @@ async def _count(store: AuditStore) -> int:
         return 0
 
 
+async def _all_stored(store: AuditStore, total: int) -> bool:
+    return await _count(store) >= total
+
+
 async def test_audit_log_killed_mid_stream_and_restarted_loses_nothing(settings: Settings) -> None:
     total = 3000
     nc = await connect(settings)
@@ -46,19 +56,16 @@ async def test_audit_log_killed_mid_stream_and_restarted_loses_nothing(settings:
             alert = Alert(kind="test", severity=Severity.INFO, message=f"event {i}")
             await publish_event(js, "mlw.alert.tests", new_event("mlw.alert.tests", alert, source="tests"))
         # Kill it while it is still ingesting (or as soon as it has stored anything).
-        for _ in range(200):
-            if await _count(store) > 0:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _count(store), what="audit-log storing its first events")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stored_at_kill = await _count(store)
-        proc = _spawn("audit-log", settings)
-        for _ in range(300):
-            if await _count(store) >= total:
-                break
-            await asyncio.sleep(0.1)
         assert stored_at_kill < total, "the kill came too late to prove anything"
+        proc = _spawn("audit-log", settings)
+        # What the killed process had fetched comes back after the consumer's ack wait: allow
+        # that plus a restart on a loaded machine (a stop-8 run gave up after 30 s at 2,200).
+        recovery = RECOVERY_S + max(spec.ack_wait_s for spec in CONSUMERS["audit-log"])
+        await until(lambda: _all_stored(store, total), what=f"all {total} events stored", timeout=recovery)
         assert await _count(store) == total
         report = await asyncio.to_thread(verify_chain, store)
         assert report.ok, report.reason

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _poll import until
+from _poll import DEFAULT_TIMEOUT_S, until
 
 from mlwarden.cli import main
 from services.serving_monitor.app import Monitor
@@ -109,7 +109,7 @@ async def test_abusive_prediction_logs_raise_an_alert(serving: Any) -> None:
     assert alert is not None and alert.data.client == "scraper"
 
 
-async def _admitted_until_denied(running: Any, key: str, deadline_s: float = 10.0) -> AdmitReply:
+async def _admitted_until_denied(running: Any, key: str, deadline_s: float = DEFAULT_TIMEOUT_S) -> AdmitReply:
     """Poll admission until the key is refused for its authentication (not a rate limit)."""
     deadline = time.monotonic() + deadline_s
     while True:
@@ -140,7 +140,7 @@ async def test_deleting_an_api_key_record_revokes_it_in_a_running_monitor(servin
     assert not reply.allowed and reply.reason == "revoked"
 
 
-async def _admitted_until_allowed(running: Any, key: str, deadline_s: float = 10.0) -> None:
+async def _admitted_until_allowed(running: Any, key: str, deadline_s: float = DEFAULT_TIMEOUT_S) -> None:
     deadline = time.monotonic() + deadline_s
     while not (await running.client.admit(AdmitRequest(api_key=key, model="churn", inputs=[GOOD]))).allowed:
         assert time.monotonic() < deadline, "the new key was never admitted"

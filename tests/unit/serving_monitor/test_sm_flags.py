@@ -18,6 +18,7 @@ from services.serving_monitor.flags import (
     client_of_key,
     flag_from_alert,
     flag_key,
+    replaces,
 )
 from services.serving_monitor.ood import KIND_OOD
 from services.serving_monitor.ratelimit import GcraLimiter
@@ -42,6 +43,26 @@ def alert(kind: str, client: str = "thief", severity: Severity = Severity.FAIL) 
 def test_fail_level_detection_alerts_flag_their_client_with_a_reason(kind: str, reason: FlagReason) -> None:
     flag = flag_from_alert(alert(kind), now=5.0)
     assert flag is not None and (flag.client, flag.reason, flag.kind, flag.since) == ("thief", reason, kind, 5.0)
+
+
+def test_extraction_outranks_ood_whatever_order_the_alerts_come_in() -> None:
+    # A boundary walk that ends far out raises both; the flag (and admission's reason) must not
+    # depend on which alert of a batch came last (a loaded CI run denied with the OOD reason).
+    ood = flag_from_alert(alert(KIND_OOD), now=1.0)
+    walk = flag_from_alert(alert(KIND_BOUNDARY_WALK), now=2.0)
+    later_walk = flag_from_alert(alert(KIND_EXTRACTION), now=3.0)
+    assert ood is not None and walk is not None and later_walk is not None
+    assert replaces(ood, None) and replaces(walk, None)
+    assert replaces(walk, ood)
+    assert not replaces(ood, walk)
+    assert not replaces(later_walk, walk)  # the first alert of a reason keeps its record
+    for order in ([ood, walk], [walk, ood]):
+        table = FlagTable()
+        for flag in order:
+            if replaces(flag, table.get(flag.client)):
+                table.set(flag)
+        kept = table.for_client("thief")
+        assert kept is not None and kept.reason == FlagReason.SUSPECTED_EXTRACTION
 
 
 def test_warnings_abuse_alerts_and_impossible_client_ids_flag_nobody() -> None:
