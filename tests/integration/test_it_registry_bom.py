@@ -39,6 +39,23 @@ def _model_dir(root: Path) -> Path:
     return root
 
 
+async def _build_on_passed_data(client: Any, watcher: Any, guard: SigningKey, folder: Path) -> Any:
+    """data-guard's `pass` on the training data, then the build; artifact-signer's verdict on it."""
+    dataset = DatasetVerdict(
+        dataset="train",
+        version="1",
+        sha256=TRAIN.sha256,
+        decision=Decision.PASS,
+        in_reply_to="u",
+        label_checked=True,
+    )
+    await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
+    build = await client.model_built(
+        folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
+    )
+    return await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
+
+
 def _valid(document: str) -> dict[str, Any]:
     errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(document)
     assert errors is None, errors
@@ -61,21 +78,7 @@ async def test_bom_of_a_promotion_decided_across_a_restart(bus: Any, tmp_path: P
     alice, bob, carol = (actor_key(settings, n) for n in ("alice", "bob", "carol"))
     folder = _model_dir(settings.files_dir / "artifacts" / "churn-1")
     async with client.watch() as watcher:
-        dataset = DatasetVerdict(
-            dataset="train",
-            version="1",
-            sha256=TRAIN.sha256,
-            decision=Decision.PASS,
-            in_reply_to="u",
-            label_checked=True,
-        )
-        await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
-        build = await client.model_built(
-            folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
-        )
-        artifact = await watcher.wait(
-            lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30
-        )
+        artifact = await _build_on_passed_data(client, watcher, guard, folder)
         assert artifact is not None and artifact.data.decision == "pass", artifact and artifact.data.findings
         root = artifact.data.root_digest
         request = await client.request_promotion(

@@ -5,7 +5,6 @@ the middle) pulls it from production. A forged `fail` verdict pulls nothing."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,13 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from mlwarden.bootstrap import actor_key
 from mlwarden.registry_cli import registry_bom
-from shared.events import ArtifactVerdict, DatasetRef, DatasetVerdict, Decision
+from shared.events import ArtifactVerdict, Decision
 from shared.signing import SigningKey
 from shared.topology import Subjects
 from tests._poll import until
+from tests.integration.test_it_registry_bom import TRAIN, _build_on_passed_data, _model_dir
 from tests.integration.test_it_registry_lifecycle import _current, _status
 from tests.unit.artifact_signer.test_as_recheck import advisory
-
-TRAIN = DatasetRef(dataset="train", version="1", sha256=hashlib.sha256(b"train v1").hexdigest())
-LOCK = (
-    f"numpy==2.4.6 --hash=sha256:{hashlib.sha256(b'numpy wheel').hexdigest()}\n"
-    f"scikit-learn==1.9.1 --hash=sha256:{hashlib.sha256(b'sklearn wheel').hexdigest()}\n"
-)
-
-
-def _model_dir(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "weights.bin").write_bytes(bytes(range(256)) * 16)
-    (root / "config.json").write_bytes(orjson.dumps({"classes": 3}))
-    (root / "requirements.txt").write_text(LOCK)
-    return root
 
 
 async def test_osv_update_recalls_the_build_that_locks_a_now_vulnerable_version(
@@ -142,20 +128,3 @@ async def test_osv_database_replaced_while_artifact_signer_was_down_recalls_at_i
             lambda e: e.type == Subjects.VERDICT_PROMOTION and e.data.action == "recall" and e.data.version == "1", 30
         )
         assert pulled is not None and any("GHSA-new" in r for r in pulled.data.reasons)
-
-
-async def _build_on_passed_data(client: Any, watcher: Any, guard: SigningKey, folder: Path) -> Any:
-    """data-guard's `pass` on the training data, then the build; artifact-signer's verdict on it."""
-    dataset = DatasetVerdict(
-        dataset="train",
-        version="1",
-        sha256=TRAIN.sha256,
-        decision=Decision.PASS,
-        in_reply_to="u",
-        label_checked=True,
-    )
-    await client.publish(Subjects.VERDICT_DATASET, dataset, about="dataset:train:1", key=guard)
-    build = await client.model_built(
-        folder, model="churn", version="1", builder="ci-bot", lockfile=folder / "requirements.txt", datasets=[TRAIN]
-    )
-    return await watcher.wait(lambda e: e.type == Subjects.VERDICT_ARTIFACT and e.data.in_reply_to == build.id, 30)
