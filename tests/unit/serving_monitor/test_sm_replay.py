@@ -178,6 +178,8 @@ def test_bulk_parse_reads_each_record_as_a_per_record_parse_does() -> None:
     records = [orjson.loads(line) for line in lines]
     expected = np.array([[r["features"].get(n, np.nan) for n in NAMES] for r in records], dtype=np.float64)
     assert np.array_equal(log.x, expected, equal_nan=True)
+    for chunk in (1, 7, 299, 300):  # converted a chunk of records at a time: the same rows
+        assert np.array_equal(read_traffic(lines, NAMES, chunk=chunk).x, expected, equal_nan=True)
     assert log.clients == [r["client"] for r in records]
     assert np.array_equal(log.ts, [r["ts"] for r in records])
 
@@ -265,8 +267,11 @@ def test_bulk_checks_report_what_checking_each_record_reports() -> None:
         if rng.random() < 0.1:
             lines.insert(int(rng.integers(len(lines))), b"{not json")
 
-        def bulk(lines: list[bytes] = lines) -> tuple[list[str], list[float], FloatArray]:
-            log = read_traffic(lines, NAMES)
+        # Values are converted a chunk of records at a time: bad values in any chunk.
+        chunk = int(rng.choice([1, 2, 4, 512]))
+
+        def bulk(lines: list[bytes] = lines, chunk: int = chunk) -> tuple[list[str], list[float], FloatArray]:
+            log = read_traffic(lines, NAMES, chunk=chunk)
             return log.clients, log.ts.tolist(), log.x
 
         expected = _outcome(lambda lines=lines: _read_record_by_record(lines, NAMES))
