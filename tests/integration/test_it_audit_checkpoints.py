@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 import pytest
-from _poll import until
 from sqlalchemy import delete, text
 
 from mlwarden.cli import main
@@ -27,6 +26,7 @@ from shared.service import reply_or_error
 from shared.signing import SigningKey, load_public_key
 from shared.topology import CHECKPOINTS, Subjects
 from shared.trust import load_root_public
+from tests._poll import until
 
 N = 12
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _poll import until
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+
+from tests._poll import until
 
 
 def _env(settings: Any) -> dict[str, str]:

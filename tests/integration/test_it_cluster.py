@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _poll import until, until_sync
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from sqlalchemy import func, select
@@ -42,6 +41,7 @@ from shared.settings import Settings
 from shared.signing import SigningKey
 from shared.storage import put_once
 from shared.topology import DATASETS_BUCKET, EVENTS, STATE_BUCKET, STREAMS, Subjects
+from tests._poll import until, until_sync
 
 #: Short lease timings so that the failover happens within the test's budget.
 LEASE_ENV = {"MLW_AUDIT_LEASE_TTL_S": "4", "MLW_AUDIT_LEASE_RENEW_S": "1"}

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _poll import until
 from sklearn.datasets import load_breast_cancer
 
 from shared.bus import publish_event
 from shared.envelope import new_event
 from shared.events import AuditQuery, DatasetUploaded, ObjectRef
 from shared.topology import DATASETS_BUCKET, Subjects
+from tests._poll import until
 
 
 def _csv(path: Path, flip: float = 0.0, seed: int = 0) -> Path:

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _poll import until
 from sklearn.datasets import load_breast_cancer
 
 from shared.crypto import load_or_create_master_key
 from shared.events import AuditQuery, DataAccessRequested, Sensitivity
 from shared.topology import DATASETS_BUCKET, Subjects
+from tests._poll import until
 
 
 def _csv(path: Path) -> Path:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _poll import until
 from sklearn.datasets import load_breast_cancer
 
 from mlwarden.bootstrap import actor_key
@@ -27,6 +26,7 @@ from shared.events import ArtifactVerdict, DatasetRef, DatasetUploaded, Decision
 from shared.signing import SigningKey
 from shared.storage import put_once
 from shared.topology import DATASETS_BUCKET, Subjects
+from tests._poll import until
 
 DIGEST = "ab" * 32
 

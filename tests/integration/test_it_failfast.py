@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _poll import until_sync
 
 from shared.embedded import EmbeddedNats, free_port
+from tests._poll import until_sync
 
 HANG_S = 30.0
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import nats.errors
 import orjson
-from _poll import until
 
 from mlwarden.ops import HealthReport, health
 from shared.topology import SERVICES, Subjects
+from tests._poll import until
 
 
 async def _mlwarden_health(settings: Any) -> tuple[int, dict[str, Any]]:

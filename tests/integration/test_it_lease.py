@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from _poll import until
 from nats.js.kv import KeyValue
 
 from services.audit_log.errors import FencedError
@@ -20,6 +19,7 @@ from shared.events import Alert, Severity
 from shared.lease import KvLease, LeaseTimings
 from shared.settings import Settings
 from shared.topology import STATE_BUCKET, ensure_topology
+from tests._poll import until
 
 
 class Clock:

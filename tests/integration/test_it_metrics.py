@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import pytest
-from _poll import until
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlwarden.bootstrap import bootstrap
@@ -25,6 +24,7 @@ from shared.events import AuditQuery
 from shared.probes import http_get
 from shared.settings import Settings
 from shared.topology import SERVICES, Subjects
+from tests._poll import until
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from pathlib import Path
 import nats
 import orjson
 import pytest
-from _poll import DEFAULT_TIMEOUT_S
 from nats.aio.client import Client as Nats
 from nats.js.errors import APIError
 from sklearn.datasets import load_iris
@@ -65,6 +64,7 @@ from shared.topology import (
     Subjects,
     ensure_topology,
 )
+from tests._poll import DEFAULT_TIMEOUT_S
 
 # Real digests (of b"a" and b"b"): the gate refuses placeholder digests such as "a" * 64 (issue 12).
 LOCK = (

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from _poll import until
 from sklearn.linear_model import LogisticRegression
+
+from tests._poll import until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 LOCK = (

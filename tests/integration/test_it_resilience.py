@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _poll import DEFAULT_TIMEOUT_S, until
-
 from mlwarden.bootstrap import bootstrap
 from mlwarden.supervisor import System
 from services.audit_log.store import AuditStore
@@ -21,6 +19,7 @@ from shared.envelope import new_event
 from shared.events import Alert, Severity
 from shared.settings import Settings
 from shared.topology import CONSUMERS
+from tests._poll import DEFAULT_TIMEOUT_S, until
 
 #: A restart of audit-log on a loaded machine, at most (start-up, trust store, lease).
 RECOVERY_S = DEFAULT_TIMEOUT_S

@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from _poll import until
 
 from mlwarden.cli import main
 from services.serving_monitor.app import Monitor
@@ -21,6 +20,7 @@ from services.serving_monitor.ood import fit_reference
 from services.serving_monitor.validation import FeatureSchema, FeatureSpec
 from shared.events import AdmitReply, AdmitRequest, AuditQuery, PredictionRecord
 from shared.topology import Subjects
+from tests._poll import until
 
 D = 4
 FEATURES = [f"f{i}" for i in range(D)]

@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 import pytest
-from _poll import DEFAULT_TIMEOUT_S, until
 
 from mlwarden.cli import main
 from services.serving_monitor.app import Monitor
@@ -19,6 +18,7 @@ from services.serving_monitor.keystore import issue_key_on_bus, register_schema_
 from services.serving_monitor.validation import FeatureSchema, FeatureSpec
 from shared.events import AdmitReply, AdmitRequest, AuditQuery, PredictionRecord
 from shared.topology import API_KEYS_BUCKET, Subjects
+from tests._poll import DEFAULT_TIMEOUT_S, until
 
 SCHEMA = FeatureSchema(
     model="churn",

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from _poll import until
 
 from mlwarden.cli import main
 from services.serving_monitor.app import Monitor
@@ -19,6 +18,7 @@ from services.serving_monitor.ood import ReferenceProfile, fit_reference
 from services.serving_monitor.queries import QueryParams
 from shared.events import PredictionRecord
 from shared.topology import Subjects
+from tests._poll import until
 
 D = 5
 FEATURES = [f"f{i}" for i in range(D)]

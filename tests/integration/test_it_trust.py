@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from _poll import until
-
 from mlwarden.bootstrap import actor_key, bootstrap, load_root_key
 from shared.bus import load_trust, publish_event, revoke_key
 from shared.envelope import new_event
@@ -29,6 +27,7 @@ from shared.events import (
 from shared.signing import SigningKey
 from shared.topology import TRUST_BUCKET, Subjects
 from shared.trust import load_root_public
+from tests._poll import until
 
 DIGEST = "ab" * 32
 DATA_SHA = "cd" * 32

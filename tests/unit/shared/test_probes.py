@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _poll import until
 
 from shared.probes import ProbeServer, ReadinessState, http_get, readiness_problems
+from tests._poll import until
 
 READY = ReadinessState(started=True, stopping=False, connected=True, trust_loaded=True)
 
