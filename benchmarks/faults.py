@@ -8,7 +8,7 @@ Database scenarios run audit-log (its writer process included) in this process a
 private nats-server, with audit-log's ack wait shortened to `--ack-wait` so that "three times
 the redelivery window" (ack wait x the old 5 deliveries) fits in seconds; `recovery` is from the
 fault lifted to the last event recorded. The SIGKILL scenario runs data-guard as a child process
-with the production topology (30 s ack wait): `recovery` is from the kill to the last verdict.
+with the production topology (`shared.topology.DEFAULT_ACK_WAIT_S`): `recovery` is from the kill to the last verdict.
 Needs root for `chattr` and `mount` (skipped rows say why), and PostgreSQL at MLW_TEST_PG_URL.
 """
 
@@ -50,7 +50,7 @@ from shared.embedded import EmbeddedNats, free_port
 from shared.envelope import new_event
 from shared.events import Alert, PredictionRecord, Severity
 from shared.settings import Settings
-from shared.topology import CONSUMERS, Subjects
+from shared.topology import CONSUMERS, DEFAULT_ACK_WAIT_S, Subjects
 from tests._faults import (
     DiskFull,
     Figures,
@@ -392,7 +392,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ack-wait", type=float, default=1.0, help="audit-log's ack wait in the database scenarios")
     parser.add_argument("--uploads", type=int, default=6)
-    parser.add_argument("--hold", type=float, default=35.0, help="how long SIGSTOP lasts (past the 30 s ack wait)")
+    parser.add_argument(
+        "--hold", type=float, default=DEFAULT_ACK_WAIT_S + 5, help="how long SIGSTOP lasts (past the ack wait)"
+    )
     crashes = [f"sigkill-{name}" for name in LOADS] + ["sigstop-audit-log", "sigstop-data-guard", "nats-late"]
     parser.add_argument("--only", choices=["unwritable", "diskfull", "postgres", *crashes], default=None)
     args = parser.parse_args()

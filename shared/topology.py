@@ -137,9 +137,11 @@ SERVICES: tuple[str, ...] = (
 # at once, a bug after `shared.bus.BUG_ATTEMPTS`) and dead-letters it. nats-server updates
 # `max_deliver` of an existing durable in place (`ensure_topology`).
 UNLIMITED_DELIVERIES = -1
-# Short, so that messages a crashed process had fetched come back within seconds; long work keeps
-# its message alive with in-progress acks (`shared.bus.keep_in_progress`) every third of it.
-DEFAULT_ACK_WAIT_S = 30.0
+# Short, so that messages a crashed process had fetched come back within seconds (issue 13: a
+# SIGKILL cost the whole ack wait, 120 s and then 30 s); long work keeps its message alive with
+# in-progress acks (`shared.bus.keep_in_progress`) every third of it. A redelivery while the first
+# delivery is still at work is harmless: handlers are idempotent on the event id.
+DEFAULT_ACK_WAIT_S = 10.0
 # JetStream drops a second message with the same Nats-Msg-Id inside this window.
 DUPLICATE_WINDOW_S = 15 * 60.0
 
