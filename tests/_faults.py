@@ -23,6 +23,7 @@ from mlwarden.bootstrap import bootstrap
 from mlwarden.services import factory
 from services.audit_log.store import AuditStore
 from services.audit_log.verify import verify_chain
+from shared.aio import TASK_STOP_S
 from shared.bus import connect, publish_event
 from shared.client import Client
 from shared.envelope import Envelope, new_event
@@ -97,6 +98,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Listen (on the same port as before, if any); return the port."""
@@ -113,6 +115,10 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        # Let the cut connections' handlers end: they are the stream server's tasks, and one still
+        # pending when the loop closes is cancelled, which Python 3.11's server logs as an error.
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=TASK_STOP_S)
 
     apply = stop
 
@@ -121,10 +127,23 @@ class TcpProxy:
         await self.start()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        try:
+            await self._proxy(client_r, client_w)
+        finally:
+            self._handlers.discard(handler)
+
+    async def _proxy(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             client_w.transport.abort()
+            return
+        if self._server is None:  # stopped while this connection was being made
+            client_w.transport.abort()
+            server_w.transport.abort()
             return
         self._writers |= {client_w, server_w}
 
