@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +29,20 @@ class Row:
         if self.higher_is_better:
             return self.figure / self.anchor if self.anchor else float("inf")
         return self.anchor / self.figure if self.figure else float("inf")
+
+
+T = TypeVar("T")
+
+
+def best_of(repeat: int, fn: Callable[[], T], clock: Callable[[], float] = time.perf_counter) -> tuple[T, float]:
+    """`fn`'s last result and its least time on `clock` over `repeat` runs (at least one):
+    timeit's rule, the slower runs measured the neighbours on a shared machine too."""
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        start = clock()
+        result = fn()
+        best = min(best, clock() - start)
+    return result, best
 
 
 def rate(fn: Callable[[], object], n: int) -> float:

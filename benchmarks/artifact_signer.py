@@ -29,10 +29,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _table import best_of
 
 from services.artifact_signer.intake import inspect_model
 from services.artifact_signer.oms import Serialization, hash_model
@@ -98,16 +99,6 @@ def hashlib_single(root: Path) -> None:
         digest.hexdigest()
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> float:
-    """Fastest wall-clock time of `repeat` runs."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     """Write the data, time every method, print the table, clean up."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,7 +146,7 @@ def main() -> None:
                         lambda r=root: ms_hashing.Config().use_shard_serialization().hash(r),  # type: ignore[misc]
                     )
                 )
-            times = {name: best_of(args.repeat, fn) for name, fn in methods}
+            times = {name: best_of(args.repeat, fn)[1] for name, fn in methods}
             anchor_cores = times["hashlib x1"] / cores  # perfect scaling of the single-thread figure
             reference = times.get("model-signing files")
             timed = list(times.items())

@@ -20,21 +20,18 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import Row, show
+from _table import Row, best_of, show
 
 from services.serving_monitor.detectors import Detectors
 from services.serving_monitor.ood import ReferenceProfile, fit_reference
@@ -43,24 +40,12 @@ from services.serving_monitor.settings import ServingSettings
 from services.serving_monitor.synthetic_traffic import ATTACK_KINDS, BENIGN, MODEL, Dataset, Traffic, generate
 
 DEFAULT_RATE = 0.0025
-T = TypeVar("T")
 
 
 def profile_of(traffic: Traffic, rate: float) -> ReferenceProfile:
     """The profile `serving fit-profile` fits, at per-client rate `rate`."""
     ref = traffic.reference
     return fit_reference(ref.train, ref.features, MODEL, client_false_alarm_rate=rate)
-
-
-def cpu_seconds(work: Callable[[], T], repeats: int) -> tuple[T, float]:
-    """`work`'s result and its least CPU time over `repeats` runs (timeit's rule: the others
-    measured the neighbours on a shared machine too)."""
-    best = math.inf
-    for _ in range(max(1, repeats)):
-        start = time.process_time()
-        result = work()
-        best = min(best, time.process_time() - start)
-    return result, best
 
 
 def judge(traffic: Traffic, profile: ReferenceProfile, repeats: int) -> tuple[ReplayReport, float, float, float]:
@@ -72,9 +57,10 @@ def judge(traffic: Traffic, profile: ReferenceProfile, repeats: int) -> tuple[Re
         for line in lines:
             orjson.loads(line)
 
-    _, parse_only_s = cpu_seconds(parse_only, repeats)
-    log, parse_s = cpu_seconds(lambda: read_traffic(lines, traffic.reference.features), repeats)
-    report, detect_s = cpu_seconds(lambda: replay(log, profile), repeats)
+    cpu = time.process_time
+    _, parse_only_s = best_of(repeats, parse_only, cpu)
+    log, parse_s = best_of(repeats, lambda: read_traffic(lines, traffic.reference.features), cpu)
+    report, detect_s = best_of(repeats, lambda: replay(log, profile), cpu)
     return report, parse_only_s, parse_s, detect_s
 
 
