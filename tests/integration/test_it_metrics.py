@@ -82,16 +82,24 @@ async def test_an_upload_moves_the_verdict_counter_and_the_latency_histogram(bus
     assert verdict is not None
     decision = str(verdict.data.decision)
 
-    async def counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
-        after = await _scrape(url)
-        return after if _value(after, "mlwarden_verdicts_total") >= 1 else None
+    handler = {"app_name": "data-guard", "handler": Subjects.DATASET_UPLOADED}
 
-    after = await until(counted, what="the verdict in data-guard's metrics")
+    async def settled() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        # The verdict is counted when it is published, inside the handler; FastStream's duration
+        # histogram and the ack come after the handler returns (a loaded run scraped in between).
+        after = await _scrape(url)
+        done = (
+            _value(after, "mlwarden_verdicts_total") >= 1
+            and _value(after, "faststream_received_processed_messages_duration_seconds_count", **handler) >= 1
+            and _value(after, "mlwarden_consumer_pending_messages", service="data-guard", durable="data-guard") == 0
+        )
+        return after if done else None
+
+    after = await until(settled, what="the verdict, its handling time and its ack in data-guard's metrics")
     assert (
         _value(after, "mlwarden_verdicts_total", service="data-guard", type="mlw.verdict.dataset", decision=decision)
         == 1
     )
-    handler = {"app_name": "data-guard", "handler": Subjects.DATASET_UPLOADED}
     assert _value(after, "faststream_received_messages_total", **handler) == 1
     assert _value(after, "faststream_received_processed_messages_duration_seconds_count", **handler) == 1
     assert _value(after, "faststream_received_processed_messages_duration_seconds_sum", **handler) > 0
